@@ -1,0 +1,37 @@
+# `make demo` and `make test` are the only set-up a fresh machine needs: each creates .venv
+# when it is missing and installs the project into it.
+VENV   := .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed
+PIP    := $(PY) -m pip install -q --disable-pip-version-check -c requirements/constraints.txt
+
+.PHONY: venv test test-fast demo lint format clean
+
+$(STAMP): setup.cfg pyproject.toml requirements/constraints.txt
+	test -x $(PY) || python3 -m venv $(VENV)
+	$(PIP) torch==2.13.0 numpy
+	$(PIP) -e '.[torch,test,dev,serve]'
+	touch $(STAMP)
+
+venv: $(STAMP)
+
+test: venv
+	$(PY) -m pytest
+
+test-fast: venv
+	$(PY) -m pytest tests/unit
+
+demo: venv
+	$(VENV)/bin/launcher local --hosts 2 --procs-per-host 2 examples/train_regression.py
+
+lint: venv
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/mypy
+
+format: venv
+	$(VENV)/bin/ruff format .
+	$(VENV)/bin/ruff check --fix .
+
+clean:
+	rm -rf $(VENV) build *.egg-info .pytest_cache .mypy_cache .ruff_cache
