@@ -262,8 +262,10 @@ def _read(environ: Mapping[str, str]) -> RankEnv | None:
         local_size = _get_int(environ, lsize_var, world)
         rank = _int(environ, rank_var)
         # MPI does not name a node rank; with contiguous slots it is rank // local size.
-        node_rank = _get_int(environ, node_var, rank // max(local_size, 1)) if node_var else (
-            rank // max(local_size, 1)
+        node_rank = (
+            _get_int(environ, node_var, rank // max(local_size, 1))
+            if node_var
+            else (rank // max(local_size, 1))
         )
         num_nodes = (
             _get_int(environ, nodes_var, 1) if nodes_var else -(-world // max(local_size, 1))
@@ -282,4 +284,3 @@ def _read(environ: Mapping[str, str]) -> RankEnv | None:
             backend=environ.get(BACKEND, backend),
         )
     return None
-

@@ -1,0 +1,219 @@
+"""Command lines: `train` (SageMaker's entry point) and `launcher run|plan|local|doctor`.
+
+The only module that calls `sys.exit`. Every `LauncherError` becomes one prefixed line on stderr
+and its exit code (2 for bad input, 3 for peers that never came); in `train` it is also written
+to output/failure. No traceback is shown for an error the launcher understands.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+import tempfile
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any, NoReturn
+
+from launcher import __version__, config, gpus, job, plan, report, settings
+from launcher.app import Result, RunOptions, execute, free_port
+from launcher.errors import EXIT_FAILURE, LauncherError
+from launcher.plan import Backend, HostSlots, JobSpec, LaunchPlan, World
+from launcher.procs import Watchdog
+
+log = logging.getLogger("launcher")
+
+
+class _Prefixed(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        level = "" if record.levelno < logging.WARNING else f"{record.levelname.lower()}: "
+        return f"[launcher] {level}{record.getMessage()}"
+
+
+def _setup_logging() -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(_Prefixed())
+    log.handlers[:] = [handler]
+    log.setLevel(logging.INFO)
+    log.propagate = False
+
+
+def _add_run_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--backend", help="torch | horovod | mpi | none")
+    parser.add_argument("--nproc-per-host", dest="nproc_per_host", metavar="N|gpu|auto")
+    parser.add_argument("--grace-period", dest="grace_period", metavar="SECONDS")
+    parser.add_argument("--log-dir", dest="log_dir", metavar="DIR", help="per-rank log files")
+    parser.add_argument("--ranks", metavar="0,3", help="show only these ranks on the console")
+    parser.add_argument("--master-port", dest="master_port", metavar="PORT")
+    parser.add_argument("--dry-run", action="store_true", help="print the plan, start nothing")
+    parser.add_argument("--json", action="store_true", help="with --dry-run: JSON output")
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="launcher", description="Distributed training launcher")
+    parser.add_argument("--version", action="version", version=f"ml-launcher {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+    run = sub.add_parser("run", help="start ranks of a script on this host, like torchrun")
+    _add_run_options(run)
+    run.add_argument("-m", dest="module", action="store_true", help="run a module (python -m)")
+    run.add_argument("--no-python", action="store_true", help="the program is an executable")
+    run.add_argument("--output-dir", dest="output_dir", help="write success/failure files here")
+    run.add_argument("program")
+    run.add_argument("args", nargs=argparse.REMAINDER)
+    plan_cmd = sub.add_parser("plan", help="what `train` would run from the SageMaker tree")
+    _add_run_options(plan_cmd)
+    return parser
+
+
+def _train_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="train", description="Run the training job described by $SAGEMAKER_BASE_DIR"
+    )
+    parser.add_argument("--version", action="version", version=f"ml-launcher {__version__}")
+    _add_run_options(parser)
+    return parser
+
+
+def _guard(body: Callable[[], int], output_dir: Path | None = None) -> NoReturn:
+    """Run `body`, turning launcher errors into one line, a failure file and an exit code."""
+    try:
+        code = body()
+    except LauncherError as e:
+        log.error("%s", e)
+        if output_dir is not None:
+            report.write_failure(output_dir, f"{e}\n")
+        code = e.exit_code
+    except KeyboardInterrupt:
+        code = 130
+    sys.exit(code)
+
+
+def train_main(argv: Sequence[str] | None = None) -> NoReturn:
+    """`train`: the SageMaker training entry point (DESIGN.md's pipeline, one host)."""
+    _setup_logging()
+    args = _train_parser().parse_args(argv)
+    environ = dict(os.environ)
+    base = config.base_dir_from(environ)
+    _guard(lambda: _train(args, environ, base), None if args.dry_run else base / "output")
+
+
+def _train(args: argparse.Namespace, environ: dict[str, str], base: Path) -> int:
+    cfg = config.load(base, environ)
+    hps_file = str(cfg.paths.input_config_dir / "hyperparameters.json")
+    sources = settings.Sources(vars(args), environ, cfg.hyperparameters.sagemaker, hps_file)
+    chosen = settings.resolve(sources, default_backend=Backend.NONE)
+    backend = chosen.backend if cfg.in_distribution else Backend.NONE
+    found = gpus.discover(environ)
+    slots = (
+        1 if backend is Backend.NONE else settings.local_slots(chosen.procs_per_host, len(found))
+    )
+    if backend is not Backend.NONE and len(cfg.distribution_hosts) > 1:
+        raise LauncherError(
+            f"{backend.value} jobs across {len(cfg.distribution_hosts)} hosts are not supported"
+            " yet",
+            hint="run one host per job, or the none backend",
+        )
+    watchdog = _watchdog(args.dry_run)
+    entry = job.fetch_and_resolve(cfg, environ, dry_run=args.dry_run)
+    env = job.user_environment(cfg, num_gpus=len(found), environ=environ)
+    if not args.dry_run:
+        job.install(entry, {**environ, **env})
+    error_dir = "" if args.dry_run else tempfile.mkdtemp(prefix="launcher-errors-")
+    spec = job.spec(cfg, entry, backend, env, error_dir)
+    world = _single_host(cfg.resources.current_host, slots, chosen.master_port, args.dry_run)
+    launch = plan.build(spec, world, environ, os.cpu_count() or 1)
+    if args.dry_run:
+        return _print_plan(launch, args.json)
+    options = RunOptions(
+        grace_s=chosen.grace_s,
+        log_dir=chosen.log_dir,
+        show_ranks=chosen.show_ranks,
+        prefix=backend is not Backend.NONE,
+        output_dir=cfg.paths.output_dir,
+        error_dir=Path(error_dir),
+    )
+    return _finish(execute(launch, options, watchdog))
+
+
+def _watchdog(dry_run: bool) -> Watchdog:
+    # Forked before any thread exists (the output pump, the waiters): see procs.Watchdog.
+    watchdog = Watchdog()
+    if not dry_run:
+        watchdog.start()
+    return watchdog
+
+
+def _single_host(host: str, slots: int, master_port: int, dry_run: bool) -> World:
+    port = master_port or (0 if dry_run else free_port())
+    return World((HostSlots(host, slots, "127.0.0.1"),), 0, "127.0.0.1", port)
+
+
+def _finish(result: Result) -> int:
+    if result.exit_code == 0:
+        log.info("job succeeded in %.2f s", result.outcome.duration_s)
+    else:
+        log.error("job failed (exit %d): %s", result.exit_code, result.headline)
+    return result.exit_code
+
+
+def _print_plan(launch: LaunchPlan, as_json: bool) -> int:
+    described = plan.describe(launch)
+    if as_json:
+        print(json.dumps(described, indent=2, sort_keys=True))
+        return 0
+    print(f"backend {described['backend']}, world size {described['world_size']}")
+    ranks: list[dict[str, Any]] = described["ranks"]  # type: ignore[assignment]
+    for rank in ranks:
+        print(f"rank {rank['rank']} (local {rank['local_rank']}) on {rank['host']}")
+        print(f"  cwd: {rank['cwd']}")
+        print(f"  command: {json.dumps(rank['argv'])}")
+        for name, value in rank["env"].items():
+            print(f"  env {name}={value}")
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> NoReturn:
+    """`launcher`: run, plan, local, doctor."""
+    _setup_logging()
+    args = _parser().parse_args(argv)
+    environ = dict(os.environ)
+    if args.command == "plan":
+        args.dry_run = True
+        base = config.base_dir_from(environ)
+        _guard(lambda: _train(args, environ, base))
+    if args.command == "run":
+        out = Path(args.output_dir) if args.output_dir else None
+        _guard(lambda: _run(args, environ), None if args.dry_run else out)
+    sys.exit(EXIT_FAILURE)
+
+
+def _run(args: argparse.Namespace, environ: dict[str, str]) -> int:
+    sources = settings.Sources(vars(args), environ, {})
+    chosen = settings.resolve(sources, default_backend=Backend.TORCH)
+    found = gpus.discover(environ)
+    slots = settings.local_slots(chosen.procs_per_host, len(found))
+    watchdog = _watchdog(args.dry_run)
+    if args.module:
+        command = [sys.executable, "-m", args.program, *args.args]
+    elif args.no_python:
+        command = [args.program, *args.args]
+    else:
+        command = [sys.executable, args.program, *args.args]
+    error_dir = "" if args.dry_run else tempfile.mkdtemp(prefix="launcher-errors-")
+    spec = JobSpec(tuple(command), str(Path.cwd()), chosen.backend, error_dir=error_dir)
+    host = environ.get("LAUNCHER_HOST_NAME") or os.uname().nodename
+    world = _single_host(host, slots, chosen.master_port, args.dry_run)
+    launch = plan.build(spec, world, environ, os.cpu_count() or 1)
+    if args.dry_run:
+        return _print_plan(launch, args.json)
+    options = RunOptions(
+        grace_s=chosen.grace_s,
+        log_dir=chosen.log_dir,
+        show_ranks=chosen.show_ranks,
+        prefix=True,
+        output_dir=Path(args.output_dir) if args.output_dir else None,
+        error_dir=Path(error_dir),
+    )
+    return _finish(execute(launch, options, watchdog))

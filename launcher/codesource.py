@@ -1,0 +1,101 @@
+"""Bring the user's code into `code/` (sagemaker-contract §8), safely.
+
+Only when `code/` is empty (images that bake code in are left alone), from the
+`sagemaker_submit_directory` hyperparameter: a local directory (copied), a local tar archive
+(extracted after every member is checked), any other local file (copied), or an `s3://` URI
+(downloaded with boto3, an optional extra imported only here).
+
+Unlike the toolkit, which renames hostile members and extracts the rest with warnings, an
+archive with a member that would land outside `code/` (absolute path, `..`, a link leaving the
+tree, a device or FIFO) is refused as a whole with a `ConfigError` naming the member: a
+half-extracted, silently altered tree is worse than a clear failure.
+"""
+
+from __future__ import annotations
+
+import shutil
+import tarfile
+import tempfile
+from pathlib import Path, PurePosixPath
+
+from launcher.errors import ConfigError
+
+SOURCE_KEY = "sagemaker_submit_directory"
+
+
+def prepare(code_dir: Path, source: str, hps_file: Path) -> str:
+    """Fill `code_dir` from `source` when it is empty; returns what was done, for the log."""
+    code_dir.mkdir(parents=True, exist_ok=True)
+    if any(code_dir.iterdir()):
+        return f"{code_dir} is not empty: using the code already there"
+    if not source or Path(source) == code_dir:
+        return f"{code_dir} is empty and no {SOURCE_KEY} is set"
+    if source.startswith("s3://"):
+        with tempfile.TemporaryDirectory(prefix="launcher-code-") as tmp:
+            archive = Path(tmp) / "sourcedir.tar.gz"
+            _download_s3(source, archive, hps_file)
+            extract_tar(archive, code_dir, source)
+        return f"downloaded and extracted {source} into {code_dir}"
+    path = Path(source)
+    if path.is_dir():
+        shutil.copytree(path, code_dir, symlinks=True, dirs_exist_ok=True)
+        return f"copied {path} into {code_dir}"
+    if path.is_file():
+        if tarfile.is_tarfile(path):
+            extract_tar(path, code_dir, source)
+            return f"extracted {path} into {code_dir}"
+        shutil.copy2(path, code_dir / path.name)
+        return f"copied {path} into {code_dir}"
+    raise ConfigError(hps_file, SOURCE_KEY, f"{source!r} does not exist")
+
+
+def _download_s3(uri: str, dest: Path, hps_file: Path) -> None:
+    try:
+        import boto3  # noqa: PLC0415 - optional extra, 150 ms to import: only when needed
+    except ImportError:
+        raise ConfigError(
+            hps_file,
+            SOURCE_KEY,
+            f"{uri} needs boto3, which is not installed",
+            hint="pip install 'ml-launcher[s3]'",
+        ) from None
+    bucket, _, key = uri[len("s3://") :].partition("/")
+    boto3.client("s3").download_file(bucket, key, str(dest))
+
+
+def check_member(member: tarfile.TarInfo, dest: Path) -> str | None:
+    """Why `member` may not be extracted into `dest`, or None when it is safe."""
+    name = PurePosixPath(member.name)
+    if name.is_absolute() or member.name.startswith("\\") or ":" in name.parts[0]:
+        return "is an absolute path"
+    if ".." in name.parts:
+        return "contains '..'"
+    real_dest = dest.resolve()
+    target = (dest / name).resolve()
+    if not target.is_relative_to(real_dest):
+        return "lands outside the code directory"
+    if member.isdev() or member.isfifo():
+        return "is a device or FIFO"
+    if member.issym() or member.islnk():
+        link = PurePosixPath(member.linkname)
+        base = dest / name.parent if member.issym() else dest
+        if link.is_absolute() or not (base / link).resolve().is_relative_to(real_dest):
+            return f"links outside the code directory ({member.linkname})"
+    return None
+
+
+def extract_tar(archive: Path, dest: Path, label: str) -> None:
+    """Extract `archive` into `dest` after checking every member; refuse it whole otherwise."""
+    try:
+        with tarfile.open(archive, "r:*") as tar:
+            members = tar.getmembers()
+            for member in members:
+                problem = check_member(member, dest)
+                if problem:
+                    raise ConfigError(label, member.name, f"archive member {problem}")
+            if hasattr(tarfile, "data_filter"):
+                tar.extractall(dest, members=members, filter="data")
+            else:  # Python < 3.11.4: our own checks above are the filter
+                tar.extractall(dest, members=members)  # noqa: S202
+    except (tarfile.TarError, EOFError, OSError) as e:
+        raise ConfigError(label, None, f"cannot be extracted: {e}") from None

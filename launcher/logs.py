@@ -1,0 +1,191 @@
+"""Carry every rank's output to the launcher's stdout/stderr, whole, and keep what reports need.
+
+One thread (`OutputPump`) multiplexes every rank pipe with a selector and is the only writer of
+rank output to the console, so lines never interleave mid-line. Bytes are never decoded:
+non-UTF-8 output survives. With a prefix (multi-rank jobs) each complete line is written as
+`prefix + line`; a partial last line is completed with a newline at EOF so the next rank's line
+starts clean. Without a prefix (the single-process `train`) bytes pass through unchanged,
+partial lines and carriage returns included. Each stream also feeds an optional per-rank log
+file and a bounded tail that the failure report reads.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import selectors
+import threading
+from collections import deque
+from dataclasses import dataclass, field
+from typing import BinaryIO
+
+TAIL_BYTES = 64 * 1024
+_CHUNK = 64 * 1024
+
+
+class Tail:
+    """The last `limit` bytes written to a stream (thread-safe for one writer, many readers)."""
+
+    def __init__(self, limit: int = TAIL_BYTES) -> None:
+        self._chunks: deque[bytes] = deque()
+        self._size = 0
+        self._limit = limit
+        self._lock = threading.Lock()
+
+    def add(self, data: bytes) -> None:
+        with self._lock:
+            self._chunks.append(data)
+            self._size += len(data)
+            while self._size - len(self._chunks[0]) >= self._limit:
+                self._size -= len(self._chunks.popleft())
+
+    def text(self) -> str:
+        with self._lock:
+            data = b"".join(self._chunks)[-self._limit :]
+        return data.decode("utf-8", errors="replace")
+
+
+@dataclass(eq=False)
+class _Stream:
+    fd: int
+    prefix: bytes
+    console: int | None  # fd to echo to, or None when this rank is filtered out
+    log_file: BinaryIO | None
+    tail: Tail | None
+    pending: bytearray = field(default_factory=bytearray)
+    closed: threading.Event = field(default_factory=threading.Event)
+
+
+class OutputPump:
+    """Reads rank pipes until EOF and writes them out. Start once; `add` any time."""
+
+    def __init__(self) -> None:
+        self._selector = selectors.DefaultSelector()
+        self._wake_r, self._wake_w = os.pipe()
+        os.set_blocking(self._wake_r, False)
+        self._selector.register(self._wake_r, selectors.EVENT_READ, None)
+        self._lock = threading.Lock()
+        self._incoming: list[_Stream] = []
+        self._streams: list[_Stream] = []
+        self._stopping = False
+        self._thread = threading.Thread(target=self._run, name="output-pump", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def add(
+        self,
+        fd: int,
+        *,
+        prefix: bytes,
+        console: int | None,
+        log_file: BinaryIO | None = None,
+        tail: Tail | None = None,
+    ) -> threading.Event:
+        """Pump `fd` (which the pump now owns and closes). Returns an event set at its EOF."""
+        stream = _Stream(fd, prefix, console, log_file, tail)
+        with self._lock:
+            self._incoming.append(stream)
+        self._wake()
+        return stream.closed
+
+    def stop(self, timeout: float) -> None:
+        """Drain what is readable, close every pipe and end the thread (bounded by `timeout`)."""
+        with self._lock:
+            self._stopping = True
+        self._wake()
+        self._thread.join(timeout)
+
+    def _wake(self) -> None:
+        with contextlib.suppress(BlockingIOError, OSError):
+            os.write(self._wake_w, b"x")
+
+    def _run(self) -> None:
+        try:
+            while True:
+                with self._lock:
+                    for stream in self._incoming:
+                        os.set_blocking(stream.fd, False)
+                        self._selector.register(stream.fd, selectors.EVENT_READ, stream)
+                        self._streams.append(stream)
+                    self._incoming.clear()
+                    stopping = self._stopping
+                if stopping:
+                    self._drain_all()
+                    return
+                for key, _ in self._selector.select():
+                    if key.data is None:
+                        with contextlib.suppress(BlockingIOError):
+                            os.read(self._wake_r, 4096)
+                    else:
+                        self._read(key.data)
+        finally:
+            for stream in self._streams:
+                self._close(stream)
+            self._selector.close()
+            os.close(self._wake_r)
+            os.close(self._wake_w)
+
+    def _drain_all(self) -> None:
+        for stream in list(self._streams):
+            while not stream.closed.is_set() and self._read(stream):
+                pass
+
+    def _read(self, stream: _Stream) -> bool:
+        """Read one chunk; False at EOF or when nothing is readable."""
+        try:
+            data = os.read(stream.fd, _CHUNK)
+        except BlockingIOError:
+            return False
+        except OSError:
+            data = b""
+        if not data:
+            self._close(stream)
+            return False
+        if stream.log_file is not None:
+            stream.log_file.write(data)
+        if stream.tail is not None:
+            stream.tail.add(data)
+        if stream.console is not None:
+            self._echo(stream, data)
+        return True
+
+    def _echo(self, stream: _Stream, data: bytes) -> None:
+        if not stream.prefix:
+            _write_all(stream.console, data)
+            return
+        stream.pending += data
+        end = stream.pending.rfind(b"\n")
+        if end < 0:
+            return
+        block = bytes(stream.pending[: end + 1])
+        del stream.pending[: end + 1]
+        lines = block.split(b"\n")[:-1]
+        _write_all(stream.console, b"".join(stream.prefix + line + b"\n" for line in lines))
+
+    def _close(self, stream: _Stream) -> None:
+        if stream.closed.is_set():
+            return
+        if stream.pending and stream.console is not None:
+            _write_all(stream.console, stream.prefix + bytes(stream.pending) + b"\n")
+            stream.pending.clear()
+        with contextlib.suppress(KeyError, ValueError):
+            self._selector.unregister(stream.fd)
+        os.close(stream.fd)
+        if stream.log_file is not None:
+            stream.log_file.close()
+        stream.closed.set()
+
+
+def _write_all(fd: int | None, data: bytes) -> None:
+    if fd is None:
+        return
+    view = memoryview(data)
+    while view:
+        try:
+            written = os.write(fd, view)
+        except BlockingIOError:
+            continue
+        except OSError:
+            return  # the console went away (closed pipe): keep draining ranks regardless
+        view = view[written:]

@@ -1,0 +1,304 @@
+"""The only module that starts processes and sends signals.
+
+Every rank runs in its own session (hence its own process group) with stdin on /dev/null, so
+that a signal to the group reaches the rank and everything it started. A rank's exit is an
+event: one waiter thread per rank blocks in `waitpid` and posts `RankExited` to the
+supervisor's queue the moment the rank ends; nothing polls.
+
+Ranks must not outlive the launcher, even when the launcher is killed with SIGKILL (torchrun and
+mpirun leave orphans then). `Watchdog` is a tiny process forked before any thread starts; it
+holds the read end of a pipe whose write end only the launcher has. When the launcher dies for
+any reason the pipe reaches EOF and the watchdog terminates every rank group it was told about
+(SIGTERM, then SIGKILL one second later). A clean shutdown disarms it first.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import queue
+import signal
+import subprocess
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import BinaryIO
+
+from launcher.errors import SpawnError
+from launcher.logs import OutputPump, Tail
+from launcher.plan import LaunchPlan, RankSpec
+
+WATCHDOG_GRACE_S = 1.0
+
+
+@dataclass(frozen=True, slots=True)
+class RankExited:
+    rank: int
+    returncode: int  # negative: killed by that signal (subprocess's convention)
+    at: float  # time.monotonic() when the exit was seen
+
+
+class Watchdog:
+    """Kills the rank groups if the launcher dies. Must be started before any thread exists."""
+
+    def __init__(self) -> None:
+        self._fd: int | None = None
+
+    def start(self) -> None:
+        read_fd, write_fd = os.pipe()
+        pid = os.fork()
+        if pid == 0:  # the watchdog process
+            try:
+                os.close(write_fd)
+                os.setsid()  # out of the terminal's process group: Ctrl-C is the launcher's
+                for sig in (
+                    signal.SIGINT,
+                    signal.SIGTERM,
+                    signal.SIGHUP,
+                    signal.SIGUSR1,
+                    signal.SIGUSR2,
+                    signal.SIGPIPE,
+                ):
+                    signal.signal(sig, signal.SIG_IGN)
+                devnull = os.open(os.devnull, os.O_RDWR)
+                for fd in (0, 1, 2):
+                    os.dup2(devnull, fd)
+                _watch(read_fd)
+            finally:
+                os._exit(0)
+        os.close(read_fd)
+        self._fd = write_fd
+        # Reap the watchdog whenever it ends, so it never lingers as a zombie of ours.
+        threading.Thread(target=_reap, args=(pid,), daemon=True, name="watchdog-reaper").start()
+
+    def _send(self, line: str) -> None:
+        if self._fd is not None:
+            with contextlib.suppress(OSError):
+                os.write(self._fd, line.encode() + b"\n")
+
+    def guard(self, pgid: int) -> None:
+        self._send(f"+{pgid}")
+
+    def disarm(self) -> None:
+        """Tell the watchdog that every group was dealt with, then let it go."""
+        self._send("disarm")
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+
+
+def _reap(pid: int) -> None:
+    with contextlib.suppress(ChildProcessError):
+        os.waitpid(pid, 0)
+
+
+def _watch(read_fd: int) -> None:
+    groups: set[int] = set()
+    buffer = b""
+    while chunk := os.read(read_fd, 4096):
+        buffer += chunk
+        *lines, buffer = buffer.split(b"\n")
+        for line in lines:
+            if line == b"disarm":
+                return
+            if line.startswith(b"+"):
+                groups.add(int(line[1:]))
+    # EOF without "disarm": the launcher is gone. Stop everything it started.
+    _signal_groups(groups, signal.SIGTERM)
+    deadline = time.monotonic() + WATCHDOG_GRACE_S
+    while time.monotonic() < deadline and any(_group_alive(g) for g in groups):
+        time.sleep(0.02)
+    _signal_groups(groups, signal.SIGKILL)
+
+
+def _signal_groups(groups: set[int], sig: int) -> None:
+    for pgid in groups:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(pgid, sig)
+
+
+def _group_alive(pgid: int) -> bool:
+    try:
+        os.killpg(pgid, 0)
+    except (ProcessLookupError, PermissionError):
+        return False
+    return True
+
+
+@dataclass(eq=False)
+class RankProcess:
+    spec: RankSpec
+    popen: subprocess.Popen[bytes]
+    stderr_tail: Tail
+    output_done: list[threading.Event]
+    started_at: float
+    returncode: int | None = None
+
+    @property
+    def pgid(self) -> int:
+        return self.popen.pid
+
+
+class ProcessSet:
+    """The ranks of this host: start, signal, and make sure none survives `close()`."""
+
+    def __init__(
+        self,
+        plan: LaunchPlan,
+        events: queue.SimpleQueue[object],
+        pump: OutputPump,
+        *,
+        watchdog: Watchdog | None = None,
+        log_dir: Path | None = None,
+        show_ranks: frozenset[int] | None = None,
+        prefix: bool = True,
+    ) -> None:
+        self.plan = plan
+        self._events = events
+        self._pump = pump
+        self._watchdog = watchdog
+        self._log_dir = log_dir
+        self._show = show_ranks
+        self._prefix = prefix
+        self.ranks: dict[int, RankProcess] = {}
+
+    def start(self) -> None:
+        """Start every rank. Raises `SpawnError` (after stopping those already started)."""
+        try:
+            for spec in self.plan.ranks:
+                self.ranks[spec.rank] = self._spawn(spec)
+        except SpawnError:
+            self.kill()
+            raise
+
+    def _spawn(self, spec: RankSpec) -> RankProcess:
+        if spec.error_file:
+            Path(spec.error_file).parent.mkdir(parents=True, exist_ok=True)
+            with contextlib.suppress(FileNotFoundError):
+                Path(spec.error_file).unlink()  # a stale file would fake a root cause
+        try:
+            popen = subprocess.Popen(
+                spec.argv,
+                cwd=spec.cwd,
+                env=self.plan.full_env(spec),
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                start_new_session=True,
+                close_fds=True,
+            )
+        except OSError as e:
+            raise SpawnError(
+                f"cannot start rank {spec.rank} ({spec.argv[0]}): {e.strerror or e}",
+                hint="check that the program exists and is executable",
+            ) from None
+        if self._watchdog is not None:
+            self._watchdog.guard(popen.pid)
+        assert popen.stdout is not None and popen.stderr is not None
+        tail = Tail()
+        shown = self._show is None or spec.rank in self._show
+        prefix = f"[{spec.host}:{spec.rank}] ".encode() if self._prefix else b""
+        done = [
+            self._pump.add(
+                os.dup(stream.fileno()),
+                prefix=prefix,
+                console=(1, 2)[i] if shown else None,
+                log_file=self._log_file(spec, ("stdout", "stderr")[i]),
+                tail=tail if i == 1 else None,
+            )
+            for i, stream in enumerate((popen.stdout, popen.stderr))
+        ]
+        popen.stdout.close()
+        popen.stderr.close()
+        proc = RankProcess(spec, popen, tail, done, time.monotonic())
+        threading.Thread(
+            target=self._wait, args=(proc,), daemon=True, name=f"wait-rank-{spec.rank}"
+        ).start()
+        return proc
+
+    def _log_file(self, spec: RankSpec, name: str) -> BinaryIO | None:
+        if self._log_dir is None:
+            return None
+        folder = self._log_dir / f"rank-{spec.rank}"
+        folder.mkdir(parents=True, exist_ok=True)
+        return (folder / f"{name}.log").open("ab")
+
+    def _wait(self, proc: RankProcess) -> None:
+        returncode = proc.popen.wait()
+        proc.returncode = returncode
+        self._events.put(RankExited(proc.spec.rank, returncode, time.monotonic()))
+
+    def running(self) -> list[int]:
+        return [r for r, p in self.ranks.items() if p.returncode is None]
+
+    def signal(self, sig: int, ranks: list[int] | None = None) -> None:
+        """Send `sig` to the process group of each rank (default: every group still alive)."""
+        for rank in self.ranks if ranks is None else ranks:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(self.ranks[rank].pgid, sig)
+
+    def groups_alive(self) -> list[int]:
+        """Ranks whose process group still has members (the rank or what it left behind)."""
+        return [r for r, p in self.ranks.items() if _group_alive(p.pgid)]
+
+    def kill(self) -> None:
+        self.signal(signal.SIGKILL)
+
+    def close(self, grace: float) -> None:
+        """Make sure nothing of ours survives: stragglers get SIGTERM, then SIGKILL."""
+        left = self.groups_alive()
+        if left:
+            self.signal(signal.SIGTERM, left)
+            deadline = time.monotonic() + grace
+            while time.monotonic() < deadline and (left := self.groups_alive()):
+                time.sleep(0.01)
+            self.signal(signal.SIGKILL, left)
+        for proc in self.ranks.values():
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                proc.popen.wait(timeout=grace)
+        if self._watchdog is not None:
+            self._watchdog.disarm()
+
+    def wait_output(self, timeout: float) -> None:
+        """Wait (bounded) until every rank's pipes reached EOF, so tails are complete."""
+        deadline = time.monotonic() + timeout
+        for proc in self.ranks.values():
+            for done in proc.output_done:
+                done.wait(max(0.0, deadline - time.monotonic()))
+
+
+def run_once(argv: list[str], cwd: Path, env: dict[str, str]) -> tuple[int, str]:
+    """Run a helper command (pip) to completion, its output passed through; returns (rc, tail).
+
+    Runs in its own process group like a rank, so a signal to the launcher during an install
+    is handled the same way (the caller's signal handling forwards it).
+    """
+    tail = Tail()
+    pump = OutputPump()
+    pump.start()
+    try:
+        popen = subprocess.Popen(
+            argv,
+            cwd=cwd,
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    except OSError as e:
+        raise SpawnError(f"cannot start {argv[0]}: {e.strerror or e}") from None
+    assert popen.stdout is not None
+    done = pump.add(os.dup(popen.stdout.fileno()), prefix=b"", console=1, tail=tail)
+    popen.stdout.close()
+    try:
+        returncode = popen.wait()
+    except BaseException:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(popen.pid, signal.SIGKILL)
+        popen.wait()
+        raise
+    done.wait(5.0)
+    pump.stop(1.0)
+    return returncode, tail.text()

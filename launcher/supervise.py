@@ -1,0 +1,169 @@
+"""Watch the ranks of this host until the job ends; fail fast; forward signals.
+
+`Supervisor.run()` blocks on one event queue fed by the rank waiter threads (`RankExited`), the
+launcher's signal handlers (`SignalReceived`) and, in multi-host jobs, the control channel
+(`RemoteAbort`). It never sleeps or polls. The first non-zero exit terminates every other rank
+(SIGTERM to each process group, SIGKILL after the grace period); ranks the launcher stopped are
+recorded as terminated and can never be the root cause. SIGTERM, SIGINT, SIGHUP, SIGUSR1 and
+SIGUSR2 are forwarded to every rank; the first three also stop the job (a second SIGINT kills at
+once, as users expect of Ctrl-C twice).
+"""
+
+from __future__ import annotations
+
+import enum
+import queue
+import signal
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from types import FrameType
+from typing import Protocol
+
+from launcher.procs import RankExited
+
+FORWARDED = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGUSR1, signal.SIGUSR2)
+STOPPING = frozenset({signal.SIGTERM, signal.SIGINT, signal.SIGHUP})
+# After SIGKILL a rank in uninterruptible sleep (D state) may never be reaped; do not hang on it.
+KILL_WAIT_S = 10.0
+
+
+@dataclass(frozen=True, slots=True)
+class SignalReceived:
+    signum: int
+
+
+@dataclass(frozen=True, slots=True)
+class RemoteAbort:
+    """Another host failed or was lost; `reason` is the job's root cause as that host saw it."""
+
+    reason: str
+    exit_code: int
+
+
+class RunState(enum.Enum):
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    INTERRUPTED = "interrupted"
+    ABORTED = "aborted"
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    state: RunState
+    exits: dict[int, RankExited]
+    root_cause: int | None  # the rank whose failure ended the job, when it is local
+    terminated: frozenset[int]  # ranks the launcher signalled before they exited
+    stop_signal: int | None = None
+    remote: RemoteAbort | None = None
+    duration_s: float = 0.0
+
+
+class Ranks(Protocol):
+    """What the supervisor needs of a process set (procs.ProcessSet in production)."""
+
+    def running(self) -> list[int]: ...
+
+    def signal(self, sig: int, ranks: list[int] | None = None) -> None: ...
+
+
+@contextmanager
+def forwarding_signals(events: queue.SimpleQueue[object]) -> Iterator[None]:
+    """Turn the forwarded signals into events for as long as the block runs."""
+
+    def handler(signum: int, frame: FrameType | None) -> None:
+        events.put(SignalReceived(signum))  # SimpleQueue.put is safe in a signal handler
+
+    previous = {sig: signal.signal(sig, handler) for sig in FORWARDED}
+    try:
+        yield
+    finally:
+        for sig, old in previous.items():
+            signal.signal(sig, old)
+
+
+@dataclass
+class Supervisor:
+    ranks: Ranks
+    events: queue.SimpleQueue[object]
+    grace_s: float
+    on_event: Callable[[object], None] | None = None  # e.g. tell the control channel
+    clock: Callable[[], float] = time.monotonic
+    _pending: set[int] = field(default_factory=set)
+    _terminated: set[int] = field(default_factory=set)
+    _stopping_since: float | None = None
+    _killed: bool = False
+
+    def run(self) -> Outcome:
+        start = self.clock()
+        self._pending = set(self.ranks.running())
+        exits: dict[int, RankExited] = {}
+        state = RunState.SUCCEEDED
+        root: int | None = None
+        stop_signal: int | None = None
+        remote: RemoteAbort | None = None
+        while self._pending:
+            event = self._next_event()
+            if event is None:
+                continue
+            if self.on_event is not None:
+                self.on_event(event)
+            if isinstance(event, RankExited):
+                self._pending.discard(event.rank)
+                exits[event.rank] = event
+                failed = event.returncode != 0 and event.rank not in self._terminated
+                if failed and state is RunState.SUCCEEDED:
+                    state, root = RunState.FAILED, event.rank
+                    self._stop(signal.SIGTERM)
+            elif isinstance(event, SignalReceived):
+                self.ranks.signal(event.signum, sorted(self._pending))
+                if event.signum in STOPPING:
+                    if stop_signal is not None and event.signum == signal.SIGINT:
+                        self._kill()  # Ctrl-C twice: no more grace
+                    if state is RunState.SUCCEEDED:
+                        state, stop_signal = RunState.INTERRUPTED, event.signum
+                    self._stop(None)
+            elif isinstance(event, RemoteAbort):
+                if state is RunState.SUCCEEDED:
+                    state, remote = RunState.ABORTED, event
+                self._stop(signal.SIGTERM)
+        return Outcome(
+            state=state,
+            exits=exits,
+            root_cause=root,
+            terminated=frozenset(self._terminated),
+            stop_signal=stop_signal,
+            remote=remote,
+            duration_s=self.clock() - start,
+        )
+
+    def _next_event(self) -> object | None:
+        if self._stopping_since is None:
+            return self.events.get()
+        limit = self.grace_s if not self._killed else self.grace_s + KILL_WAIT_S
+        remaining = self._stopping_since + limit - self.clock()
+        if remaining <= 0:
+            if self._killed:
+                self._pending.clear()  # unkillable ranks: report, do not hang
+                return None
+            self._kill()
+            return None
+        try:
+            return self.events.get(timeout=remaining)
+        except queue.Empty:
+            return None
+
+    def _stop(self, sig: int | None) -> None:
+        """Begin stopping every pending rank (sig None: the signal was already forwarded)."""
+        if sig is not None:
+            self.ranks.signal(sig, sorted(self._pending))
+        self._terminated |= self._pending
+        if self._stopping_since is None:
+            self._stopping_since = self.clock()
+
+    def _kill(self) -> None:
+        self.ranks.signal(signal.SIGKILL, sorted(self._pending))
+        self._killed = True
+        if self._stopping_since is None:
+            self._stopping_since = self.clock()
