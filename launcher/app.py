@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from launcher import report
+from launcher.errors import exit_code_for_rank, signal_exit_code, signal_name
 from launcher.logs import OutputPump
 from launcher.plan import LaunchPlan
 from launcher.procs import ProcessSet, Watchdog
@@ -33,6 +34,7 @@ class RunOptions:
     prefix: bool = True  # False for the single-process `train`: output passes unchanged
     output_dir: Path | None = None  # where output/success|failure go (None: nowhere)
     error_dir: Path | None = None  # removed after the run
+    fail_fast: bool = True
 
 
 @dataclass(frozen=True, slots=True)
@@ -40,6 +42,7 @@ class Result:
     exit_code: int
     headline: str
     outcome: Outcome
+    failure_text: str
 
 
 def free_port() -> int:
@@ -55,7 +58,7 @@ def execute(
     watchdog: Watchdog,
     *,
     events: queue.SimpleQueue[object] | None = None,
-    on_event: Callable[[object], None] | None = None,
+    on_stop: Callable[[int, str], None] | None = None,
 ) -> Result:
     """Start the plan's ranks, supervise them to the end, report. Never leaves a rank running."""
     events = events if events is not None else queue.SimpleQueue()
@@ -74,12 +77,16 @@ def execute(
         with forwarding_signals(events):
             procs.start()
             log.info(
-                "started %d rank(s) on %s: %s",
+                "started %d %s on %s: %s",
                 len(plan.ranks),
+                "rank(s)" if options.prefix or plan.job.backend.value != "none" else "process(es)",
                 plan.world.host.name,
                 " ".join(plan.job.command[: len(plan.job.command) - plan.job.user_args]),
             )
-            outcome = Supervisor(procs, events, options.grace_s, on_event=on_event).run()
+            supervisor = Supervisor(procs, events, options.grace_s, fail_fast=options.fail_fast)
+            if on_stop is not None:
+                supervisor.on_stop = lambda rank, sig: on_stop(*_stop_cause(procs, rank, sig))
+            outcome = supervisor.run()
             procs.close(options.grace_s)
     finally:
         procs.close(0.0)  # on an unexpected error: nothing may survive us
@@ -90,18 +97,41 @@ def execute(
         for rank, p in procs.ranks.items()
     }
     found = report.failures(outcome, tails)
-    result = Result(report.exit_code(outcome), report.headline(outcome, found), outcome)
+    head = report.headline(outcome, found)
+    text = report.failure_text(head, found)
+    result = Result(report.exit_code(outcome), head, outcome, text)
     if options.output_dir is not None:
-        finish(options.output_dir, result, found)
+        finish(options.output_dir, result.exit_code, text)
     if options.error_dir is not None:
         shutil.rmtree(options.error_dir, ignore_errors=True)
     return result
 
 
-def finish(output_dir: Path, result: Result, found: list[report.RankFailure]) -> None:
+def finish(output_dir: Path, exit_code: int, failure_text: str) -> None:
     """Write output/success or output/failure (a failure file the script wrote is kept)."""
-    if result.exit_code == 0:
+    if exit_code == 0:
         report.write_success(output_dir)
         return
-    if not report.write_failure(output_dir, report.failure_text(result.headline, found)):
+    if not report.write_failure(output_dir, failure_text):
         log.info("%s/failure exists (written by the script): kept as is", output_dir)
+
+
+ROOT_OUTPUT_WAIT_S = 0.2
+
+
+def _stop_cause(procs: ProcessSet, rank: int | None, sig: int | None) -> tuple[int, str]:
+    """(exit code, root-cause line) the moment this host decides to stop the job."""
+    if sig is not None:
+        return signal_exit_code(sig), (
+            f"the job was stopped by {signal_name(sig)} on {procs.plan.world.host.name}"
+        )
+    assert rank is not None
+    proc = procs.ranks[rank]
+    for done in proc.output_done:  # the traceback is usually a few ms behind the exit
+        done.wait(ROOT_OUTPUT_WAIT_S)
+    returncode = proc.returncode if proc.returncode is not None else 1
+    recorded = report.read_error_file(proc.spec.error_file)
+    tail = proc.stderr_tail.text()
+    message = recorded[0] if recorded else report.exception_line(tail)
+    failure = report.RankFailure(rank, proc.spec.host, returncode, message, "", tail, False)
+    return exit_code_for_rank(returncode), failure.headline()

@@ -11,30 +11,38 @@ import argparse
 import json
 import logging
 import os
+import queue
+import secrets
 import sys
 import tempfile
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, NoReturn
 
-from launcher import __version__, config, gpus, job, plan, report, settings
-from launcher.app import Result, RunOptions, execute, free_port
+from launcher import __version__, config, gpus, job, local, plan, report, settings
+from launcher.app import Result, RunOptions, execute, finish, free_port
 from launcher.errors import EXIT_FAILURE, LauncherError
+from launcher.meet import MeetRequest, meet
 from launcher.plan import Backend, HostSlots, JobSpec, LaunchPlan, World
 from launcher.procs import Watchdog
+from launcher.rendezvous import Member
 
 log = logging.getLogger("launcher")
 
 
 class _Prefixed(logging.Formatter):
+    def __init__(self, tag: str) -> None:
+        super().__init__()
+        self._tag = f"[launcher {tag}] " if tag else "[launcher] "
+
     def format(self, record: logging.LogRecord) -> str:
         level = "" if record.levelno < logging.WARNING else f"{record.levelname.lower()}: "
-        return f"[launcher] {level}{record.getMessage()}"
+        return f"{self._tag}{level}{record.getMessage()}"
 
 
-def _setup_logging() -> None:
+def _setup_logging(tag: str = "") -> None:
     handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(_Prefixed())
+    handler.setFormatter(_Prefixed(tag))
     log.handlers[:] = [handler]
     log.setLevel(logging.INFO)
     log.propagate = False
@@ -64,6 +72,15 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("args", nargs=argparse.REMAINDER)
     plan_cmd = sub.add_parser("plan", help="what `train` would run from the SageMaker tree")
     _add_run_options(plan_cmd)
+    loc = sub.add_parser("local", help="a SageMaker-shaped cluster of N hosts on this machine")
+    loc.add_argument("--hosts", type=int, default=2, help="simulated hosts (default 2)")
+    loc.add_argument("--procs-per-host", dest="nproc_per_host", metavar="N|gpu|auto")
+    loc.add_argument("--backend", default="torch", help="torch | mpi | none (default torch)")
+    loc.add_argument("--grace-period", dest="grace_period", metavar="SECONDS")
+    loc.add_argument("--job-dir", default="launcher-jobs", help="where job folders go")
+    loc.add_argument("program")
+    loc.add_argument("args", nargs=argparse.REMAINDER)
+    sub.add_parser("train", help="the same as the `train` command", add_help=False)
     return parser
 
 
@@ -109,12 +126,9 @@ def _train(args: argparse.Namespace, environ: dict[str, str], base: Path) -> int
     slots = (
         1 if backend is Backend.NONE else settings.local_slots(chosen.procs_per_host, len(found))
     )
-    if backend is not Backend.NONE and len(cfg.distribution_hosts) > 1:
-        raise LauncherError(
-            f"{backend.value} jobs across {len(cfg.distribution_hosts)} hosts are not supported"
-            " yet",
-            hint="run one host per job, or the none backend",
-        )
+    multi = backend is not Backend.NONE and len(cfg.distribution_hosts) > 1
+    if multi:
+        _setup_logging(cfg.resources.current_host)
     watchdog = _watchdog(args.dry_run)
     entry = job.fetch_and_resolve(cfg, environ, dry_run=args.dry_run)
     env = job.user_environment(cfg, num_gpus=len(found), environ=environ)
@@ -122,7 +136,26 @@ def _train(args: argparse.Namespace, environ: dict[str, str], base: Path) -> int
         job.install(entry, {**environ, **env})
     error_dir = "" if args.dry_run else tempfile.mkdtemp(prefix="launcher-errors-")
     spec = job.spec(cfg, entry, backend, env, error_dir)
-    world = _single_host(cfg.resources.current_host, slots, chosen.master_port, args.dry_run)
+    events: queue.SimpleQueue[object] = queue.SimpleQueue()
+    member: Member | None = None
+    if not multi:
+        world = _single_host(cfg.resources.current_host, slots, chosen.master_port, args.dry_run)
+    elif args.dry_run:
+        world = _assumed_world(cfg.distribution_hosts, cfg.resources.current_host, slots)
+    else:
+        request = MeetRequest(
+            host=cfg.resources.current_host,
+            hosts=cfg.distribution_hosts,
+            slots=slots,
+            control_port=chosen.control_port,
+            master_port=chosen.master_port,
+            peer_timeout_s=chosen.peer_timeout_s,
+            heartbeat_timeout_s=chosen.heartbeat_timeout_s,
+            job_name=cfg.training_job_name or cfg.sagemaker_job_name,
+            token=chosen.job_token,
+            leader_addr=environ.get("LAUNCHER_LEADER_ADDR", ""),
+        )
+        world, member = meet(request, events, free_port())
     launch = plan.build(spec, world, environ, os.cpu_count() or 1)
     if args.dry_run:
         return _print_plan(launch, args.json)
@@ -131,10 +164,30 @@ def _train(args: argparse.Namespace, environ: dict[str, str], base: Path) -> int
         log_dir=chosen.log_dir,
         show_ranks=chosen.show_ranks,
         prefix=backend is not Backend.NONE,
-        output_dir=cfg.paths.output_dir,
+        output_dir=None if member else cfg.paths.output_dir,
         error_dir=Path(error_dir),
     )
-    return _finish(execute(launch, options, watchdog))
+    if member is None:
+        return _finish(execute(launch, options, watchdog, events=events))
+    try:
+        result = execute(launch, options, watchdog, events=events, on_stop=member.failed)
+        code, reason = member.barrier() if result.exit_code == 0 else (result.exit_code, "")
+    finally:
+        member.close()
+    text = result.failure_text if result.exit_code else f"{reason}\n"
+    finish(cfg.paths.output_dir, code, text)
+    return _finish(result if result.exit_code or not code else _failed(result, code, reason))
+
+
+def _failed(result: Result, code: int, reason: str) -> Result:
+    """This host's ranks succeeded but the job failed elsewhere after they finished."""
+    return Result(code, reason, result.outcome, f"{reason}\n")
+
+
+def _assumed_world(hosts: tuple[str, ...], current: str, slots: int) -> World:
+    """For --dry-run of a multi-host job: every host as this one, before any rendezvous."""
+    layout = tuple(HostSlots(h, slots) for h in hosts)
+    return World(layout, hosts.index(current), hosts[0], 0)
 
 
 def _watchdog(dry_run: bool) -> Watchdog:
@@ -176,9 +229,14 @@ def _print_plan(launch: LaunchPlan, as_json: bool) -> int:
 
 def main(argv: Sequence[str] | None = None) -> NoReturn:
     """`launcher`: run, plan, local, doctor."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["train"]:
+        train_main(argv[1:])
     _setup_logging()
     args = _parser().parse_args(argv)
     environ = dict(os.environ)
+    if args.command == "local":
+        _guard(lambda: _local(args, environ))
     if args.command == "plan":
         args.dry_run = True
         base = config.base_dir_from(environ)
@@ -217,3 +275,35 @@ def _run(args: argparse.Namespace, environ: dict[str, str]) -> int:
         error_dir=Path(error_dir),
     )
     return _finish(execute(launch, options, watchdog))
+
+
+def _local(args: argparse.Namespace, environ: dict[str, str]) -> int:
+    sources = settings.Sources(vars(args), environ, {})
+    chosen = settings.resolve(sources, default_backend=Backend.TORCH)
+    watchdog = _watchdog(False)
+    job = local.create(
+        Path(args.job_dir).resolve(),
+        n_hosts=args.hosts,
+        procs_per_host=chosen.procs_per_host,
+        script=Path(args.program).resolve(),
+        args=list(args.args),
+        backend=chosen.backend,
+    )
+    log.info("local job of %d hosts in %s", len(job.hosts), job.folder)
+    port, token = free_port(), secrets.token_hex(16)
+    argv = tuple(local.train_argv())
+    ranks = tuple(
+        plan.RankSpec(i, i, host, argv, str(Path.cwd()), local.host_env(job, host, port, token), "")
+        for i, host in enumerate(job.hosts)
+    )
+    spec = JobSpec(argv, str(Path.cwd()), Backend.NONE)
+    world = World(tuple(HostSlots(h, 1) for h in job.hosts), 0, "127.0.0.1", port)
+    launch = LaunchPlan(spec, world, ranks, environ)
+    options = RunOptions(grace_s=chosen.grace_s, prefix=False, fail_fast=False)
+    result = execute(launch, options, watchdog)
+    leader = result.outcome.exits.get(0)
+    code = leader.returncode if leader is not None and leader.returncode > 0 else result.exit_code
+    print(f"model: {job.model_dir}\nlogs:  {job.log_dir}\njob:   {job.folder}")
+    if code:
+        log.error("local job failed (exit %d); see %s/*/output/failure", code, job.folder)
+    return code

@@ -88,8 +88,12 @@ class Supervisor:
     ranks: Ranks
     events: queue.SimpleQueue[object]
     grace_s: float
-    on_event: Callable[[object], None] | None = None  # e.g. tell the control channel
+    on_event: Callable[[object], None] | None = None
+    # Called once when this host decides to stop the job (root-cause rank, or stop signal), so
+    # the control channel can tell the other hosts at once, before the local teardown ends.
+    on_stop: Callable[[int | None, int | None], None] | None = None
     clock: Callable[[], float] = time.monotonic
+    fail_fast: bool = True  # False: a failure is recorded but the others run on (local clusters)
     _pending: set[int] = field(default_factory=set)
     _terminated: set[int] = field(default_factory=set)
     _stopping_since: float | None = None
@@ -115,7 +119,10 @@ class Supervisor:
                 failed = event.returncode != 0 and event.rank not in self._terminated
                 if failed and state is RunState.SUCCEEDED:
                     state, root = RunState.FAILED, event.rank
-                    self._stop(signal.SIGTERM)
+                    if self.fail_fast:
+                        self._stop(signal.SIGTERM)
+                    if self.on_stop is not None:
+                        self.on_stop(root, None)
             elif isinstance(event, SignalReceived):
                 self.ranks.signal(event.signum, sorted(self._pending))
                 if event.signum in STOPPING:
@@ -123,6 +130,8 @@ class Supervisor:
                         self._kill()  # Ctrl-C twice: no more grace
                     if state is RunState.SUCCEEDED:
                         state, stop_signal = RunState.INTERRUPTED, event.signum
+                        if self.on_stop is not None:
+                            self.on_stop(None, event.signum)
                     self._stop(None)
             elif isinstance(event, RemoteAbort):
                 if state is RunState.SUCCEEDED:
