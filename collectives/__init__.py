@@ -1,0 +1,71 @@
+"""What a training script imports: join the job, ask where you are, communicate, save, report.
+
+    import collectives
+
+    @collectives.record
+    def main() -> None:
+        collectives.init()                    # gloo on CPU, nccl with GPUs, horovod if launched so
+        ...
+        loss = collectives.all_reduce(loss, "mean")
+        if collectives.is_primary():
+            print(loss.item())
+        collectives.save(torch.jit.script(model), "model.pt")   # rank 0 only, atomic
+        collectives.shutdown()
+
+It works under our launcher (torch, horovod and mpi backends), under torchrun, horovodrun and
+mpirun, and outside any launcher as a world of one. The rank environment is read only through
+`launcher.contract`. See docs/collectives.md for the full reference.
+"""
+
+from collectives.engines import ReduceOp
+from collectives.errors import CollectiveError, CollectiveTimeout
+from collectives.group import DEFAULT_TIMEOUT, init, shutdown
+from collectives.io import (
+    channel,
+    checkpoint_dir,
+    model_dir,
+    output_data_dir,
+    save,
+    save_file,
+)
+from collectives.ops import (
+    all_gather,
+    all_reduce,
+    barrier,
+    broadcast,
+    is_primary,
+    local_rank,
+    local_world_size,
+    node_rank,
+    primary_first,
+    rank,
+    world_size,
+)
+from collectives.record import record
+
+__all__ = [
+    "DEFAULT_TIMEOUT",
+    "CollectiveError",
+    "CollectiveTimeout",
+    "ReduceOp",
+    "all_gather",
+    "all_reduce",
+    "barrier",
+    "broadcast",
+    "channel",
+    "checkpoint_dir",
+    "init",
+    "is_primary",
+    "local_rank",
+    "local_world_size",
+    "model_dir",
+    "node_rank",
+    "output_data_dir",
+    "primary_first",
+    "rank",
+    "record",
+    "save",
+    "save_file",
+    "shutdown",
+    "world_size",
+]

@@ -195,7 +195,7 @@ def _error_dir() -> str:
     """A private folder for the ranks' error files (tempfile costs 3 ms of imports)."""
     root = os.environ.get("TMPDIR") or "/tmp"  # noqa: S108 - created 0700 and unique below
     path = f"{root}/launcher-errors-{os.getpid()}-{os.urandom(4).hex()}"
-    os.mkdir(path, 0o700)
+    Path(path).mkdir(mode=0o700)
     return path
 
 

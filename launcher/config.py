@@ -12,6 +12,7 @@ of text that tells the user what is wrong (exit code 2 in the CLI). Nothing is h
 from __future__ import annotations
 
 import json
+import stat
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -216,18 +217,21 @@ def load(base_dir: Path, environ: Mapping[str, str]) -> JobConfig:
 
 def _read_object(path: Path) -> dict[str, Any]:
     try:
-        size = path.stat().st_size
-        if size > MAX_CONFIG_BYTES:
-            raise ConfigError(path, None, f"is {size} bytes, over the {MAX_CONFIG_BYTES} limit")
-        data = path.read_bytes()
+        info = path.stat()
+        if stat.S_ISDIR(info.st_mode):
+            raise ConfigError(path, None, "is a directory, not a JSON file")
+        if not stat.S_ISREG(info.st_mode):  # a FIFO would block, /dev/zero never end
+            raise ConfigError(path, None, "is not a regular file")
+        with path.open("rb") as f:
+            data = f.read(MAX_CONFIG_BYTES + 1)  # bounded even if the file grows meanwhile
     except FileNotFoundError:
         raise ConfigError(path, None, "is missing", hint="SageMaker writes it; create it") from None
-    except IsADirectoryError:
-        raise ConfigError(path, None, "is a directory, not a JSON file") from None
     except PermissionError:
         raise ConfigError(path, None, "cannot be read (permission denied)") from None
     except OSError as e:
-        raise ConfigError(path, None, f"cannot be read: {e.strerror}") from None
+        raise ConfigError(path, None, f"cannot be read: {e.strerror or e}") from None
+    if len(data) > MAX_CONFIG_BYTES:
+        raise ConfigError(path, None, f"is over the {MAX_CONFIG_BYTES}-byte limit")
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError as e:
@@ -277,13 +281,43 @@ def decode_hyperparameter(value: Any) -> Any:
         return value
 
 
+def _unfit_for_environ(value: Any) -> str | None:
+    """Why `value` (or a string inside it) cannot reach environ or argv; None when it can."""
+    if isinstance(value, str):
+        if "\0" in value:
+            return "holds a NUL character"
+        # json.loads turns "\\ud800" into a lone surrogate, which no environment can hold.
+        return (
+            None
+            if value.isascii() or value.isprintable() or _utf8(value)
+            else "holds a lone surrogate"
+        )
+    if isinstance(value, dict | list):
+        parts = [*value.keys(), *value.values()] if isinstance(value, dict) else value
+        return next((p for p in map(_unfit_for_environ, parts) if p), None)
+    return None
+
+
+def _utf8(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 def _hyperparameters(path: Path, raw: dict[str, Any]) -> Hyperparameters:
     user: dict[str, Any] = {}
     sagemaker: dict[str, Any] = {}
     for key, value in raw.items():
         if key == "":
             raise ConfigError(path, '""', "empty hyperparameter names cannot become arguments")
+        if "=" in key:  # SM_HP_<KEY> would not be a valid environment variable name
+            raise ConfigError(path, key, "hyperparameter names cannot contain '='")
         decoded = decode_hyperparameter(value)
+        problem = _unfit_for_environ(key) or _unfit_for_environ(decoded)
+        if problem:
+            raise ConfigError(path, key if key.isprintable() else repr(key), problem)
         if key.startswith("sagemaker_") or key in RESERVED_HYPERPARAMETERS:
             sagemaker[key] = decoded
         else:
@@ -309,18 +343,25 @@ def _host_list(path: Path, key: str, value: Any) -> tuple[str, ...]:
     for host in value:
         if not isinstance(host, str) or not host.strip():
             raise ConfigError(path, key, f"holds an invalid host name {host!r}")
-        if host != host.strip() or any(c.isspace() for c in host):
+        if any(c.isspace() for c in host):
             raise ConfigError(path, key, f"host name {host!r} contains whitespace")
+        if not host.isprintable() or _unfit_for_environ(host):
+            raise ConfigError(path, key, f"host name {host!r} contains control characters")
         if host in seen:
             raise ConfigError(path, key, f"names host {host!r} twice")
         seen.add(host)
     return tuple(value)
 
 
-def _opt_str(path: Path, raw: Mapping[str, Any], key: str, default: str) -> str:
+def _opt_str(path: Path, raw: Mapping[str, Any], key: str, default: str, where: str = "") -> str:
     value = raw.get(key, default)
-    if not isinstance(value, str) or not value:
-        raise ConfigError(path, key, f"must be a non-empty string, not {_kind(value)}")
+    if not isinstance(value, str):
+        raise ConfigError(path, where + key, f"must be a string, not {_kind(value)}")
+    if not value:
+        raise ConfigError(path, where + key, "must not be empty")
+    problem = _unfit_for_environ(value)
+    if problem:
+        raise ConfigError(path, where + key, problem)
     return value
 
 
@@ -342,7 +383,7 @@ def _resources(path: Path, raw: dict[str, Any]) -> ResourceConfig:
         key = f"instance_groups[{i}]"
         if not isinstance(group, dict):
             raise ConfigError(path, key, f"must be an object, not {_kind(group)}")
-        name = _opt_str(path, group, "instance_group_name", "")
+        name = _opt_str(path, group, "instance_group_name", "", where=f"{key}.")
         if any(g.name == name for g in groups):
             raise ConfigError(path, f"{key}.instance_group_name", f"{name!r} is used twice")
         group_hosts = _host_list(path, f"{key}.hosts", group.get("hosts"))
@@ -368,7 +409,9 @@ def _resources(path: Path, raw: dict[str, Any]) -> ResourceConfig:
 
 def _input_data(path: Path, raw: dict[str, Any]) -> Mapping[str, Any]:
     for name, spec in raw.items():
-        if not name or "/" in name or name in (".", ".."):
+        # The name becomes a path component and part of an environment variable name.
+        bad = not name or "/" in name or "=" in name or name in (".", "..")
+        if bad or not name.isprintable() or _unfit_for_environ(name):
             raise ConfigError(path, repr(name), "is not a valid channel name")
         if not isinstance(spec, dict):
             raise ConfigError(path, name, f"must be an object, not {_kind(spec)}")

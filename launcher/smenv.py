@@ -111,9 +111,10 @@ def training_env(
     }
 
 
-def _module_name(entry: str | None) -> str | None:
+def _module_name(entry: str | None) -> str:
+    # The toolkit builds it from str(sagemaker_program): "None" when no entry point is set.
     if entry is None:
-        return None
+        return "None"
     return entry[: -len(".py")] if entry.endswith(".py") else entry
 
 
