@@ -28,6 +28,8 @@ lint: venv
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/mypy
+	$(VENV)/bin/shellcheck .ci/run scripts/install-horovod.sh
+	$(VENV)/bin/hadolint docker/Dockerfile docker/Dockerfile.gpu
 
 format: venv
 	$(VENV)/bin/ruff format .

@@ -12,6 +12,7 @@ import json
 import logging
 import os
 import queue
+import shutil
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -24,6 +25,8 @@ from launcher.plan import Backend, HostSlots, JobSpec, LaunchPlan, World
 from launcher.procs import Watchdog
 
 if TYPE_CHECKING:
+    from launcher.horovod import RendezvousHost as HorovodServer
+    from launcher.mpijob import SshKeys
     from launcher.rendezvous import Member
 
 log = logging.getLogger("launcher")
@@ -79,6 +82,13 @@ def _parser() -> argparse.ArgumentParser:
     loc.add_argument("--job-dir", default="launcher-jobs", help="where job folders go")
     loc.add_argument("program")
     loc.add_argument("args", nargs=argparse.REMAINDER)
+    doc = sub.add_parser("doctor", help="check this host for a backend: GPUs, network, frameworks")
+    doc.add_argument(
+        "--backend",
+        choices=[b.value for b in Backend],
+        help="the backend to check for (default: what `train` would use here, else torch)",
+    )
+    doc.add_argument("--json", action="store_true", help="one JSON document instead of a table")
     sub.add_parser("train", help="the same as the `train` command", add_help=False)
     return parser
 
@@ -112,7 +122,9 @@ def train_main(argv: Sequence[str] | None = None) -> NoReturn:
     args = _train_parser().parse_args(argv)
     environ = dict(os.environ)
     base = config.base_dir_from(environ)
-    _guard(lambda: _train(args, environ, base), None if args.dry_run else base / "output")
+    # A failure file goes into an existing tree only: `train` never creates /opt/ml from nothing.
+    output = None if args.dry_run or not base.is_dir() else base / "output"
+    _guard(lambda: _train(args, environ, base), output)
 
 
 def _train(args: argparse.Namespace, environ: dict[str, str], base: Path) -> int:
@@ -121,6 +133,8 @@ def _train(args: argparse.Namespace, environ: dict[str, str], base: Path) -> int
     sources = settings.Sources(vars(args), environ, cfg.hyperparameters.sagemaker, hps_file)
     chosen = settings.resolve(sources, default_backend=Backend.NONE)
     backend = chosen.backend if cfg.in_distribution else Backend.NONE
+    # Validate the entry point before anything is logged: bad input gets exactly one line.
+    entry = job.fetch_and_resolve(cfg, environ, dry_run=args.dry_run)
     found = gpus.discover(environ)
     slots = (
         1 if backend is Backend.NONE else settings.local_slots(chosen.procs_per_host, len(found))
@@ -129,7 +143,6 @@ def _train(args: argparse.Namespace, environ: dict[str, str], base: Path) -> int
     if multi:
         _setup_logging(cfg.resources.current_host)
     watchdog = _watchdog(args.dry_run)
-    entry = job.fetch_and_resolve(cfg, environ, dry_run=args.dry_run)
     env = job.user_environment(cfg, num_gpus=len(found), environ=environ)
     if not args.dry_run:
         job.install(entry, {**environ, **env})
@@ -137,6 +150,8 @@ def _train(args: argparse.Namespace, environ: dict[str, str], base: Path) -> int
     spec = job.spec(cfg, entry, backend, env, error_dir)
     events: queue.SimpleQueue[object] = queue.SimpleQueue()
     member: Member | None = None
+    leads = not multi or cfg.resources.current_host == cfg.distribution_hosts[0]
+    keys, hvd, extra = _backend_prepare(backend, multi, leads, args.dry_run, environ)
     if not multi:
         world = _single_host(cfg.resources.current_host, slots, chosen.master_port, args.dry_run)
     elif args.dry_run:
@@ -155,9 +170,16 @@ def _train(args: argparse.Namespace, environ: dict[str, str], base: Path) -> int
             job_name=cfg.training_job_name or cfg.sagemaker_job_name,
             token=chosen.job_token,
             leader_addr=environ.get("LAUNCHER_LEADER_ADDR", ""),
+            plan_extra=extra,
         )
         world, member = meet(request, events, free_port())
+    if hvd is not None:
+        world = hvd.attach(world)
     launch = plan.build(spec, world, environ, os.cpu_count() or 1)
+    if backend is Backend.MPI:
+        return _mpi(
+            args, sources, cfg, launch, member=member, keys=keys, watchdog=watchdog, events=events
+        )
     if args.dry_run:
         return _print_plan(launch, args.json)
     options = RunOptions(
@@ -180,6 +202,75 @@ def _train(args: argparse.Namespace, environ: dict[str, str], base: Path) -> int
     return _finish(result if result.exit_code or not code else _failed(result, code, reason))
 
 
+# --- the mpi and horovod backends (launcher/mpijob.py, launcher/horovod.py) -------------------
+
+
+def _backend_prepare(
+    backend: Backend, multi: bool, leads: bool, dry_run: bool, environ: dict[str, str]
+) -> tuple[SshKeys | None, HorovodServer | None, dict[str, Any]]:
+    """What must exist before the hosts meet: MPI's per-job ssh keys (multi-host only), and
+    the leader's Horovod rendezvous server, whose port travels in the PLAN."""
+    if dry_run:
+        return None, None, {}
+    if backend is Backend.MPI and multi:
+        from launcher.mpijob import SshKeys  # noqa: PLC0415 - keeps `train` start-up light
+
+        keys = SshKeys.create(leads, environ)
+        return keys, None, keys.plan_extra() if leads else {}
+    if backend is Backend.HOROVOD and leads:
+        from launcher.horovod import RendezvousHost  # noqa: PLC0415
+        from launcher.meet import HOROVOD_PORT_KEY  # noqa: PLC0415
+
+        server = RendezvousHost()
+        return None, server, {HOROVOD_PORT_KEY: server.start()}
+    return None, None, {}
+
+
+def _mpi(
+    args: argparse.Namespace,
+    sources: settings.Sources,
+    cfg: config.JobConfig,
+    launch: LaunchPlan,
+    *,
+    member: Member | None,
+    keys: SshKeys | None,
+    watchdog: Watchdog,
+    events: queue.SimpleQueue[object],
+) -> int:
+    """The `mpi` backend's `train`: mpirun on the leader, sshd on the followers."""
+    from launcher import mpijob  # noqa: PLC0415 - keeps `train` start-up light
+
+    chosen = settings.resolve(sources, default_backend=Backend.NONE)
+    run = mpijob.MpiRun(
+        launch=launch,
+        settings=mpijob.mpi_settings(sources),
+        options=RunOptions(
+            grace_s=chosen.grace_s, log_dir=chosen.log_dir, show_ranks=chosen.show_ranks
+        ),
+        watchdog=watchdog,
+        events=events,
+        output_dir=cfg.paths.output_dir,
+        peer_timeout_s=chosen.peer_timeout_s,
+        environ=dict(sources.environ),
+        python=sys.executable,
+        instance_type=cfg.resources.current_instance_type,
+    )
+    if args.dry_run:
+        return _print_plan(mpijob.leader_plan(run, "<ssh-config>", "<host-env>"), args.json)
+    try:
+        code = mpijob.run(run, member, keys)
+    finally:
+        if member is not None:
+            member.close()
+        if launch.job.error_dir:
+            shutil.rmtree(launch.job.error_dir, ignore_errors=True)
+    if code == 0:
+        log.info("job succeeded")
+    else:
+        log.error("job failed (exit %d)", code)
+    return code
+
+
 def _failed(result: Result, code: int, reason: str) -> Result:
     """This host's ranks succeeded but the job failed elsewhere after they finished."""
     return Result(code, reason, result.outcome, f"{reason}\n")
@@ -195,7 +286,12 @@ def _error_dir() -> str:
     """A private folder for the ranks' error files (tempfile costs 3 ms of imports)."""
     root = os.environ.get("TMPDIR") or "/tmp"  # noqa: S108 - created 0700 and unique below
     path = f"{root}/launcher-errors-{os.getpid()}-{os.urandom(4).hex()}"
-    Path(path).mkdir(mode=0o700)
+    try:
+        Path(path).mkdir(mode=0o700)
+    except OSError as e:
+        raise LauncherError(
+            f"cannot create {path}: {e.strerror}", hint="set TMPDIR to a writable folder"
+        ) from None
     return path
 
 
@@ -253,6 +349,8 @@ def main(argv: Sequence[str] | None = None) -> NoReturn:
     if args.command == "run":
         out = Path(args.output_dir) if args.output_dir else None
         _guard(lambda: _run(args, environ), None if args.dry_run else out)
+    if args.command == "doctor":
+        _guard(lambda: _doctor(args, environ))
     sys.exit(EXIT_FAILURE)
 
 
@@ -318,3 +416,9 @@ def _local(args: argparse.Namespace, environ: dict[str, str]) -> int:
     if code:
         log.error("local job failed (exit %d); see %s/*/output/failure", code, job.folder)
     return code
+
+
+def _doctor(args: argparse.Namespace, environ: dict[str, str]) -> int:
+    from launcher import doctor  # noqa: PLC0415 - keeps `train` start-up light
+
+    return doctor.main(environ, as_json=args.json, backend=args.backend)

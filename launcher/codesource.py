@@ -140,7 +140,7 @@ def extract_tar(archive: Path, dest: Path, label: str) -> None:
                         label,
                         member.name,
                         f"archive member {problem}",
-                        hint=f"the archive comes from {SOURCE_KEY}; re-create it without it",
+                        hint=f"the archive comes from {SOURCE_KEY}; rebuild it without that member",
                     )
             members = [m for m in members if member_path(m).parts]
             if hasattr(tarfile, "data_filter"):

@@ -17,6 +17,8 @@ from pathlib import Path
 from launcher.errors import ConfigError
 
 _NAME = re.compile(r"^[A-Za-z0-9._][A-Za-z0-9._+-]*(/[A-Za-z0-9._+-]+)*$")
+# Runs a COMMAND entry point: `$0` is `./<name>`, `$@` the arguments; no user text inside.
+COMMAND_SCRIPT = '[ -x "$0" ] || chmod a+x -- "$0" || exit 126; exec "$0" "$@"'
 _PROJECT_TABLE = re.compile(r"^\s*\[(project|build-system)\]\s*$", re.MULTILINE)
 
 
@@ -46,7 +48,8 @@ def resolve(name: str, code_dir: Path, source: str) -> EntryPoint:
     """Validate `name` (from `source`, e.g. `hyperparameters.json: sagemaker_program`).
 
     Raises `ConfigError` when the name is empty, has characters outside the toolkit's set,
-    has `.`/`..` segments, does not exist in the code directory, or resolves outside it.
+    has `.`/`..` segments, does not exist in the code directory, resolves outside it, or is
+    a directory (unless a `.py` directory with `__main__.py`, which Python runs).
     """
     file, _, key = source.partition(": ")
     if not name:
@@ -79,6 +82,10 @@ def resolve(name: str, code_dir: Path, source: str) -> EntryPoint:
     real_code = code_dir.resolve()
     if not target.resolve().is_relative_to(real_code):
         raise ConfigError(file, key or None, f"entry point {name!r} resolves outside {code_dir}")
+    # `python -- dir` runs dir/__main__.py, as under the toolkit; nothing else runs a directory.
+    runnable_dir = kind is Kind.PYTHON_PROGRAM and (target / "__main__.py").is_file()
+    if target.is_dir() and not runnable_dir:
+        raise ConfigError(file, key or None, f"entry point {name!r} is a directory, not a file")
     return EntryPoint(name, kind, code_dir)
 
 
@@ -120,10 +127,13 @@ def command(entry: EntryPoint, python: str, args: list[str]) -> list[str]:
 
     A `COMMAND` is run through `/bin/sh` with a fixed script and the name and arguments as
     positional parameters, so that a script without a shebang still runs (as with the toolkit's
-    `sh -c`) while no user text is ever parsed by the shell.
+    `sh -c`) while no user text is ever parsed by the shell. The script first adds the
+    execute bits when they are missing (the toolkit chmods the entry point to 0777 at install;
+    we add only `a+x`, and only when the command really runs, never in a dry run), then
+    `exec`s it so that the user's program is the launcher's direct child.
     """
     if entry.kind is Kind.PYTHON_PACKAGE:
         return [python, "-m", entry.module, *args]
     if entry.kind is Kind.PYTHON_PROGRAM:
         return [python, "--", entry.name, *args]
-    return ["/bin/sh", "-c", '"$0" "$@"', f"./{entry.name}", *args]
+    return ["/bin/sh", "-c", COMMAND_SCRIPT, f"./{entry.name}", *args]

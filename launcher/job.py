@@ -40,8 +40,10 @@ def fetch_and_resolve(job: JobConfig, environ: Mapping[str, str], *, dry_run: bo
         kind = Kind.PYTHON_PROGRAM if job.entry_point.endswith(".py") else Kind.COMMAND
         return EntryPoint(job.entry_point, kind, code_dir)
     if not dry_run:
-        what = codesource.prepare(code_dir, job.submit_dir, hps_file)
+        what = codesource.prepare(code_dir, job.submit_dir, hps_file, environ)
+        entry = entrypoint.resolve(job.entry_point, code_dir, source)
         log.info("%s", what)
+        return entry
     return entrypoint.resolve(job.entry_point, code_dir, source)
 
 

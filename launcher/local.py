@@ -14,6 +14,7 @@ import secrets
 import shutil
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -50,6 +51,19 @@ def hyperparameters(args: list[str]) -> dict[str, str]:
     return {key.lstrip("-"): value for key, value in zip(args[::2], args[1::2], strict=True)}
 
 
+def _ignoring(job_root: Path) -> Callable[[str, list[str]], set[str]]:
+    """copytree's filter: the usual clutter, and the job folder when it lies inside the code
+    folder (`--job-dir` under the script's folder would otherwise copy itself forever)."""
+
+    def ignore(folder: str, names: list[str]) -> set[str]:
+        skipped = set(_IGNORE(folder, names))
+        if job_root.parent == Path(folder).resolve():
+            skipped.add(job_root.name)
+        return skipped
+
+    return ignore
+
+
 def create(
     root: Path,
     *,
@@ -81,7 +95,7 @@ def create(
         config.mkdir(parents=True)
         for sub in ("model", "output/data", "input/data"):
             (tree / sub).mkdir(parents=True, exist_ok=True)
-        shutil.copytree(script.parent, tree / "code", ignore=_IGNORE)
+        shutil.copytree(script.parent, tree / "code", ignore=_ignoring(root.resolve()))
         resources = {
             "current_host": host,
             "hosts": list(hosts),

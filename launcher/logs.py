@@ -3,16 +3,19 @@
 One thread (`OutputPump`) multiplexes every rank pipe with a selector and is the only writer of
 rank output to the console, so lines never interleave mid-line. Bytes are never decoded:
 non-UTF-8 output survives. With a prefix (multi-rank jobs) each complete line is written as
-`prefix + line`; a partial last line is completed with a newline at EOF so the next rank's line
-starts clean. Without a prefix (the single-process `train`) bytes pass through unchanged,
-partial lines and carriage returns included. Each stream also feeds an optional per-rank log
-file and a bounded tail that the failure report reads.
+`prefix + line`, in writes of whole lines of at most PIPE_BUF bytes (atomic on a pipe, so even
+the launcher's own log lines cannot cut a rank's line); a partial last line is completed with a
+newline at EOF so the next rank's line starts clean; a line longer than `MAX_LINE` without a
+newline is written in pieces. Without a prefix (the single-process `train`) bytes pass through
+unchanged, partial lines and carriage returns included. Each stream also feeds an optional
+per-rank log file and a bounded tail that the failure report reads.
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
+import select
 import selectors
 import threading
 from collections import deque
@@ -21,6 +24,8 @@ from typing import BinaryIO
 
 TAIL_BYTES = 64 * 1024
 _CHUNK = 64 * 1024
+PIPE_BUF = select.PIPE_BUF  # writes up to this size are atomic on a pipe (4096 on Linux)
+MAX_LINE = 1024 * 1024  # a longer line is written in pieces (see OutputPump._echo)
 
 
 class Tail:
@@ -157,17 +162,22 @@ class OutputPump:
         stream.pending += data
         end = stream.pending.rfind(b"\n")
         if end < 0:
+            if len(stream.pending) > MAX_LINE:
+                # A line this long (a `\r` progress bar that never ends its line) is written
+                # in pieces rather than held in memory without bound.
+                _write_lines(stream.console, [stream.prefix + bytes(stream.pending) + b"\n"])
+                stream.pending.clear()
             return
         block = bytes(stream.pending[: end + 1])
         del stream.pending[: end + 1]
         lines = block.split(b"\n")[:-1]
-        _write_all(stream.console, b"".join(stream.prefix + line + b"\n" for line in lines))
+        _write_lines(stream.console, [stream.prefix + line + b"\n" for line in lines])
 
     def _close(self, stream: _Stream) -> None:
         if stream.closed.is_set():
             return
         if stream.pending and stream.console is not None:
-            _write_all(stream.console, stream.prefix + bytes(stream.pending) + b"\n")
+            _write_lines(stream.console, [stream.prefix + bytes(stream.pending) + b"\n"])
             stream.pending.clear()
         with contextlib.suppress(KeyError, ValueError):
             self._selector.unregister(stream.fd)
@@ -175,6 +185,32 @@ class OutputPump:
         if stream.log_file is not None:
             stream.log_file.close()
         stream.closed.set()
+
+
+def line_batches(lines: list[bytes], limit: int = PIPE_BUF) -> list[bytes]:
+    """`lines` joined into writes of at most `limit` bytes, each ending at a line end.
+
+    A pipe write of at most PIPE_BUF bytes is atomic, so another writer to the same console
+    (the launcher's own log lines) can land between two rank lines but never inside one.
+    A single line longer than `limit` is a write of its own.
+    """
+    batches: list[bytes] = []
+    current: list[bytes] = []
+    size = 0
+    for line in lines:
+        if current and size + len(line) > limit:
+            batches.append(b"".join(current))
+            current, size = [], 0
+        current.append(line)
+        size += len(line)
+    if current:
+        batches.append(b"".join(current))
+    return batches
+
+
+def _write_lines(fd: int | None, lines: list[bytes]) -> None:
+    for batch in line_batches(lines):
+        _write_all(fd, batch)
 
 
 def _write_all(fd: int | None, data: bytes) -> None:

@@ -11,9 +11,12 @@ import hashlib
 import logging
 import queue
 import time
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
 
 from launcher import wire
+from launcher.errors import LauncherError
 from launcher.leader import Leader
 from launcher.plan import HostSlots, World
 from launcher.rendezvous import Follower, Member
@@ -33,6 +36,12 @@ class MeetRequest:
     job_name: str
     token: str | None
     leader_addr: str = ""  # how to reach the leader, when its name does not resolve
+    # Backend entries the leader adds to the PLAN (MPI: its ssh key; horovod: the port of its
+    # rendezvous server, under HOROVOD_PORT_KEY, which becomes World.horovod_rendezvous).
+    plan_extra: Mapping[str, Any] = field(default_factory=dict)
+
+
+HOROVOD_PORT_KEY = "horovod_port"
 
 
 def job_token(request: MeetRequest) -> str:
@@ -61,8 +70,15 @@ def meet(
             expected=request.hosts,
             port=request.control_port,
         )
-        port = leader.start()
+        try:
+            port = leader.start()
+        except OSError as e:
+            raise LauncherError(
+                f"cannot listen on the control port {request.control_port}: {e}",
+                hint="another process holds it; set LAUNCHER_CONTROL_PORT on every host",
+            ) from None
         log.info("leading %d hosts on control port %d", len(request.hosts), port)
+        began, cpu = time.monotonic(), time.process_time()
         try:
             peers = leader.wait_for_peers(deadline, request.slots)
         except BaseException:
@@ -70,9 +86,23 @@ def meet(
             raise
         master_port = request.master_port or free_port
         layout = [[p.host, p.slots] for p in peers]
-        leader.announce({"hosts": layout, "master_port": master_port, "run_id": run_id})
+        leader.announce(
+            {**request.plan_extra, "hosts": layout, "master_port": master_port, "run_id": run_id}
+        )
+        # The leader's own cost (CPU of this process while meeting: accepts, frames, the plan)
+        # as opposed to the wall time, which is mostly waiting for the last host to start.
+        cpu_ms = (time.process_time() - cpu) * 1000
+        log.info(
+            "plan sent to %d hosts %.3f s after leading; rendezvous CPU %.1f ms (%.3f ms/host)",
+            len(peers),
+            time.monotonic() - began,
+            cpu_ms,
+            cpu_ms / len(peers),
+        )
         hosts = tuple(HostSlots(p.host, p.slots, p.addr) for p in peers)
-        return World(hosts, 0, peers[0].addr, master_port, run_id), leader
+        hvd_port = request.plan_extra.get(HOROVOD_PORT_KEY)
+        hvd = (peers[0].addr, int(hvd_port)) if hvd_port else None
+        return World(hosts, 0, peers[0].addr, master_port, run_id, hvd), leader
     follower = Follower(
         key=key,
         host=request.host,
@@ -88,5 +118,7 @@ def meet(
         raise
     hosts = tuple(HostSlots(str(h), int(n)) for h, n in plan["hosts"])
     node_rank = [h.name for h in hosts].index(request.host)
-    world = World(hosts, node_rank, leader_addr, int(plan["master_port"]), str(plan["run_id"]))
+    hvd_port = plan.get(HOROVOD_PORT_KEY)
+    hvd = (leader_addr, int(hvd_port)) if hvd_port else None
+    world = World(hosts, node_rank, leader_addr, int(plan["master_port"]), str(plan["run_id"]), hvd)
     return world, follower

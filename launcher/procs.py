@@ -21,6 +21,7 @@ import signal
 import subprocess
 import threading
 import time
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
@@ -30,6 +31,7 @@ from launcher.logs import OutputPump, Tail
 from launcher.plan import LaunchPlan, RankSpec
 
 WATCHDOG_GRACE_S = 1.0
+CAPTURE_DRAIN_S = 1.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -106,10 +108,11 @@ def _watch(read_fd: int) -> None:
                 groups.add(int(line[1:]))
     # EOF without "disarm": the launcher is gone. Stop everything it started.
     _signal_groups(groups, signal.SIGTERM)
+    left = groups
     deadline = time.monotonic() + WATCHDOG_GRACE_S
-    while time.monotonic() < deadline and any(_group_alive(g) for g in groups):
+    while time.monotonic() < deadline and (left := _live_groups(groups)):
         time.sleep(0.02)
-    _signal_groups(groups, signal.SIGKILL)
+    _signal_groups(left, signal.SIGKILL)
 
 
 def _signal_groups(groups: set[int], sig: int) -> None:
@@ -118,12 +121,45 @@ def _signal_groups(groups: set[int], sig: int) -> None:
             os.killpg(pgid, sig)
 
 
-def _group_alive(pgid: int) -> bool:
+def _live_groups(pgids: Iterable[int]) -> set[int]:
+    """The groups among `pgids` that have a member which is not a zombie.
+
+    `killpg(pgid, 0)` succeeds while a zombie is left in the group, and a zombie's parent may
+    never reap it: an orphan whose new parent is a PID 1 that does not reap (Docker without
+    `--init`, or this launcher itself as PID 1). Counting zombies would make every teardown wait
+    out the whole grace period for processes that are already dead, so groups that answer
+    `killpg` are confirmed with one scan of /proc.
+    """
+    answering: set[int] = set()
+    for pgid in pgids:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(pgid, 0)
+            answering.add(pgid)
+    if not answering:
+        return answering
     try:
-        os.killpg(pgid, 0)
-    except (ProcessLookupError, PermissionError):
-        return False
-    return True
+        entries = os.listdir("/proc")  # noqa: PTH208 - names only, many times a second
+    except OSError:
+        return answering  # no procfs: trust killpg
+    live: set[int] = set()
+    for name in entries:
+        if not name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{name}/stat", "rb") as f:  # noqa: PTH123 - hot loop, no Path
+                stat = f.read()
+        except OSError:
+            continue  # gone since listdir
+        # "pid (comm) state ppid pgrp ...": comm may hold spaces and parentheses.
+        fields = stat[stat.rfind(b")") + 2 :].split(maxsplit=3)
+        if len(fields) < 3 or fields[0] in (b"Z", b"X"):
+            continue
+        pgrp = int(fields[2])
+        if pgrp in answering:
+            live.add(pgrp)
+            if live == answering:
+                break
+    return live
 
 
 @dataclass(eq=False)
@@ -239,8 +275,10 @@ class ProcessSet:
                 os.killpg(self.ranks[rank].pgid, sig)
 
     def groups_alive(self) -> list[int]:
-        """Ranks whose process group still has members (the rank or what it left behind)."""
-        return [r for r, p in self.ranks.items() if _group_alive(p.pgid)]
+        """Ranks whose process group still has live (non-zombie) members: the rank or what it
+        left behind."""
+        live = _live_groups(p.pgid for p in self.ranks.values())
+        return [r for r, p in self.ranks.items() if p.pgid in live]
 
     def kill(self) -> None:
         self.signal(signal.SIGKILL)
@@ -302,3 +340,57 @@ def run_once(argv: list[str], cwd: Path, env: dict[str, str]) -> tuple[int, str]
     done.wait(5.0)
     pump.stop(1.0)
     return returncode, tail.text()
+
+
+@dataclass(frozen=True, slots=True)
+class Captured:
+    """What a helper command printed and how it ended; `returncode` None: killed at the timeout."""
+
+    returncode: int | None
+    stdout: str
+    stderr: str
+
+
+def capture(
+    argv: list[str],
+    *,
+    env: Mapping[str, str] | None = None,
+    cwd: Path | None = None,
+    timeout_s: float,
+) -> Captured:
+    """Run a short helper command (a `doctor` probe) to completion and return its output.
+
+    It runs in its own session with stdin on /dev/null, so a timeout kills everything it
+    started: at `timeout_s` its process group gets SIGKILL and `returncode` is None. Output is
+    decoded as UTF-8 with replacement. Raises `SpawnError` when the program cannot be started.
+    """
+    try:
+        popen = subprocess.Popen(
+            argv,
+            cwd=cwd,
+            env=None if env is None else dict(env),
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            start_new_session=True,
+        )
+    except OSError as e:
+        raise SpawnError(f"cannot start {argv[0]}: {e.strerror or e}") from None
+    returncode: int | None = None
+    try:
+        out, err = popen.communicate(timeout=timeout_s)
+        returncode = popen.returncode
+    except subprocess.TimeoutExpired:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(popen.pid, signal.SIGKILL)
+        try:
+            out, err = popen.communicate(timeout=CAPTURE_DRAIN_S)
+        except subprocess.TimeoutExpired:  # something that left the group still holds the pipes
+            popen.wait()
+            out, err = b"", b""
+    except BaseException:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(popen.pid, signal.SIGKILL)
+        popen.wait()
+        raise
+    return Captured(returncode, out.decode("utf-8", "replace"), err.decode("utf-8", "replace"))

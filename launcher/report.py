@@ -64,7 +64,13 @@ def read_error_file(path: str) -> tuple[str, str] | None:
 
 
 def exception_line(stderr: str) -> str:
-    """The final exception line of the last traceback in `stderr`, else its last line."""
+    """The exception line of the last traceback in `stderr`, else its last unindented line.
+
+    The exception line is the first unindented line after the last `Traceback` header (frames
+    and source lines are indented), not the last line of the tail: a rank often prints more
+    after its traceback (library warnings at shutdown, a final log line), and those must not
+    be mistaken for the error. Lines are cut to 300 characters.
+    """
     lines = stderr.splitlines()
     start = max((i for i, line in enumerate(lines) if line.startswith(_TRACEBACK)), default=-1)
     candidates = [
@@ -76,7 +82,7 @@ def exception_line(stderr: str) -> str:
     ]
     if not candidates:
         return ""
-    line = candidates[-1].strip()
+    line = (candidates[0] if start >= 0 else candidates[-1]).strip()
     return line if len(line) <= 300 else line[:297] + "..."
 
 

@@ -65,7 +65,8 @@ class Ranks(Protocol):
 
     def running(self) -> list[int]: ...
 
-    def signal(self, sig: int, ranks: list[int] | None = None) -> None: ...
+    def signal(self, sig: int, ranks: list[int] | None = None) -> None:
+        """Send `sig` to the process groups of `ranks`; None: of every rank ever started."""
 
 
 @contextmanager
@@ -124,8 +125,10 @@ class Supervisor:
                     if self.on_stop is not None:
                         self.on_stop(root, None)
             elif isinstance(event, SignalReceived):
-                self.ranks.signal(event.signum, sorted(self._pending))
-                if event.signum in STOPPING:
+                stops = event.signum in STOPPING
+                # A stop reaches every group (see _stop); others only ranks still running.
+                self.ranks.signal(event.signum, None if stops else sorted(self._pending))
+                if stops:
                     if stop_signal is not None and event.signum == signal.SIGINT:
                         self._kill()  # Ctrl-C twice: no more grace
                     if state is RunState.SUCCEEDED:
@@ -164,15 +167,20 @@ class Supervisor:
             return None
 
     def _stop(self, sig: int | None) -> None:
-        """Begin stopping every pending rank (sig None: the signal was already forwarded)."""
+        """Begin stopping every pending rank (sig None: the signal was already forwarded).
+
+        The signal goes to every rank's process group, not only to the ranks still running: a
+        rank that already exited (the failed one, typically) may have left children in its
+        group, and they must stop within the same grace period, not after it.
+        """
         if sig is not None:
-            self.ranks.signal(sig, sorted(self._pending))
+            self.ranks.signal(sig, None)
         self._terminated |= self._pending
         if self._stopping_since is None:
             self._stopping_since = self.clock()
 
     def _kill(self) -> None:
-        self.ranks.signal(signal.SIGKILL, sorted(self._pending))
+        self.ranks.signal(signal.SIGKILL, None)
         self._killed = True
         if self._stopping_since is None:
             self._stopping_since = self.clock()

@@ -71,8 +71,9 @@ class FrameReader:
             raise FrameError("authenticated frame is not JSON") from None
         if not isinstance(message, dict):
             raise FrameError("frame is not a JSON object")
-        if message.get("v") != VERSION:
-            raise FrameError(f"protocol version {message.get('v')!r}, expected {VERSION}")
+        version = message.get("v")
+        if type(version) is not int or version != VERSION:  # true == 1 in Python: not a version
+            raise FrameError(f"protocol version {version!r:.20}, expected {VERSION}")
         if not isinstance(message.get("type"), str):
             raise FrameError("frame has no type")
         return message

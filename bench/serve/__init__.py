@@ -1,0 +1,1 @@
+"""Benchmark of `serve` against the reference SageMaker inference stacks."""

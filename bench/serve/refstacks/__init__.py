@@ -1,0 +1,1 @@
+"""Entry points that start the reference stacks inside their own virtual environments."""

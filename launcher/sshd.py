@@ -1,0 +1,306 @@
+"""SSH for the `mpi` backend: a per-job sshd on each follower, a per-job client on the leader.
+
+Nothing here uses the machine's SSH set-up. Per job, in a private 0700 folder:
+
+- the leader generates a client key pair; its public half travels in the PLAN (authenticated
+  by the job token) and becomes each follower's only authorized key;
+- each follower generates a host key, writes an sshd configuration of ours (key-only, no
+  passwords, no PAM, no forwarding, only the current user, listening on its job-interface
+  address on a free port unless `LAUNCHER_SSH_PORT` is set), starts `sshd -D` as a supervised
+  process (it dies with the launcher), and checks it locally (TCP connect and the SSH banner)
+  before reporting `{addr, port, hostkey}` to the leader;
+- the leader writes a client configuration (`ssh -F`) and a known_hosts file holding exactly
+  the reported host keys (StrictHostKeyChecking yes: host keys are verified, not trusted on
+  first use, and nothing is written under the home directory), then proves each follower with a
+  real handshake, `ssh -F cfg <host> true`, before mpirun uses the same configuration.
+
+sshd's `SetEnv` gives every session (hence every remote orted and rank) `LAUNCHER_MPI_ENV`, the
+path of this host's own rank environment (see `launcher.mpirank`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ipaddress
+import os
+import pwd
+import queue
+import re
+import shutil
+import socket
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from launcher import procs
+from launcher.logs import OutputPump
+from launcher.mpirank import ENV_FILE_VAR
+from launcher.plan import Backend, HostSlots, JobSpec, LaunchPlan, RankSpec, World
+
+MESSAGE = "sshd"  # the control-channel message a follower sends when its sshd is ready
+HOSTKEY_RE = re.compile(r"^ssh-ed25519 [A-Za-z0-9+/]+={0,2}$")
+SSH_NAME_RE = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9._-]{0,252})$")
+CONNECT_TIMEOUT_S = 10
+BANNER = b"SSH-2.0-"
+PROBE_IDENT = b"SSH-2.0-launcher-probe\r\n"
+
+
+class SshError(Exception):
+    """An ssh or sshd step failed; the message says which and why."""
+
+
+@dataclass(frozen=True, slots=True)
+class SshPeer:
+    """A follower's sshd as the leader reaches it."""
+
+    host: str
+    addr: str
+    port: int
+    hostkey: str  # "ssh-ed25519 AAAA..."
+
+    def message(self) -> dict[str, Any]:
+        return {"type": MESSAGE, "addr": self.addr, "port": self.port, "hostkey": self.hostkey}
+
+
+def peer_from_message(host: str, message: dict[str, Any]) -> SshPeer:
+    """Validate a follower's report (authenticated, but still checked). Raises ValueError."""
+    addr, port, hostkey = message.get("addr"), message.get("port"), message.get("hostkey")
+    if not isinstance(addr, str) or not isinstance(port, int) or not isinstance(hostkey, str):
+        raise ValueError(f"malformed sshd report from {host}: {message!r}")
+    ipaddress.ip_address(addr)  # raises ValueError
+    if not 0 < port < 65536 or not HOSTKEY_RE.match(hostkey) or not SSH_NAME_RE.match(host):
+        raise ValueError(f"malformed sshd report from {host}: {message!r}")
+    return SshPeer(host, addr, port, hostkey)
+
+
+def check_name(host: str) -> str:
+    """`host` if it can be written into an ssh configuration as is, else ValueError."""
+    if not SSH_NAME_RE.match(host):
+        raise ValueError(f"host name {host!r} cannot be used with ssh")
+    return host
+
+
+def sshd_config(folder: Path, addr: str, port: int, user: str) -> str:
+    """Our sshd configuration (pure). `folder` holds the host key, authorized_keys, the pid file
+    and the host payload; it is private (0700), which is why StrictModes can be off."""
+    return "\n".join(
+        [
+            f"Port {port}",
+            f"ListenAddress {addr}",
+            f"HostKey {folder / 'ssh_host_ed25519_key'}",
+            f"PidFile {folder / 'sshd.pid'}",
+            f"AuthorizedKeysFile {folder / 'authorized_keys'}",
+            f"AllowUsers {user}",
+            "PermitRootLogin prohibit-password",
+            "PubkeyAuthentication yes",
+            "PasswordAuthentication no",
+            "KbdInteractiveAuthentication no",
+            "HostbasedAuthentication no",
+            "PermitEmptyPasswords no",
+            "UsePAM no",
+            "StrictModes no",
+            "AllowAgentForwarding no",
+            "AllowTcpForwarding no",
+            "X11Forwarding no",
+            "PermitTunnel no",
+            "PermitUserEnvironment no",
+            "PrintMotd no",
+            "UseDNS no",
+            "LogLevel ERROR",
+            f"SetEnv {ENV_FILE_VAR}={folder / 'host-env.json'}",
+            "",
+        ]
+    )
+
+
+def client_config(folder: Path, peers: list[SshPeer]) -> str:
+    """The leader's `ssh -F` configuration (pure): one block per follower, then defaults."""
+    lines = []
+    for peer in peers:
+        lines += [
+            f"Host {peer.host}",
+            f"  HostName {peer.addr}",
+            f"  Port {peer.port}",
+            f"  HostKeyAlias {peer.host}",
+        ]
+    lines += [
+        "Host *",
+        f"  IdentityFile {folder / 'id_ed25519'}",
+        "  IdentitiesOnly yes",
+        "  IdentityAgent none",
+        "  PubkeyAuthentication yes",
+        "  PasswordAuthentication no",
+        "  KbdInteractiveAuthentication no",
+        "  BatchMode yes",
+        "  StrictHostKeyChecking yes",
+        f"  UserKnownHostsFile {folder / 'known_hosts'}",
+        "  GlobalKnownHostsFile /dev/null",
+        "  UpdateHostKeys no",
+        "  ForwardAgent no",
+        "  ForwardX11 no",
+        f"  ConnectTimeout {CONNECT_TIMEOUT_S}",
+        "  ServerAliveInterval 5",
+        "  ServerAliveCountMax 6",
+        "  LogLevel ERROR",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def known_hosts(peers: list[SshPeer]) -> str:
+    return "".join(f"{peer.host} {peer.hostkey}\n" for peer in peers)
+
+
+# --- I/O --------------------------------------------------------------------------------------
+
+
+def private_dir(prefix: str) -> Path:
+    """A fresh 0700 folder whose path has no whitespace (Open MPI splits `plm_rsh_args`)."""
+    folder = Path(tempfile.mkdtemp(prefix=prefix))
+    if any(c.isspace() for c in str(folder)):
+        shutil.rmtree(folder, ignore_errors=True)
+        raise SshError(f"the temporary folder {folder} has whitespace in its path; set TMPDIR")
+    return folder
+
+
+def write_private(path: Path, text: str) -> None:
+    """Write atomically with mode 0600 (readers never see a half-written file)."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w", encoding="utf-8") as f:
+        f.write(text)
+    tmp.replace(path)
+
+
+def keygen(path: Path, comment: str, environ: dict[str, str]) -> str:
+    """Generate an ed25519 key pair at `path`; returns the public key "ssh-ed25519 AAAA..."."""
+    argv = ["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", comment, "-f", str(path)]
+    returncode, tail = procs.run_once(argv, path.parent, environ)
+    if returncode != 0:
+        raise SshError(f"ssh-keygen failed (exit {returncode}): {tail.strip()[-300:]}")
+    return " ".join(path.with_suffix(".pub").read_text().split()[:2])
+
+
+def local_address(towards: str, port: int) -> str:
+    """This host's address on the route to `towards` (the job interface). Sends nothing."""
+    family, _, _, _, sockaddr = socket.getaddrinfo(towards, port, type=socket.SOCK_DGRAM)[0]
+    with socket.socket(family, socket.SOCK_DGRAM) as sock:
+        sock.connect(sockaddr)
+        return str(sock.getsockname()[0])
+
+
+def free_port(addr: str) -> int:
+    family = socket.AF_INET6 if ":" in addr else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as sock:
+        sock.bind((addr, 0))
+        return int(sock.getsockname()[1])
+
+
+def says_ssh(addr: str, port: int, timeout: float) -> bool:
+    """True when something at addr:port accepts a connection and greets with an SSH banner."""
+    try:
+        with socket.create_connection((addr, port), timeout=timeout) as sock:
+            data = b""
+            while b"\n" not in data and len(data) < 256:
+                chunk = sock.recv(256)
+                if not chunk:
+                    break
+                data += chunk
+            if data.startswith(BANNER):
+                # Say who we are before leaving: sshd logs a probe that hangs up mid-greeting
+                # ("kex_exchange_identification: Connection closed") even at LogLevel ERROR.
+                sock.sendall(PROBE_IDENT)
+    except OSError:
+        return False
+    return data.startswith(BANNER)
+
+
+def current_user() -> str:
+    return pwd.getpwuid(os.getuid()).pw_name
+
+
+def sshd_binary(setting: str) -> str:
+    """The sshd to run: the setting, else sshd on PATH, else /usr/sbin/sshd (absolute: sshd
+    refuses to re-exec itself from a relative path)."""
+    found = shutil.which(setting) if setting else shutil.which("sshd") or "/usr/sbin/sshd"
+    if not found or not Path(found).is_file():
+        raise SshError(
+            f"sshd not found ({setting or 'sshd'}): the mpi backend needs OpenSSH's server on "
+            "every host (apt-get install openssh-server)"
+        )
+    return str(Path(found).absolute())
+
+
+def privsep_dir() -> None:
+    """sshd refuses to start without its privilege-separation directory."""
+    with contextlib.suppress(OSError):
+        Path("/run/sshd").mkdir(mode=0o755, exist_ok=True)
+
+
+def check_login(config: Path, host: str, environ: dict[str, str]) -> tuple[int, str]:
+    """One real SSH handshake and login (`ssh -F config host true`): (exit code, output tail)."""
+    argv = ["ssh", "-F", str(config), "-o", f"ConnectTimeout={CONNECT_TIMEOUT_S}", host, "true"]
+    return procs.run_once(argv, config.parent, environ)
+
+
+def poll_until(
+    test: Any, deadline: float, *, alive: Any = None, first: float = 0.005, most: float = 0.1
+) -> bool:
+    """Call `test()` with exponential backoff until it is true (True), `alive()` turns false
+    or the deadline passes (False)."""
+    delay = first
+    while True:
+        if test():
+            return True
+        if (alive is not None and not alive()) or time.monotonic() >= deadline:
+            return False
+        time.sleep(min(delay, max(0.0, deadline - time.monotonic())))
+        delay = min(delay * 2, most)
+
+
+class SshdProcess:
+    """A follower's `sshd -D -e`, started through `procs` like a rank: its own process group,
+    guarded by the watchdog (so it dies with the launcher, even on SIGKILL), its log lines
+    prefixed, its exit posted as a `procs.RankExited` on `events`."""
+
+    def __init__(
+        self, host: str, events: queue.SimpleQueue[object], watchdog: procs.Watchdog | None
+    ) -> None:
+        self.host = host
+        self._events = events
+        self._watchdog = watchdog
+        self._pump = OutputPump()
+        self._procs: procs.ProcessSet | None = None
+
+    def start(self, binary: str, config: Path, environ: dict[str, str]) -> None:
+        """Start sshd; raises `SpawnError` when it cannot be started at all."""
+        privsep_dir()
+        argv = (binary, "-D", "-e", "-f", str(config))
+        spec = RankSpec(0, 0, f"{self.host} sshd", argv, str(config.parent), {}, "")
+        world = World((HostSlots(self.host, 1),), 0, "127.0.0.1", 0)
+        launch = LaunchPlan(
+            JobSpec(argv, str(config.parent), Backend.NONE), world, (spec,), environ
+        )
+        self._pump.start()
+        self._procs = procs.ProcessSet(launch, self._events, self._pump, watchdog=self._watchdog)
+        self._procs.start()
+
+    def running(self) -> bool:
+        return self._procs is not None and bool(self._procs.running())
+
+    def log_tail(self) -> str:
+        if self._procs is None or 0 not in self._procs.ranks:
+            return ""
+        self._procs.wait_output(0.5)
+        return self._procs.ranks[0].stderr_tail.text().strip()
+
+    def stop(self, grace_s: float) -> None:
+        """Stop sshd (SIGTERM to its group, SIGKILL after `grace_s`); idempotent."""
+        if self._procs is None:
+            return
+        self._procs.close(grace_s)
+        self._procs.wait_output(1.0)
+        self._pump.stop(1.0)
+        self._procs = None

@@ -1,0 +1,176 @@
+"""The serving configuration: one frozen value built from the environment, nothing read later.
+
+`load` is pure: the environment, the usable CPU count and the visible GPU ids are passed in, so
+every rule here is testable without a machine of that shape. Variables follow the SageMaker
+inference toolkit (`SAGEMAKER_*`); the few of our own are prefixed `SERVE_`.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from serving.errors import ConfigError
+
+DEFAULT_BASE_DIR = "/opt/ml"
+DEFAULT_PORT = 8080
+DEFAULT_TIMEOUT_S = 60.0
+# SageMaker real-time endpoints refuse payloads above 6 MB; batch transform may raise it.
+DEFAULT_MAX_PAYLOAD_MB = 6.0
+DEFAULT_PROGRAM = "inference.py"
+DEFAULT_ACCEPT = "application/json"
+# Idle keep-alive connections are closed after this long. It also bounds how long a SIGTERM
+# drain waits for an idle client to go away, so it is kept short.
+KEEPALIVE_S = 5
+
+_LOG_LEVELS = {10: "debug", 20: "info", 30: "warning", 40: "error", 50: "critical"}
+
+
+@dataclass(frozen=True, slots=True)
+class ServeConfig:
+    """Everything `serve` needs to start; built once by `load`.
+
+    `preload` means the model is loaded once in the master before the workers fork (memory
+    shared copy-on-write); it is off when GPUs are used, because CUDA must not be initialised
+    before fork, and then every worker loads its own copy after pinning its GPU.
+    """
+
+    base_dir: Path
+    model_dir: Path
+    code_dir: Path
+    program: str
+    program_required: bool
+    host: str
+    port: int
+    workers: int
+    gpu_ids: tuple[str, ...]
+    threads_per_worker: int
+    timeout_s: float
+    max_payload_bytes: int
+    default_accept: str
+    preload: bool
+    keepalive_s: int
+    log_level: str
+
+    @property
+    def program_path(self) -> Path:
+        """Where the user's inference module is looked for (it may not exist)."""
+        return self.code_dir / self.program
+
+    def gpu_for_slot(self, slot: int) -> str | None:
+        """The GPU id worker `slot` pins itself to, or None on a CPU-only host."""
+        if not self.gpu_ids:
+            return None
+        return self.gpu_ids[slot % len(self.gpu_ids)]
+
+
+def _int(environ: Mapping[str, str], name: str, default: int, low: int, high: int) -> int:
+    raw = environ.get(name, "").strip()
+    if not raw:
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise ConfigError(name, raw, "expected an integer") from None
+    if not low <= value <= high:
+        raise ConfigError(name, raw, f"expected an integer in [{low}, {high}]")
+    return value
+
+
+def _positive_float(environ: Mapping[str, str], name: str, default: float) -> float:
+    raw = environ.get(name, "").strip()
+    if not raw:
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        raise ConfigError(name, raw, "expected a number") from None
+    if not math.isfinite(value) or value <= 0:
+        raise ConfigError(name, raw, "expected a positive number")
+    return value
+
+
+def _flag(environ: Mapping[str, str], name: str, default: bool) -> bool:
+    raw = environ.get(name, "").strip().lower()
+    if not raw:
+        return default
+    if raw in ("1", "true", "yes", "on"):
+        return True
+    if raw in ("0", "false", "no", "off"):
+        return False
+    raise ConfigError(name, raw, "expected true or false")
+
+
+def _log_level(environ: Mapping[str, str]) -> str:
+    name = "SAGEMAKER_CONTAINER_LOG_LEVEL"
+    raw = environ.get(name, "").strip().lower()
+    if not raw:
+        return "info"
+    if raw.isdigit():
+        # The toolkit passes Python's numeric levels (20 = INFO); round down to a known one.
+        number = int(raw)
+        known = [level for level in _LOG_LEVELS if level <= number]
+        return _LOG_LEVELS[max(known)] if known else "debug"
+    if raw in _LOG_LEVELS.values():
+        return raw
+    raise ConfigError(name, raw, "expected a numeric level (10-50) or a level name")
+
+
+def _code_dir(environ: Mapping[str, str], model_dir: Path) -> Path:
+    name = "SAGEMAKER_SUBMIT_DIRECTORY"
+    raw = environ.get(name, "").strip()
+    if not raw:
+        return model_dir / "code"
+    if "://" in raw:
+        # The PyTorch SDK repacks inference code into model.tar.gz under code/ and points this
+        # variable there; remote URIs are a training-time feature.
+        raise ConfigError(name, raw, "only a local directory is supported by serve")
+    return Path(raw)
+
+
+def load(environ: Mapping[str, str], cpu_count: int, gpu_ids: Sequence[str] = ()) -> ServeConfig:
+    """Build the configuration from `environ`, `cpu_count` usable cores and visible GPUs.
+
+    Raises ConfigError naming the variable and value for any malformed setting. Workers
+    default to one per GPU, else one per core; each worker gets cores/workers intra-op
+    threads (at least 1) unless OMP_NUM_THREADS says otherwise.
+    """
+    base_dir = Path(environ.get("SAGEMAKER_BASE_DIR", "").strip() or DEFAULT_BASE_DIR)
+    model_dir = base_dir / "model"
+    cores = max(1, cpu_count)
+    workers = _int(environ, "SAGEMAKER_MODEL_SERVER_WORKERS", len(gpu_ids) or cores, 1, 1024)
+    threads = _int(environ, "OMP_NUM_THREADS", max(1, cores // workers), 1, 1024)
+    timeout_s = _positive_float(environ, "SAGEMAKER_MODEL_SERVER_TIMEOUT", DEFAULT_TIMEOUT_S)
+    # The toolkit lets the *_SECONDS spelling override the plain one.
+    timeout_s = _positive_float(environ, "SAGEMAKER_MODEL_SERVER_TIMEOUT_SECONDS", timeout_s)
+    payload_mb = _positive_float(environ, "SAGEMAKER_MAX_PAYLOAD_IN_MB", DEFAULT_MAX_PAYLOAD_MB)
+    program = environ.get("SAGEMAKER_PROGRAM", "").strip() or DEFAULT_PROGRAM
+    if Path(program).name != program:
+        raise ConfigError("SAGEMAKER_PROGRAM", program, "expected a file name, not a path")
+    return ServeConfig(
+        base_dir=base_dir,
+        model_dir=model_dir,
+        code_dir=_code_dir(environ, model_dir),
+        program=program,
+        # A module named explicitly must exist; the default model/code/inference.py may not.
+        program_required=bool(
+            environ.get("SAGEMAKER_PROGRAM", "").strip()
+            or environ.get("SAGEMAKER_SUBMIT_DIRECTORY", "").strip()
+        ),
+        host=environ.get("SERVE_BIND_HOST", "").strip() or "0.0.0.0",  # noqa: S104
+        port=_int(environ, "SAGEMAKER_BIND_TO_PORT", DEFAULT_PORT, 1, 65535),
+        workers=workers,
+        gpu_ids=tuple(gpu_ids),
+        threads_per_worker=threads,
+        timeout_s=timeout_s,
+        max_payload_bytes=int(payload_mb * 1024 * 1024),
+        default_accept=environ.get("SAGEMAKER_DEFAULT_INVOCATIONS_ACCEPT", "").strip()
+        or DEFAULT_ACCEPT,
+        # Preloading is never done with GPUs: CUDA initialised in the master breaks the forked
+        # workers.
+        preload=_flag(environ, "SERVE_PRELOAD_MODEL", True) and not gpu_ids,
+        keepalive_s=KEEPALIVE_S,
+        log_level=_log_level(environ),
+    )

@@ -1,0 +1,197 @@
+"""One worker's model and the request path: hooks in order, errors to statuses, timeouts.
+
+`Runtime.invoke` never raises: every outcome is a `Reply`. HTTP errors keep their status, an
+exception with an integer `status_code` (the toolkit's GenericInferenceToolkitError) keeps that
+one, anything else from user code is a 500 whose body names the exception type and message
+while the traceback goes to the log only. A request past the timeout is interrupted by SIGALRM
+in the worker's main thread and answered 504; the worker stays up.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import sys
+from dataclasses import dataclass
+from types import FrameType
+from typing import Any
+
+import orjson
+
+from serving import codecs
+from serving.config import ServeConfig
+from serving.errors import (
+    BadRequest,
+    HttpError,
+    InternalError,
+    ModelLoadError,
+    NotAcceptable,
+    RequestTimeout,
+    UnsupportedContentType,
+)
+from serving.usercode import Handler
+
+log = logging.getLogger("serving")
+
+
+@dataclass(frozen=True, slots=True)
+class Reply:
+    """An HTTP answer: status, Content-Type and body bytes."""
+
+    status: int
+    content_type: str
+    body: bytes
+
+
+def error_reply(status: int, kind: str, message: str) -> Reply:
+    """The JSON error body every failure is answered with."""
+    body = orjson.dumps({"error": kind, "message": message, "status": status})
+    return Reply(status, codecs.JSON, body)
+
+
+class _Expired(BaseException):
+    """Raised by the SIGALRM handler; a BaseException so `except Exception` in user code
+    cannot swallow it."""
+
+
+def _as_bytes(result: Any) -> bytes:
+    if isinstance(result, bytes):
+        return result
+    if isinstance(result, str):
+        return result.encode("utf-8")
+    if isinstance(result, (bytearray, memoryview)):
+        return bytes(result)
+    raise InternalError(f"output_fn returned {type(result).__name__}; expected bytes or str")
+
+
+_MAX_MESSAGE = 2000
+
+
+def client_message(exc: BaseException) -> str:
+    """What the client is told about `exc`: its message, without any embedded traceback.
+
+    TorchScript errors carry the interpreter's traceback inside the message; the client gets
+    only its last line (the error itself). Long messages are cut.
+    """
+    message = str(getattr(exc, "message", None) or exc)
+    if "Traceback of TorchScript" in message:
+        lines = [line for line in message.splitlines() if line.strip()]
+        message = lines[-1] if lines else message
+    return message[:_MAX_MESSAGE]
+
+
+def _status_of(exc: BaseException) -> int | None:
+    status = getattr(exc, "status_code", None)
+    if isinstance(status, int) and 400 <= status <= 599:
+        return status
+    return None
+
+
+class Runtime:
+    """The hooks and the model of one serving process (the master, then each worker)."""
+
+    def __init__(self, config: ServeConfig, handler: Handler) -> None:
+        self.config = config
+        self.handler = handler
+        self.model: Any = None
+        self.loaded = False
+        self._armed = False
+
+    def load_model(self) -> None:
+        """Call model_fn once; raises ModelLoadError carrying the user's exception."""
+        try:
+            self.model = self.handler.model_fn(str(self.config.model_dir))
+        except ModelLoadError:
+            raise
+        except Exception as exc:
+            raise ModelLoadError(f"model_fn raised {type(exc).__name__}: {exc}") from exc
+        self.loaded = True
+
+    def start_worker(self, slot: int) -> None:
+        """Prepare a freshly forked worker: GPU pin, thread count, model, warm-up, timer.
+
+        Raises ModelLoadError when the model cannot be loaded or warmed up here; gunicorn then
+        stops the whole server rather than serving without a model.
+        """
+        gpu = self.config.gpu_for_slot(slot)
+        if gpu is not None:
+            # Before any CUDA call in this process: the worker sees exactly one device.
+            os.environ["CUDA_VISIBLE_DEVICES"] = gpu
+        torch = sys.modules.get("torch")
+        if torch is not None:
+            # cores / workers each, so that the workers do not fight over the cores.
+            torch.set_num_threads(self.config.threads_per_worker)
+        if not self.loaded:
+            self.load_model()
+        if self.handler.model_warmup_fn is not None:
+            try:
+                self.handler.model_warmup_fn(str(self.config.model_dir), self.model)
+            except Exception as exc:
+                raise ModelLoadError(f"model_warmup_fn raised {type(exc).__name__}: {exc}") from exc
+        signal.signal(signal.SIGALRM, self._on_alarm)
+
+    def _on_alarm(self, signum: int, frame: FrameType | None) -> None:
+        if self._armed:
+            self._armed = False
+            raise _Expired
+
+    def invoke(self, body: bytes, content_type: str | None, accept: str | None) -> Reply:
+        """Run the hooks on one request body and encode the answer; never raises."""
+        try:
+            try:
+                self._armed = True
+                signal.setitimer(signal.ITIMER_REAL, self.config.timeout_s)
+                return self._run(body, content_type, accept)
+            finally:
+                # Disarm first: an alarm landing after this line is ignored by the handler.
+                self._armed = False
+                signal.setitimer(signal.ITIMER_REAL, 0)
+        except _Expired:
+            error: HttpError = RequestTimeout(
+                f"request exceeded SAGEMAKER_MODEL_SERVER_TIMEOUT ({self.config.timeout_s:g} s)"
+            )
+            log.error("%s", error.message)
+            return error_reply(error.status, type(error).__name__, error.message)
+        except HttpError as error:
+            if error.status >= 500:
+                log.exception("request failed")
+            return error_reply(error.status, type(error).__name__, error.message)
+        except (Exception, SystemExit) as exc:
+            # The traceback stays in the log; the client learns the type and message only.
+            log.exception("user code raised")
+            return error_reply(_status_of(exc) or 500, type(exc).__name__, client_message(exc))
+
+    def _run(self, body: bytes, content_type: str | None, accept: str | None) -> Reply:
+        handler = self.handler
+        if not content_type:
+            raise UnsupportedContentType("the request has no Content-Type header")
+        kind = codecs.media_type(content_type)
+        if not accept or accept.strip() == "*/*":
+            accept = self.config.default_accept
+        if handler.default_output:
+            # Refuse an unproducible Accept before spending the model's time on it.
+            chosen = codecs.negotiate(accept, codecs.SUPPORTED, self.config.default_accept)
+            if chosen is None:
+                raise NotAcceptable(
+                    f"cannot produce {accept!r}; use one of {', '.join(codecs.SUPPORTED)}"
+                )
+            accept = chosen
+        data: bytes | str = body
+        if not handler.default_input and kind in codecs.UTF8_TYPES:
+            # The toolkit hands JSON and CSV bodies to user hooks as str.
+            try:
+                data = body.decode("utf-8")
+            except UnicodeDecodeError as exc:
+                raise BadRequest(f"body is not UTF-8: {exc}") from None
+        if handler.transform_fn is not None:
+            result = handler.transform_fn(self.model, data, content_type, accept)
+        else:
+            decoded = handler.input_fn(data, content_type)
+            prediction = handler.predict_fn(decoded, self.model)
+            result = handler.output_fn(prediction, accept)
+        reply_type = accept
+        if isinstance(result, tuple) and len(result) == 2:
+            # (body, content type), as the toolkit allows.
+            result, reply_type = result
+        return Reply(200, str(reply_type), _as_bytes(result))

@@ -1,0 +1,107 @@
+"""gunicorn as the process manager and HTTP server: pre-forked workers running the ASGI app.
+
+gunicorn's master binds the socket (backlog 2048), forks the workers after the app (and, on
+CPU hosts, the model) was built, replaces a worker that dies, and on SIGTERM stops accepting,
+lets in-flight requests finish within the graceful timeout, reaps every worker and exits 0. Its
+`asgi` worker gives keep-alive HTTP/1.1 with TCP_NODELAY on an asyncio loop. The hooks here keep
+the readiness table in step with the worker set.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import sys
+from typing import Any, NoReturn
+
+from gunicorn.app.base import BaseApplication  # type: ignore[import-untyped]
+
+from serving.app import App
+from serving.config import ServeConfig
+from serving.readiness import ReadyTable, SlotBook
+
+# gunicorn kills a worker whose heartbeat stops for this long beyond the request timeout; the
+# SIGALRM timeout answers 504 first, so this only catches a worker stuck inside native code.
+HEARTBEAT_GRACE_S = 30
+
+
+def options(config: ServeConfig) -> dict[str, Any]:
+    """gunicorn settings for `config` (pure)."""
+    return {
+        "bind": [f"{config.host}:{config.port}"],
+        "workers": config.workers,
+        "worker_class": "asgi",
+        "asgi_lifespan": "on",
+        "backlog": 2048,
+        "timeout": math.ceil(config.timeout_s) + HEARTBEAT_GRACE_S,
+        # In-flight requests get the full request timeout to finish after SIGTERM.
+        "graceful_timeout": math.ceil(config.timeout_s) + 1,
+        "keepalive": config.keepalive_s,
+        "preload_app": True,
+        "accesslog": None,
+        "errorlog": "-",
+        "loglevel": config.log_level,
+        "proc_name": "serve",
+        "control_socket_disable": True,
+        "limit_request_line": 8190,
+    }
+
+
+class _Gunicorn(BaseApplication):  # type: ignore[misc]
+    """A gunicorn application whose app object was built before gunicorn started."""
+
+    def __init__(self, app: App, settings: dict[str, Any]) -> None:
+        self._app = app
+        self._settings = settings
+        super().__init__()
+
+    def load_config(self) -> None:
+        for key, value in self._settings.items():
+            self.cfg.set(key, value)
+
+    def load(self) -> App:
+        return self._app
+
+
+def run(config: ServeConfig, app: App) -> NoReturn:
+    """Serve until stopped, then end the process with gunicorn's exit status (0 after
+    SIGTERM, 3 when a worker could not boot).
+
+    The readiness table is the app's; slots are handed out in the master before each fork
+    and freed when the master reaps a worker, whose flag is then cleared.
+    """
+    table: ReadyTable = app.table
+    book = SlotBook(config.workers)
+
+    def pre_fork(server: Any, worker: Any) -> None:
+        book.assign(worker.age)
+
+    def post_fork(server: Any, worker: Any) -> None:
+        # In the new worker: the book was copied by fork, so its own entry is there.
+        app.slot = book.slot_of(worker.age)
+
+    def child_exit(server: Any, worker: Any) -> None:
+        slot = book.release(worker.age)
+        if slot is not None:
+            table.clear(slot)
+
+    settings = options(config)
+    settings.update(pre_fork=pre_fork, post_fork=post_fork, child_exit=child_exit)
+    code: object = 0
+    try:
+        _Gunicorn(app, settings).run()
+    except SystemExit as stop:
+        code = stop.code
+    # Both the master (arbiter halt) and every worker (forked deep inside run) leave through
+    # here. Ending with os._exit skips interpreter finalisation, which in a process holding
+    # torch and a model touches every object: seconds of copy-on-write faults per process on
+    # a busy host. multiprocessing ends its forked children the same way. The status is kept.
+    if not isinstance(code, int):
+        if code is not None:
+            print(code, file=sys.stderr)
+        code = 0 if code is None else 1
+    sys.stdout.flush()
+    sys.stderr.flush()
+    logging.shutdown()
+    os._exit(code)
