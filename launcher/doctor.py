@@ -16,12 +16,9 @@ tests replace only what needs hardware (NVML).
 from __future__ import annotations
 
 import enum
-import fcntl
 import json
 import re
 import shutil
-import socket
-import struct
 import sys
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -31,61 +28,17 @@ from typing import Any
 
 from launcher import __version__, config, gpus, job, procs, settings
 from launcher.errors import ConfigError, SpawnError
+from launcher.hostfacts import (
+    HOROVOD_PROBE,
+    MPI4PY_PROBE,
+    PROBE_TIMEOUT_S,
+    TORCH_PROBE,
+    GpuFacts,
+    Interface,
+    nvml_facts,
+    read_interfaces,
+)
 from launcher.plan import Backend
-
-PROBE_TIMEOUT_S = 60.0  # a cold `import torch` from a slow disk takes tens of seconds
-_SIOCGIFFLAGS, _SIOCGIFADDR, _SIOCGIFNETMASK = 0x8913, 0x8915, 0x891B
-_IFF_UP_RUNNING = 0x1 | 0x40
-# Fixed programs, never built from user data. Each prints one JSON object on its last line;
-# {"error": ..., "missing": true} when the module itself is not installed.
-_PROBE = """import json
-try:
-{body}
-except Exception as e:
-    out = {{"error": f"{{type(e).__name__}}: {{e}}", "missing": getattr(e, "name", "") == {name!r}}}
-print(json.dumps(out))
-"""
-_TORCH_PROBE = _PROBE.format(
-    name="torch",
-    body="""    import torch, torch.distributed as dist
-    out = {"version": torch.__version__, "cuda": torch.version.cuda,
-           "gpus": torch.cuda.device_count(), "nccl_version": "",
-           "nccl": dist.is_available() and dist.is_nccl_available(),
-           "gloo": dist.is_available() and dist.is_gloo_available()}
-    if out["nccl"] and out["cuda"]:
-        out["nccl_version"] = ".".join(map(str, torch.cuda.nccl.version()))
-    try:  # a world of one: proves gloo can pick an interface and run a collective
-        if out["gloo"]:
-            dist.init_process_group("gloo", store=dist.HashStore(), rank=0, world_size=1)
-            dist.all_reduce(torch.ones(1))
-            dist.destroy_process_group()
-    except Exception as e:
-        out["gloo_error"] = f"{type(e).__name__}: {e}\"""",
-)
-_HOROVOD_PROBE = _PROBE.format(
-    name="horovod",
-    body="""    import pathlib, horovod
-    root = pathlib.Path(horovod.__file__).parent
-    out = {"version": horovod.__version__, "frameworks": sorted(
-        d.name for d in root.iterdir() if d.is_dir() and any(d.glob("mpi_lib*")))}
-    try:
-        import horovod.torch as hvd
-        out.update(gloo=hvd.gloo_built(), mpi=hvd.mpi_built(), nccl=bool(hvd.nccl_built()))
-    except Exception as e:
-        out["torch_error"] = f"{type(e).__name__}: {e}"
-    try:  # the horovod backend's leader hosts this server
-        from horovod.runner.http.http_server import RendezvousServer
-    except Exception as e:
-        out["rendezvous_error"] = f"{type(e).__name__}: {e}\"""",
-)
-_MPI4PY_PROBE = _PROBE.format(
-    name="mpi4py",
-    body="""    import mpi4py
-    mpi4py.rc.initialize = mpi4py.rc.finalize = False  # the version needs no MPI_Init
-    from mpi4py import MPI
-    out = {"version": mpi4py.__version__,
-           "library": MPI.Get_library_version().split(",")[0].strip()}""",
-)
 
 
 class Status(enum.Enum):
@@ -135,74 +88,6 @@ class Report:
 
 
 @dataclass(frozen=True, slots=True)
-class GpuFacts:
-    error: str  # why NVML gave nothing ("" when it answered)
-    driver: str = ""
-    cuda: str = ""
-    devices: tuple[gpus.GpuInfo, ...] = ()
-
-
-@dataclass(frozen=True, slots=True)
-class Interface:
-    name: str
-    up: bool
-    addresses: tuple[str, ...]  # "192.0.2.2/24", "fd00::2/64"
-
-
-def nvml_facts() -> GpuFacts:
-    """Driver, CUDA driver version and every GPU, from NVML; `error` says why not (CPU host)."""
-    try:
-        import pynvml  # noqa: PLC0415 - lazy: a CPU host never pays for it
-    except ImportError as e:
-        return GpuFacts(f"nvidia-ml-py is not installed ({e})")
-    try:
-        pynvml.nvmlInit()
-    except pynvml.NVMLError as e:
-        return GpuFacts(f"no NVML ({e})")
-    try:  # NVML counts its inits: the nested init/shutdown of PynvmlProbe is fine
-        driver = pynvml.nvmlSystemGetDriverVersion()
-        cuda = int(pynvml.nvmlSystemGetCudaDriverVersion())  # 12040 is CUDA 12.4
-        devices = tuple(gpus.PynvmlProbe().devices())
-    except (pynvml.NVMLError, gpus.NvmlUnavailable) as e:
-        return GpuFacts(f"NVML failed ({e})")
-    finally:
-        pynvml.nvmlShutdown()
-    driver = driver.decode() if isinstance(driver, bytes) else str(driver)
-    return GpuFacts("", driver, f"{cuda // 1000}.{cuda % 1000 // 10}", devices)
-
-
-def read_interfaces() -> tuple[Interface, ...]:
-    """Every interface, its state and addresses, from ioctls and /proc (no process started)."""
-    ipv6: dict[str, list[str]] = {}
-    try:  # one line per address: hex address, index, prefix length, scope, flags, name
-        for line in Path("/proc/net/if_inet6").read_text().splitlines():
-            hexaddr, _, prefix, _, _, name = line.split()
-            text = socket.inet_ntop(socket.AF_INET6, bytes.fromhex(hexaddr))
-            ipv6.setdefault(name, []).append(f"{text}/{int(prefix, 16)}")
-    except (OSError, ValueError):
-        pass  # a host without IPv6
-    found = []
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
-        for _, name in socket.if_nameindex():
-            flags = _ioctl(sock, _SIOCGIFFLAGS, name)
-            up = flags is not None and struct.unpack_from("H", flags, 16)[0] & _IFF_UP_RUNNING
-            addrs = ipv6.get(name, [])
-            addr, mask = _ioctl(sock, _SIOCGIFADDR, name), _ioctl(sock, _SIOCGIFNETMASK, name)
-            if addr is not None:  # only the primary IPv4 address: enough to pick an interface
-                bits = bin(int.from_bytes(mask[20:24], "big")).count("1") if mask else 32
-                addrs = [f"{socket.inet_ntoa(addr[20:24])}/{bits}", *addrs]
-            found.append(Interface(name, up == _IFF_UP_RUNNING, tuple(addrs)))
-    return tuple(found)
-
-
-def _ioctl(sock: socket.socket, request: int, name: str) -> bytes | None:
-    try:
-        return fcntl.ioctl(sock.fileno(), request, struct.pack("256s", name.encode()[:15]))
-    except OSError:
-        return None  # EADDRNOTAVAIL: no IPv4 address on this interface
-
-
-@dataclass(frozen=True, slots=True)
 class Io:
     """The host, seen through small functions; tests replace those that need hardware."""
 
@@ -236,9 +121,9 @@ def collect(environ: Mapping[str, str], backend: str | None, io: Io) -> Report:
     """Every finding, `required` set from the chosen backend's needs. A broken tree, a bad
     setting, a missing program or a failing probe is a finding, not an exception."""
     with ThreadPoolExecutor(max_workers=4) as pool:  # the probes are processes: overlap them
-        torch_probe = pool.submit(_python_probe, io, environ, _TORCH_PROBE)
-        horovod_probe = pool.submit(_python_probe, io, environ, _HOROVOD_PROBE)
-        mpi4py_probe = pool.submit(_python_probe, io, environ, _MPI4PY_PROBE)
+        torch_probe = pool.submit(_python_probe, io, environ, TORCH_PROBE)
+        horovod_probe = pool.submit(_python_probe, io, environ, HOROVOD_PROBE)
+        mpi4py_probe = pool.submit(_python_probe, io, environ, MPI4PY_PROBE)
         tools = pool.submit(_tools, io, environ)
         facts = io.nvml()
         visible = gpus.discover(environ, _Fixed(facts.devices)) if not facts.error else ()
