@@ -18,7 +18,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn
 
-from launcher import __version__, config, gpus, job, plan, report, settings
+from launcher import __version__, gpus, plan, report, settings
 from launcher.app import Result, RunOptions, execute, finish, free_port
 from launcher.errors import EXIT_FAILURE, LauncherError
 from launcher.plan import Backend, HostSlots, JobSpec, LaunchPlan, World
@@ -113,11 +113,16 @@ def _guard(body: Callable[[], int], output_dir: Path | None = None) -> NoReturn:
         code = e.exit_code
     except KeyboardInterrupt:
         code = 130
+    except BrokenPipeError:  # `train --dry-run | head`: the reader left, nothing to report
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        code = EXIT_FAILURE
     sys.exit(code)
 
 
 def train_main(argv: Sequence[str] | None = None) -> NoReturn:
     """`train`: the SageMaker training entry point (DESIGN.md's pipeline, one host)."""
+    from launcher import config  # noqa: PLC0415 - only train and plan read a SageMaker tree
+
     _setup_logging()
     args = _train_parser().parse_args(argv)
     environ = dict(os.environ)
@@ -128,6 +133,8 @@ def train_main(argv: Sequence[str] | None = None) -> NoReturn:
 
 
 def _train(args: argparse.Namespace, environ: dict[str, str], base: Path) -> int:
+    from launcher import config, job  # noqa: PLC0415 - only train and plan read a tree
+
     cfg = config.load(base, environ)
     hps_file = str(cfg.paths.input_config_dir / "hyperparameters.json")
     sources = settings.Sources(vars(args), environ, cfg.hyperparameters.sagemaker, hps_file)
@@ -178,7 +185,15 @@ def _train(args: argparse.Namespace, environ: dict[str, str], base: Path) -> int
     launch = plan.build(spec, world, environ, os.cpu_count() or 1)
     if backend is Backend.MPI:
         return _mpi(
-            args, sources, cfg, launch, member=member, keys=keys, watchdog=watchdog, events=events
+            args,
+            sources,
+            launch,
+            output_dir=cfg.paths.output_dir,
+            instance_type=cfg.resources.current_instance_type,
+            member=member,
+            keys=keys,
+            watchdog=watchdog,
+            events=events,
         )
     if args.dry_run:
         return _print_plan(launch, args.json)
@@ -229,11 +244,12 @@ def _backend_prepare(
 def _mpi(
     args: argparse.Namespace,
     sources: settings.Sources,
-    cfg: config.JobConfig,
     launch: LaunchPlan,
     *,
-    member: Member | None,
-    keys: SshKeys | None,
+    output_dir: Path | None,
+    instance_type: str = "",
+    member: Member | None = None,
+    keys: SshKeys | None = None,
     watchdog: Watchdog,
     events: queue.SimpleQueue[object],
 ) -> int:
@@ -249,16 +265,16 @@ def _mpi(
         ),
         watchdog=watchdog,
         events=events,
-        output_dir=cfg.paths.output_dir,
+        output_dir=output_dir,
         peer_timeout_s=chosen.peer_timeout_s,
         environ=dict(sources.environ),
         python=sys.executable,
-        instance_type=cfg.resources.current_instance_type,
+        instance_type=instance_type,
     )
     if args.dry_run:
         return _print_plan(mpijob.leader_plan(run, "<ssh-config>", "<host-env>"), args.json)
     try:
-        code = mpijob.run(run, member, keys)
+        code, headline = mpijob.run(run, member, keys)
     finally:
         if member is not None:
             member.close()
@@ -267,7 +283,7 @@ def _mpi(
     if code == 0:
         log.info("job succeeded")
     else:
-        log.error("job failed (exit %d)", code)
+        log.error("job failed (exit %d): %s", code, headline)
     return code
 
 
@@ -343,6 +359,8 @@ def main(argv: Sequence[str] | None = None) -> NoReturn:
     if args.command == "local":
         _guard(lambda: _local(args, environ))
     if args.command == "plan":
+        from launcher import config  # noqa: PLC0415 - only train and plan read a SageMaker tree
+
         args.dry_run = True
         base = config.base_dir_from(environ)
         _guard(lambda: _train(args, environ, base))
@@ -370,7 +388,15 @@ def _run(args: argparse.Namespace, environ: dict[str, str]) -> int:
     spec = JobSpec(tuple(command), str(Path.cwd()), chosen.backend, error_dir=error_dir)
     host = environ.get("LAUNCHER_HOST_NAME") or os.uname().nodename
     world = _single_host(host, slots, chosen.master_port, args.dry_run)
+    _, hvd, _ = _backend_prepare(chosen.backend, False, True, args.dry_run, environ)
+    if hvd is not None:
+        world = hvd.attach(world)
     launch = plan.build(spec, world, environ, os.cpu_count() or 1)
+    out = Path(args.output_dir) if args.output_dir else None
+    if chosen.backend is Backend.MPI:
+        return _mpi(
+            args, sources, launch, output_dir=out, watchdog=watchdog, events=queue.SimpleQueue()
+        )
     if args.dry_run:
         return _print_plan(launch, args.json)
     options = RunOptions(

@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -20,6 +21,7 @@ from launcher.errors import exit_code_for_rank, signal_exit_code, signal_name
 from launcher.supervise import Outcome, RunState
 
 _TRACEBACK = "Traceback (most recent call last):"
+_RANK_PREFIX = re.compile(r"^\[rank\d+\]: ?")
 _TAIL_LINES = 40
 
 
@@ -71,7 +73,8 @@ def exception_line(stderr: str) -> str:
     after its traceback (library warnings at shutdown, a final log line), and those must not
     be mistaken for the error. Lines are cut to 300 characters.
     """
-    lines = stderr.splitlines()
+    # torch.distributed prefixes each line of an uncaught exception with "[rankN]: ".
+    lines = [_RANK_PREFIX.sub("", line, count=1) for line in stderr.splitlines()]
     start = max((i for i, line in enumerate(lines) if line.startswith(_TRACEBACK)), default=-1)
     candidates = [
         line

@@ -86,6 +86,18 @@ def test_without_a_traceback_the_last_unindented_line() -> None:
     assert report.exception_line("   \n\t\n") == ""
 
 
+def test_exception_line_under_torch_rank_prefixes() -> None:
+    # torch.distributed prefixes every line of an uncaught exception with "[rankN]: ".
+    tail = (
+        "[rank3]: Traceback (most recent call last):\n"
+        '[rank3]:   File "train.py", line 4, in <module>\n'
+        '[rank3]:     raise RuntimeError("broke")\n'
+        "[rank3]: RuntimeError: broke\n"
+        "[rank3]: note printed afterwards\n"
+    )
+    assert report.exception_line(tail) == "RuntimeError: broke"
+
+
 def test_long_exception_lines_are_cut() -> None:
     line = report.exception_line("Traceback (most recent call last):\nE: " + "x" * 1000)
     assert len(line) == 300 and line.endswith("...")
