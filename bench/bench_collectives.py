@@ -1,24 +1,26 @@
 """`collectives` against calling torch.distributed directly, side by side in the same job.
 
-    .venv/bin/python bench/bench_collectives.py [--nproc 2] [--max-bytes 256M] [--repeats 5]
-        [--ops all_reduce,all_gather,broadcast] [--json out.json]
+    .venv/bin/python bench/bench_collectives.py [--nproc 2] [--max-bytes 256M] [--rounds 3]
+        [--ops all_reduce,all_gather,broadcast] [--point-s 0.5] [--json out.json]
 
 Starts `--nproc` local gloo ranks (TODO(launcher): through `python -m launcher run` once it
 exists; the ranks get the same torchrun variables from `launcher.contract`). In that one job:
 
-1. Small calls: a 4-byte all_reduce, `--small-calls` calls per block, raw and wrapped blocks
-   alternating, `--repeats` times (more for small calls); the median per-call time of each and
-   the median of the per-repeat differences.
-2. Dispatch cost alone: the same comparison with `torch.distributed.all_reduce` replaced by a
-   function that does nothing, in one process, so the figure is the wrapper's own Python cost
-   free of communication noise.
-3. A sweep from `--min-bytes` to `--max-bytes`: for every op and size, raw and wrapped blocks
-   alternate `--repeats` times (the iteration count per block is sized to about
-   `--block-s` seconds and agreed by all ranks); medians, their ratio, and the nccl-tests
-   algbw / busbw of both.
+Raw and wrapped calls are interleaved call by call (ABBA), each call timed on its own, and
+compared by their medians: on a shared machine a neighbour's burst then hits both sides alike,
+and descheduled calls do not drag the statistic. The whole measurement runs `--rounds` times
+and each figure is the median round.
 
-The machine is shared, so every figure is a median of repeats. Results go to stdout as
-Markdown tables and, with `--json`, to a file.
+1. Small calls: `--small-calls` pairs of 4-byte all_reduce; median per call of each, and the
+   difference.
+2. Dispatch cost alone: `torch.distributed.all_reduce` replaced by a function that does
+   nothing, 100,000 calls each way in one process (median of 7): the wrapper's own Python
+   cost, free of communication noise.
+3. A sweep from `--min-bytes` to `--max-bytes` for every op: about `--point-s` seconds of pairs
+   per size (at least 10, at most `--max-pairs`, agreed by all ranks); median per call of
+   each, their ratio, and nccl-tests busbw from the medians.
+
+Results go to stdout as Markdown tables and, with `--json`, to a file.
 """
 
 from __future__ import annotations
@@ -43,53 +45,57 @@ from collectives.bench import bus_factor, elements, make_call, parse_size, sizes
 from launcher.contract import RankEnv
 
 
-def _block(call: Callable[[], object], iters: int) -> float:
-    """Seconds per call over one block, ranks aligned first."""
-    collectives.barrier()
-    start = time.perf_counter()
-    for _ in range(iters):
-        call()
-    return (time.perf_counter() - start) / iters
-
-
-def _paired(
-    raw: Callable[[], object], wrapped: Callable[[], object], iters: int, repeats: int
+def _interleaved(
+    raw: Callable[[], object], wrapped: Callable[[], object], pairs: int
 ) -> tuple[list[float], list[float]]:
-    """Per-call seconds of `repeats` raw and wrapped blocks, alternating which goes first."""
+    """Per-call seconds of `pairs` raw and wrapped calls, interleaved ABBA so that both see the
+    same machine; every rank runs the same sequence."""
+    clock = time.perf_counter
     raws, wraps = [], []
-    for i in range(repeats):
-        if i % 2 == 0:
-            raws.append(_block(raw, iters))
-            wraps.append(_block(wrapped, iters))
-        else:
-            wraps.append(_block(wrapped, iters))
-            raws.append(_block(raw, iters))
+    collectives.barrier()
+    for i in range(pairs):
+        first, second = (raw, wrapped) if i % 2 == 0 else (wrapped, raw)
+        t0 = clock()
+        first()
+        t1 = clock()
+        second()
+        t2 = clock()
+        a, b = t1 - t0, t2 - t1
+        raws.append(a if i % 2 == 0 else b)
+        wraps.append(b if i % 2 == 0 else a)
     return raws, wraps
 
 
-def _agreed_iters(call: Callable[[], object], block_s: float) -> int:
-    """Iterations for a block of about `block_s` seconds, the same on every rank (their max)."""
-    for _ in range(2):
+def _agreed_pairs(call: Callable[[], object], point_s: float, max_pairs: int) -> int:
+    """Pairs for about `point_s` seconds of calls, the same on every rank (their max)."""
+    for _ in range(3):
         call()
-    one = _block(call, 1)
-    iters = torch.tensor([max(3, min(1000, math.ceil(block_s / max(one, 1e-7))))])
-    return int(collectives.all_reduce(iters, "max").item())
+    collectives.barrier()
+    t0 = time.perf_counter()
+    call()
+    one = time.perf_counter() - t0
+    pairs = torch.tensor([max(10, min(max_pairs, math.ceil(point_s / 2 / max(one, 1e-7))))])
+    return int(collectives.all_reduce(pairs, "max").item())
+
+
+def _stats(raws: list[float], wraps: list[float]) -> dict[str, float]:
+    r, w = statistics.median(raws), statistics.median(wraps)
+    return {
+        "raw_us": r * 1e6,
+        "wrapped_us": w * 1e6,
+        "diff_us": (w - r) * 1e6,
+        "ratio": w / r,
+        "mean_ratio": statistics.fmean(wraps) / statistics.fmean(raws),
+    }
 
 
 def small_calls(args: argparse.Namespace) -> dict[str, float]:
+    """A 4-byte all_reduce, raw and wrapped, interleaved call by call."""
     t = torch.ones(1)
-    raw, wrapped = (
-        make_call("all_reduce", "torch", t, 1),
-        make_call("all_reduce", "collectives", t, 1),
-    )
-    for _ in range(200):
-        raw(), wrapped()
-    raws, wraps = _paired(raw, wrapped, args.small_calls, args.repeats * 3)
-    return {
-        "raw_us": statistics.median(raws) * 1e6,
-        "wrapped_us": statistics.median(wraps) * 1e6,
-        "diff_us": statistics.median(w - r for w, r in zip(wraps, raws, strict=True)) * 1e6,
-    }
+    raw = make_call("all_reduce", "torch", t, 1)
+    wrapped = make_call("all_reduce", "collectives", t, 1)
+    _interleaved(raw, wrapped, 500)  # warm-up
+    return {"pairs": args.small_calls, **_stats(*_interleaved(raw, wrapped, args.small_calls))}
 
 
 def dispatch_cost(calls: int, repeats: int) -> dict[str, float]:
@@ -122,6 +128,7 @@ def dispatch_cost(calls: int, repeats: int) -> dict[str, float]:
 
 
 def sweep(args: argparse.Namespace) -> list[dict[str, object]]:
+    """Every op and size: interleaved raw and wrapped calls; medians, ratio, bandwidths."""
     n = collectives.world_size()
     rows: list[dict[str, object]] = []
     for op in args.ops:
@@ -129,37 +136,48 @@ def sweep(args: argparse.Namespace) -> list[dict[str, object]]:
             count, per_rank = elements(op, size, 4, n)
             t = torch.ones(per_rank)
             raw, wrapped = make_call(op, "torch", t, n), make_call(op, "collectives", t, n)
-            iters = _agreed_iters(raw, args.block_s)
-            raws, wraps = _paired(raw, wrapped, iters, args.repeats)
-            r, w = statistics.median(raws), statistics.median(wraps)
-            # Pairs ran back to back, so their ratio cancels slow drifts of a shared machine.
-            ratio = statistics.median(b / a for a, b in zip(raws, wraps, strict=True))
+            pairs = _agreed_pairs(raw, args.point_s, args.max_pairs)
+            st = _stats(*_interleaved(raw, wrapped, pairs))
             nbytes = count * 4
+            algbw = nbytes / (st["wrapped_us"] * 1e-6) / 1e9
+            raw_algbw = nbytes / (st["raw_us"] * 1e-6) / 1e9
             rows.append(
                 {
                     "op": op,
                     "size": nbytes,
-                    "iters": iters,
-                    "raw_us": r * 1e6,
-                    "wrapped_us": w * 1e6,
-                    "ratio": ratio,
-                    "raw_busbw": nbytes / r / 1e9 * bus_factor(op, n),
-                    "busbw": nbytes / w / 1e9 * bus_factor(op, n),
-                    "algbw": nbytes / w / 1e9,
+                    "pairs": pairs,
+                    **st,
+                    "algbw": algbw,
+                    "busbw": algbw * bus_factor(op, n),
+                    "raw_busbw": raw_algbw * bus_factor(op, n),
                 }
             )
             if collectives.is_primary():
-                print(f"  {op} {nbytes} B: ratio {ratio:.4f}", file=sys.stderr, flush=True)
+                print(f"  {op} {nbytes} B: ratio {st['ratio']:.4f}", file=sys.stderr, flush=True)
     return rows
+
+
+def _median_rows(rounds: list[list[dict[str, object]]]) -> list[dict[str, object]]:
+    """Per point, the round with the median ratio (so a row's figures come from one round)."""
+    out = []
+    for point in zip(*rounds, strict=True):
+        ordered = sorted(point, key=lambda r: float(str(r["ratio"])))
+        out.append({**ordered[len(ordered) // 2], "ratios": [r["ratio"] for r in point]})
+    return out
 
 
 def worker(args: argparse.Namespace) -> None:
     collectives.init(timeout=600)
-    result: dict[str, object] = {"world_size": collectives.world_size()}
-    result["small"] = small_calls(args)
-    result["sweep"] = sweep(args)
+    result: dict[str, object] = {"world_size": collectives.world_size(), "rounds": args.rounds}
+    smalls, sweeps = [], []
+    for _ in range(args.rounds):  # rounds minutes apart see different neighbours' load
+        smalls.append(small_calls(args))
+        sweeps.append(sweep(args))
+    result["small"] = sorted(smalls, key=lambda r: r["diff_us"])[len(smalls) // 2]
+    result["small_diffs_us"] = [r["diff_us"] for r in smalls]
+    result["sweep"] = _median_rows(sweeps)
     if collectives.is_primary():
-        result["dispatch"] = dispatch_cost(args.small_calls * 10, args.repeats * 3)
+        result["dispatch"] = dispatch_cost(100_000, 7)
         Path(args.result).write_text(json.dumps(result))
     collectives.shutdown()
 
@@ -186,28 +204,37 @@ def launch(args: argparse.Namespace, argv: list[str]) -> dict[str, object]:
         return data
 
 
+def _fmt(values: object, digits: int = 2) -> str:
+    assert isinstance(values, list)
+    return ", ".join(f"{v:.{digits}f}" for v in values)
+
+
 def report(data: dict[str, object], args: argparse.Namespace) -> None:
     small, disp = data["small"], data["dispatch"]
     assert isinstance(small, dict) and isinstance(disp, dict)
-    print(f"\n{data['world_size']} gloo ranks, medians of {args.repeats} or more repeats\n")
+    n, rounds = data["world_size"], data["rounds"]
+    print(f"\n{n} gloo ranks; per point the median over {rounds} rounds of per-call medians\n")
     print("| 4-byte all_reduce | torch.distributed | collectives | difference |")
     print("|---|---|---|---|")
     print(
         f"| per call, 2 ranks | {small['raw_us']:.1f} µs | {small['wrapped_us']:.1f} µs | "
-        f"{small['diff_us']:+.2f} µs |"
+        f"{small['diff_us']:+.2f} µs (rounds: {_fmt(data['small_diffs_us'])}) |"
     )
     print(
         f"| dispatch only (backend a no-op) | {disp['noop_us']:.2f} µs | "
         f"{disp['wrapped_noop_us']:.2f} µs | {disp['diff_us']:+.2f} µs |"
     )
-    print("\n| op | size | iters | torch µs | collectives µs | ratio | busbw GB/s (torch) |")
+    print(
+        "\n| op | size | pairs | torch µs | collectives µs | ratio (rounds) | busbw GB/s (torch) |"
+    )
     print("|---|---|---|---|---|---|---|")
     rows = data["sweep"]
     assert isinstance(rows, list)
     for r in rows:
         print(
-            f"| {r['op']} | {r['size']} | {r['iters']} | {r['raw_us']:.1f} | "
-            f"{r['wrapped_us']:.1f} | {r['ratio']:.4f} | {r['busbw']:.3f} ({r['raw_busbw']:.3f}) |"
+            f"| {r['op']} | {r['size']} | {r['pairs']} | {r['raw_us']:.1f} | "
+            f"{r['wrapped_us']:.1f} | {r['ratio']:.3f} ({_fmt(r['ratios'], 3)}) | "
+            f"{r['busbw']:.3f} ({r['raw_busbw']:.3f}) |"
         )
 
 
@@ -217,9 +244,10 @@ def main() -> None:
     p.add_argument("--ops", default="all_reduce,all_gather,broadcast")
     p.add_argument("--min-bytes", type=parse_size, default=parse_size("1K"))
     p.add_argument("--max-bytes", type=parse_size, default=parse_size("256M"))
-    p.add_argument("--repeats", type=int, default=5)
-    p.add_argument("--block-s", type=float, default=0.1, help="target seconds per block")
-    p.add_argument("--small-calls", type=int, default=1000)
+    p.add_argument("--rounds", type=int, default=3, help="whole measurements, median taken")
+    p.add_argument("--point-s", type=float, default=0.5, help="target seconds per size")
+    p.add_argument("--max-pairs", type=int, default=2000)
+    p.add_argument("--small-calls", type=int, default=5000, help="pairs of 4-byte calls")
     p.add_argument("--json", help="write the results here too")
     p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--result", help=argparse.SUPPRESS)

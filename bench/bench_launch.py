@@ -108,25 +108,53 @@ def contenders(n: int, script: Path) -> dict[str, Callable[[], list[str]]]:
     }
 
 
+def timed(argv: list[str], env: dict[str, str]) -> tuple[float, float, int]:
+    """(wall seconds, CPU seconds of the whole process tree, exit code) of one run.
+
+    CPU time (user + system of the process and every descendant it waited for, from wait4)
+    barely moves with the load of a shared machine, where wall time does.
+    """
+    start = time.perf_counter()
+    proc = subprocess.Popen(
+        argv,
+        env=env,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    _, status, usage = os.wait4(proc.pid, 0)
+    wall = time.perf_counter() - start
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    return wall, usage.ru_utime + usage.ru_stime, proc.returncode
+
+
 def rotate(names: list[str], round_: int) -> list[str]:
     k = round_ % len(names)
     return names[k:] + names[:k]
 
 
-def summary(samples: dict[str, list[float]]) -> dict[str, dict[str, float]]:
-    return {
+def summary(
+    samples: dict[str, list[float]], cpu: dict[str, list[float]] | None = None
+) -> dict[str, dict[str, float]]:
+    stats = {
         name: {"median": statistics.median(v), "min": min(v), "max": max(v), "n": len(v)}
         for name, v in samples.items()
     }
+    for name, v in (cpu or {}).items():
+        stats[name]["cpu_median"] = statistics.median(v)
+    return stats
 
 
-def print_table(title: str, stats: dict[str, dict[str, float]], unit: str, scale: float) -> None:
+def print_table(title: str, stats: dict[str, dict[str, float]], unit: str) -> None:
+    with_cpu = all("cpu_median" in s for s in stats.values())
     print(f"\n{title}")
-    print(f"| contender | median {unit} | min | max | runs |")
-    print("|---|---|---|---|---|")
+    extra = " median CPU s |" if with_cpu else ""
+    print(f"| contender | median {unit} | min | max |{extra} runs |")
+    print("|---|---|---|---|---|" + ("---|" if with_cpu else ""))
     for name, s in stats.items():
-        cells = " | ".join(f"{s[k] * scale:.3f}" for k in ("median", "min", "max"))
-        print(f"| {name} | {cells} | {int(s['n'])} |")
+        cells = " | ".join(f"{s[k]:.3f}" for k in ("median", "min", "max"))
+        cpu = f" {s['cpu_median']:.3f} |" if with_cpu else ""
+        print(f"| {name} | {cells} |{cpu} {int(s['n'])} |")
 
 
 def bench_launch(rounds: int, sizes: Sequence[int], work: Path) -> dict[str, object]:
@@ -136,29 +164,27 @@ def bench_launch(rounds: int, sizes: Sequence[int], work: Path) -> dict[str, obj
     for n in sizes:
         runs = contenders(n, noop)
         samples: dict[str, list[float]] = {name: [] for name in [*runs, "direct"]}
+        cpu: dict[str, list[float]] = {name: [] for name in samples}
         for r in range(rounds):
             for name in rotate(list(samples), r):
-                start = time.perf_counter()
-                if name == "direct":
+                if name == "direct":  # N interpreters at once, nothing else
+                    start = time.perf_counter()
                     procs = [subprocess.Popen([PYTHON, str(noop)]) for _ in range(n)]
-                    codes = [p.wait() for p in procs]
+                    waited = [os.wait4(p.pid, 0) for p in procs]
+                    samples[name].append(time.perf_counter() - start)
+                    cpu[name].append(sum(u.ru_utime + u.ru_stime for _, _, u in waited))
+                    codes = [os.waitstatus_to_exitcode(w[1]) for w in waited]
+                    for p, code in zip(procs, codes, strict=True):
+                        p.returncode = code
                 else:
-                    codes = [
-                        subprocess.run(
-                            runs[name](),
-                            check=False,
-                            env=clean_env(),
-                            stdin=subprocess.DEVNULL,
-                            stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL,
-                            timeout=120,
-                        ).returncode
-                    ]
-                samples[name].append(time.perf_counter() - start)
+                    wall, used, code = timed(runs[name](), clean_env())
+                    samples[name].append(wall)
+                    cpu[name].append(used)
+                    codes = [code]
                 if any(codes):
                     raise SystemExit(f"{name} failed (exit {codes}) on a no-op job")
-        stats = summary(samples)
-        print_table(f"launch, {n} ranks (seconds)", stats, "s", 1.0)
+        stats = summary(samples, cpu)
+        print_table(f"launch, {n} ranks (seconds)", stats, "s")
         ours = stats["ours"]["median"]
         ratios = {p: ours / stats[p]["median"] for p in ("torchrun", "mpirun")}
         print(f"ours/torchrun {ratios['torchrun']:.3f}x, ours/mpirun {ratios['mpirun']:.3f}x")
@@ -216,7 +242,7 @@ def bench_teardown(rounds: int, sizes: Sequence[int], work: Path) -> dict[str, o
                 codes[name].add(code)
                 orphans[name] += left
         stats = summary(samples)
-        print_table(f"failure teardown, {n} ranks (seconds)", stats, "s", 1.0)
+        print_table(f"failure teardown, {n} ranks (seconds)", stats, "s")
         print("exit codes: " + ", ".join(f"{k} {sorted(v)}" for k, v in codes.items()))
         print("ranks alive at the launcher's exit, all rounds: " + str(orphans))
         results[str(n)] = {
@@ -262,7 +288,7 @@ def bench_rss(rounds: int, sizes: Sequence[int], work: Path) -> dict[str, object
             for name in rotate(list(runs), r):
                 samples[name].append(_peak_rss(runs[name]()))
         stats = summary(samples)
-        print_table(f"peak RSS of the launcher process, {n} ranks (MiB)", stats, "MiB", 1.0)
+        print_table(f"peak RSS of the launcher process, {n} ranks (MiB)", stats, "MiB")
         results[str(n)] = {"stats": stats}
     return results
 
@@ -313,22 +339,32 @@ def bench_train(rounds: int, work: Path) -> dict[str, object]:
     if toolkit is not None:
         runs["toolkit"] = [str(toolkit)]
     samples: dict[str, list[float]] = {name: [] for name in runs}
+    cpu: dict[str, list[float]] = {name: [] for name in runs}
     for r in range(rounds):
         for name in rotate(list(runs), r):
-            start = time.perf_counter()
-            done = subprocess.run(
-                runs[name], check=False, env=env, capture_output=True, timeout=120
-            )
-            samples[name].append(time.perf_counter() - start)
-            if done.returncode != 0:
-                raise SystemExit(f"{name} failed:\n{done.stderr.decode(errors='replace')}")
-    stats = summary(samples)
-    print_table("train, one no-op process (seconds)", stats, "s", 1.0)
-    direct = stats["direct"]["median"]
-    overhead = {k: v["median"] - direct for k, v in stats.items() if k != "direct"}
-    print("overhead over direct: " + ", ".join(f"{k} {v:.3f} s" for k, v in overhead.items()))
+            wall, used, code = timed(runs[name], env)
+            samples[name].append(wall)
+            cpu[name].append(used)
+            if code != 0:
+                raise SystemExit(f"{name} failed (exit {code}): run {runs[name]} by hand")
+    stats = summary(samples, cpu)
+    print_table("train, one no-op process (seconds)", stats, "s")
+    overhead = {
+        k: {
+            "wall": v["median"] - stats["direct"]["median"],
+            "cpu": v["cpu_median"] - stats["direct"]["cpu_median"],
+        }
+        for k, v in stats.items()
+        if k != "direct"
+    }
+    for k, v in overhead.items():
+        print(f"overhead of {k} over direct: wall {v['wall']:.3f} s, CPU {v['cpu']:.3f} s")
     if "toolkit" in overhead:
-        print(f"ours/toolkit overhead: {overhead['ours'] / overhead['toolkit']:.3f}")
+        mine, theirs = overhead["ours"], overhead["toolkit"]
+        print(
+            f"ours/toolkit overhead: wall {mine['wall'] / theirs['wall']:.3f},"
+            f" CPU {mine['cpu'] / theirs['cpu']:.3f}"
+        )
     return {"stats": stats, "overhead": overhead}
 
 

@@ -10,7 +10,8 @@ Every run builds a fresh 2-host cluster of network namespaces (tests/multihost/c
    teardown is from the last rank's end to the last `train`'s exit. The toolkit's procedure
    (sagemaker-contract.md §10.5) is re-enacted with the same tools: the master polls the worker
    with a real SSH login every 1 s (the toolkit's `_can_connect` interval), then runs mpirun
-   with the same flags; t0 is the moment the worker's sshd is started. The toolkit itself cannot
+   with the same flags. The worker side is re-enacted too: a process that waits for the master's
+   sshd with a real login, 1 s apart, then becomes sshd; t0 is its start. The toolkit itself cannot
    run here: its worker appends the environment to /etc/environment and its SSH set-up uses
    root's ~/.ssh, neither acceptable on a shared machine; its fixed 30 s sleeps at the end are
    constants of its code (§10.5 steps 4 and 6), added to its teardown, not slept.
@@ -99,9 +100,19 @@ while subprocess.run(["ssh", "-F", cfg, worker, "true"], capture_output=True).re
     time.sleep(1)
 sys.exit(subprocess.run(mpirun).returncode)
 """
+# A worker that does what WorkerRunner does before orted arrives: wait for the master's sshd
+# (a real login, 1 s apart), then become sshd (its /etc/environment write is left out).
+TOOLKIT_WORKER = """import os, subprocess, sys, time
+cfg, master, sshd_conf = sys.argv[1:]
+while subprocess.run(["ssh", "-F", cfg, master, "true"], capture_output=True).returncode:
+    time.sleep(1)
+os.execv("/usr/sbin/sshd", ["/usr/sbin/sshd", "-D", "-e", "-f", sshd_conf])
+"""
 
 
-def _reader(proc: subprocess.Popen[bytes], lines: list[str], marker: str, seen: threading.Event):
+def _reader(
+    proc: subprocess.Popen[bytes], lines: list[str], marker: str, seen: threading.Event
+) -> None:
     assert proc.stdout is not None
     for raw in proc.stdout:
         line = raw.decode(errors="replace")
@@ -167,7 +178,11 @@ def mpi_toolkit(cluster: Cluster, root: Path) -> dict[str, float]:
     out.mkdir(parents=True)
     (root / "stamp.py").write_text(STAMP)
     (root / "master.py").write_text(TOOLKIT_MASTER)
+    (root / "worker.py").write_text(TOOLKIT_WORKER)
     h1, h2 = cluster.hosts
+    cluster.start_sshd(h2)  # only to have its sshd configuration written
+    cluster.stop_sshd(h2)
+    sshd_conf = cluster.ssh_dir / f"sshd-{h2.name}.conf"
     cluster.start_sshd(h1)
     mpirun = ["mpirun", "--host", "algo-1,algo-2", "-np", "2", *MPI_FLAGS]
     mpirun += ["-mca", "plm_rsh_args", f"-F {cluster.ssh_config}"]
@@ -180,12 +195,18 @@ def mpi_toolkit(cluster: Cluster, root: Path) -> dict[str, float]:
     )
     time.sleep(0.5)  # the master is polling (phase relative to t0: arbitrary, as in real life)
     t0 = time.time()
-    cluster.start_sshd(h2)
+    worker = cluster.popen(
+        h2,
+        [PY, str(root / "worker.py"), str(cluster.ssh_config), "algo-1", str(sshd_conf)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     code = master.wait(120)
     t_end = time.time()
     got = stamps(out)
-    for host in (h1, h2):
-        cluster.stop_sshd(host)
+    worker.terminate()
+    worker.wait(10)
+    cluster.stop_sshd(h1)
     if code != 0 or len(got) != 2:
         raise RuntimeError(f"toolkit re-enactment failed ({code})")
     return {
@@ -289,9 +310,9 @@ def main() -> int:
             if ("hvd" if label == "no-op" else "hvd-init") in skip:
                 continue
             row = results["hvd"].setdefault(label, {"ours": [], "horovodrun": []})
-            for name, fn in (("ours", hvd_ours), ("horovodrun", hvd_horovodrun)):
+            for peer, hvd_fn in (("ours", hvd_ours), ("horovodrun", hvd_horovodrun)):
                 with tempfile.TemporaryDirectory() as tmp, Cluster.create(2) as cluster:
-                    row[name].append(fn(cluster, Path(tmp), program))
+                    row[peer].append(hvd_fn(cluster, Path(tmp), program))
         print(f"repeat {i + 1}/{args.repeats} done", file=sys.stderr)
     if not had_ssh_dir and known_hosts.exists():
         print(f"warning: {known_hosts} was created", file=sys.stderr)
@@ -317,7 +338,10 @@ def report(results: dict[str, Any], repeats: int) -> str:
         peer = median([r["start_s"] for r in results["toolkit_mpi"]])
         lines += ["", f"Start ratio ours/toolkit: {ours / peer:.2f}x", ""]
     if results["hvd"]:
-        lines += ["| Horovod gloo, whole job | ours | horovodrun --gloo | ratio |", "|---|---|---|---|"]
+        lines += [
+            "| Horovod gloo, whole job | ours | horovodrun --gloo | ratio |",
+            "|---|---|---|---|",
+        ]
         for label, row in results["hvd"].items():
             ours, peer = median(row["ours"]), median(row["horovodrun"])
             lines.append(f"| {label} | {ours:.2f} s | {peer:.2f} s | {ours / peer:.2f}x |")

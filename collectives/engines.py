@@ -105,7 +105,7 @@ class TorchEngine:
         except KeyError:
             raise _bad_op(op) from None
         if top is not None:
-            dist.all_reduce(tensor, op=top)
+            dist.all_reduce(tensor, top)
             return tensor
         _check_mean(tensor)
         if self._nccl:
@@ -116,7 +116,7 @@ class TorchEngine:
         return tensor
 
     def broadcast(self, tensor: torch.Tensor, src: int) -> torch.Tensor:
-        dist.broadcast(tensor, src=src)
+        dist.broadcast(tensor, src)
         return tensor
 
     def all_gather(

@@ -1,10 +1,12 @@
 """Joining the job's process group (`init`), leaving it (`shutdown`), and the engine in use.
 
 `init` reads the rank environment once (through `launcher.contract`), chooses the engine and
-remembers it; `ops` asks `engine()` on every call, which is a global read. Before `init`, and
-outside any launch, the engine is the world-of-one identity; a launched rank of a larger world
-that calls a collective before `init` gets a `CollectiveError` saying so, never a silent
-identity.
+publishes it in two module globals that `ops` reads on every call: `current` (the engine) and
+`torch_direct` (whether a plain sum or broadcast may call torch.distributed without the engine
+in between: on a latency-bound 2-rank all_reduce every Python frame on the path is measurable).
+Before `init`, and outside any launch, the engine is the world-of-one identity; a launched rank
+of a larger world that calls a collective before `init` gets a `CollectiveError` saying so,
+never a silent identity.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ import torch
 import torch.distributed as dist
 
 from collectives import env
-from collectives.engines import Engine, HorovodEngine, LocalEngine, TorchEngine
+from collectives.engines import Engine, HorovodEngine, LocalEngine, ReduceOp, TorchEngine
 from collectives.errors import CollectiveError, translate
 from collectives.record import enable_faulthandler
 from launcher import contract
@@ -39,7 +41,36 @@ class Active:
     owns_group: bool  # whether `shutdown` should destroy torch's process group
 
 
+class _Pending:
+    """The engine before `init`: the identity in a world of one, else an error."""
+
+    name = "pending"
+
+    def all_reduce(self, tensor: torch.Tensor, op: ReduceOp | str) -> torch.Tensor:
+        return _resolve().all_reduce(tensor, op)
+
+    def broadcast(self, tensor: torch.Tensor, src: int) -> torch.Tensor:
+        return _resolve().broadcast(tensor, src)
+
+    def all_gather(
+        self, tensor: torch.Tensor, out: list[torch.Tensor] | None
+    ) -> list[torch.Tensor]:
+        return _resolve().all_gather(tensor, out)
+
+    def barrier(self) -> None:
+        _resolve().barrier()
+
+
 _active: Active | None = None
+current: Engine = _Pending()
+torch_direct = False
+
+
+def _publish(state: Active | None) -> None:
+    global _active, current, torch_direct  # noqa: PLW0603 - the hot path reads these
+    _active = state
+    current = state.engine if state is not None else _Pending()
+    torch_direct = state is not None and isinstance(state.engine, TorchEngine)
 
 
 def choose_backend(requested: str, rank_env: RankEnv, cuda_devices: int, nccl: bool) -> str:
@@ -69,9 +100,9 @@ def init(backend: str = "auto", timeout: timedelta | float = DEFAULT_TIMEOUT) ->
     `ValueError` when called again with a different explicit backend; `ContractError` when a
     rank variable is malformed.
     """
-    global _active  # noqa: PLW0603 - one process group per process, like torch's own
     if _active is not None:
-        if backend not in ("auto", _active.backend):
+        # Outside a launch no backend was started, so any request is as good as another.
+        if backend not in ("auto", _active.backend) and _active.backend != "none":
             raise ValueError(f"collectives already initialised with {_active.backend!r}")
         return _active.env
     enable_faulthandler()
@@ -80,15 +111,16 @@ def init(backend: str = "auto", timeout: timedelta | float = DEFAULT_TIMEOUT) ->
     cuda = torch.cuda.device_count() if torch.cuda.is_available() else 0
     chosen = choose_backend(backend, rank_env, cuda, dist.is_nccl_available())
     if chosen == "horovod":
-        _active = _init_horovod(rank_env, td, cuda)
+        state = _init_horovod(rank_env, td, cuda)
     elif dist.is_initialized():
         name = str(dist.get_backend())
-        _active = Active(rank_env, name, td, TorchEngine(name, dist.get_world_size(), td), False)
+        state = Active(rank_env, name, td, TorchEngine(name, dist.get_world_size(), td), False)
     elif not env.launched():
-        _active = Active(rank_env, "none", td, _LOCAL, owns_group=False)
+        state = Active(rank_env, "none", td, _LOCAL, owns_group=False)
     else:
-        _active = _init_torch(rank_env, chosen, td, cuda)
-    return _active.env
+        state = _init_torch(rank_env, chosen, td, cuda)
+    _publish(state)
+    return state.env
 
 
 def _init_torch(rank_env: RankEnv, backend: str, timeout: timedelta, cuda: int) -> Active:
@@ -153,12 +185,14 @@ def active() -> Active | None:
 
 
 def engine() -> Engine:
-    """The engine collectives run on. Hot path: a global read when initialised.
+    """The engine collectives run on (before `init`: the world-of-one identity).
 
     Raises `CollectiveError` when this rank belongs to a larger world and `init` was not called.
     """
-    if _active is not None:
-        return _active.engine
+    return _active.engine if _active is not None else _resolve()
+
+
+def _resolve() -> Engine:
     rank_env = env.current()
     if rank_env.world_size == 1:
         return _LOCAL
@@ -172,8 +206,8 @@ def engine() -> Engine:
 
 def shutdown() -> None:
     """Leave the process group `init` joined (destroy it, or shut Horovod down). Idempotent."""
-    global _active
-    state, _active = _active, None
+    state = _active
+    _publish(None)
     if state is None:
         return
     if state.backend == "horovod":

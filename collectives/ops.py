@@ -1,7 +1,8 @@
 """Rank helpers and collectives: the calls a training loop makes.
 
-Each collective is one call into the engine chosen by `init` (see `engines`); the wrapper adds
-a global read and a `try` that costs nothing unless the backend raises. Backend errors become
+Each collective is one call into the engine chosen by `init` (see `engines`), or, for a sum
+all_reduce and a broadcast on torch.distributed, a direct call into torch; the wrapper adds a
+global read and a `try` that costs nothing unless the backend raises. Backend errors become
 `CollectiveError` / `CollectiveTimeout` naming the operation (see `errors`). Outside a launch
 (a world of one) collectives are identities and need no `init`.
 
@@ -15,10 +16,13 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 import torch
+import torch.distributed as dist
 
 from collectives import env, group
 from collectives.engines import ReduceOp
 from collectives.errors import CollectiveError, translate
+
+_SUM = ReduceOp.SUM
 
 
 def rank() -> int:
@@ -63,13 +67,16 @@ def _error(op: str, exc: RuntimeError) -> CollectiveError:
     )
 
 
-def all_reduce(tensor: torch.Tensor, op: ReduceOp | str = ReduceOp.SUM) -> torch.Tensor:
+def all_reduce(tensor: torch.Tensor, op: ReduceOp | str = _SUM) -> torch.Tensor:
     """Reduce `tensor` across ranks in place ("sum", "mean", "min", "max", "product"); return it.
 
     "mean" needs a floating-point tensor. Raises `CollectiveTimeout` / `CollectiveError`.
     """
     try:
-        return group.engine().all_reduce(tensor, op)
+        if op is _SUM and group.torch_direct:
+            dist.all_reduce(tensor)
+            return tensor
+        return group.current.all_reduce(tensor, op)
     except CollectiveError:
         raise
     except RuntimeError as exc:
@@ -79,7 +86,10 @@ def all_reduce(tensor: torch.Tensor, op: ReduceOp | str = ReduceOp.SUM) -> torch
 def broadcast(tensor: torch.Tensor, src: int = 0) -> torch.Tensor:
     """Overwrite `tensor` on every rank with rank `src`'s value, in place; return it."""
     try:
-        return group.engine().broadcast(tensor, src)
+        if group.torch_direct:
+            dist.broadcast(tensor, src)
+            return tensor
+        return group.current.broadcast(tensor, src)
     except CollectiveError:
         raise
     except RuntimeError as exc:
@@ -92,7 +102,7 @@ def all_gather(tensor: torch.Tensor, out: list[torch.Tensor] | None = None) -> l
     Pass `out` (one tensor per rank, like `tensor`) to reuse buffers across calls.
     """
     try:
-        return group.engine().all_gather(tensor, out)
+        return group.current.all_gather(tensor, out)
     except CollectiveError:
         raise
     except RuntimeError as exc:
@@ -102,7 +112,7 @@ def all_gather(tensor: torch.Tensor, out: list[torch.Tensor] | None = None) -> l
 def barrier() -> None:
     """Wait until every rank arrives. On gloo a timeout names the missing ranks (on rank 0)."""
     try:
-        group.engine().barrier()
+        group.current.barrier()
     except CollectiveError:
         raise
     except RuntimeError as exc:

@@ -139,6 +139,9 @@ def _train(args: argparse.Namespace, environ: dict[str, str], base: Path) -> int
     hps_file = str(cfg.paths.input_config_dir / "hyperparameters.json")
     sources = settings.Sources(vars(args), environ, cfg.hyperparameters.sagemaker, hps_file)
     chosen = settings.resolve(sources, default_backend=Backend.NONE)
+    if chosen.backend is not Backend.NONE and not cfg.distribution_instance_groups:
+        # An explicit backend (--backend, LAUNCHER_BACKEND) counts as a distribution flag.
+        cfg = config.distributed(cfg)
     backend = chosen.backend if cfg.in_distribution else Backend.NONE
     # Validate the entry point before anything is logged: bad input gets exactly one line.
     entry = job.fetch_and_resolve(cfg, environ, dry_run=args.dry_run)

@@ -11,6 +11,7 @@ of text that tells the user what is wrong (exit code 2 in the CLI). Nothing is h
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -46,6 +47,7 @@ __all__ = [
     "ResourceConfig",
     "base_dir_from",
     "decode_hyperparameter",
+    "distributed",
     "load",
 ]
 
@@ -123,3 +125,17 @@ def _default_region(environ: Mapping[str, str]) -> str:
     # and ignores AWS_REGION (checked against the toolkit: AWS_REGION alone gives an empty
     # SAGEMAKER_REGION). Its ~/.aws/config fallback is not read (docs/compatibility.md).
     return environ.get("AWS_DEFAULT_REGION") or ""
+
+
+def distributed(job: JobConfig) -> JobConfig:
+    """`job` as if a distribution flag were set: the current group takes part in distribution.
+
+    For a backend chosen explicitly (`--backend`, `LAUNCHER_BACKEND`) where no `sagemaker_*`
+    distribution hyperparameter is set (DESIGN.md decision 5).
+    """
+    groups = (job.resources.current_group_name,)
+    return dataclasses.replace(
+        job,
+        distribution_instance_groups=groups,
+        distribution_hosts=_distribution_hosts(job.resources, groups),
+    )

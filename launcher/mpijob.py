@@ -3,7 +3,7 @@
 Every host meets the others over the control channel first (as for every backend). Then:
 
 - **follower**: writes its own rank environment (`mpi.host_payload`), starts a per-job sshd
-  (`sshd.SshdProcess`), checks it locally and reports `{addr, port, hostkey}` to the leader.
+  (`sshd.Helper`), checks it locally and reports `{addr, port, hostkey}` to the leader.
   It supervises nothing else: it waits on the control channel for the job's result (no
   `/tmp/done` polling, no fixed sleeps), stops sshd, writes the job's result and exits with the
   job's code. A SIGTERM reaches the leader as a failure, which stops mpirun everywhere.
@@ -16,6 +16,7 @@ Every host meets the others over the control channel first (as for every backend
 
 from __future__ import annotations
 
+import atexit
 import json
 import logging
 import queue
@@ -26,28 +27,27 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from launcher import mpi, sshd
+from launcher import mpi, sshcheck, sshd
 from launcher.app import Result, RunOptions, execute, finish
-from launcher.errors import EXIT_PEERS, JobAborted, LauncherError, signal_exit_code, signal_name
+from launcher.errors import (
+    ConfigError,
+    LauncherError,
+    signal_exit_code,
+    signal_name,
+)
 from launcher.leader import Leader
 from launcher.mpirank import ENV_FILE_VAR
 from launcher.plan import LaunchPlan, RankSpec
 from launcher.procs import RankExited, Watchdog
-from launcher.rendezvous import Follower, Member, PeerMessage
+from launcher.rendezvous import Follower, Member
 from launcher.settings import Sources
-from launcher.supervise import STOPPING, RemoteAbort, RunState, SignalReceived, forwarding_signals
+from launcher.supervise import STOPPING, RunState, SignalReceived, forwarding_signals
 
 log = logging.getLogger("launcher")
 
 PLAN_KEY = "mpi_pubkey"  # the PLAN entry with the leader's per-job client public key
 SSHD_START_TIMEOUT_S = 30.0  # a follower's own sshd must answer within this (or the deadline)
 SSHD_STOP_GRACE_S = 2.0
-
-
-class SshdUnreachable(LauncherError):
-    """A follower's sshd never became usable; names the host and why. Exit 3 (peers)."""
-
-    exit_code = EXIT_PEERS
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,6 +71,10 @@ def _port(value: Any) -> int:
     return int(value)
 
 
+def _absolute(program: Any) -> str:
+    return shutil.which(str(program)) or str(program)
+
+
 def mpi_settings(sources: Sources) -> MpiSettings:
     """MPI settings with the usual precedence (environment > `sagemaker_*` hyperparameter)."""
     return MpiSettings(
@@ -86,7 +90,9 @@ def mpi_settings(sources: Sources) -> MpiSettings:
         ),
         ssh_port=sources.pick("ssh-port", "LAUNCHER_SSH_PORT", None, _port, 0),
         sshd=sources.pick("sshd", "LAUNCHER_SSHD", None, str, ""),
-        mpirun=sources.pick("mpirun", "LAUNCHER_MPIRUN", None, str, "mpirun"),
+        # An absolute mpirun makes Open MPI pass its prefix to the remote orted (PATH and
+        # LD_LIBRARY_PATH), so images with Open MPI outside the default paths work.
+        mpirun=sources.pick("mpirun", "LAUNCHER_MPIRUN", None, _absolute, _absolute("mpirun")),
     )
 
 
@@ -100,6 +106,9 @@ class SshKeys:
     @classmethod
     def create(cls, leader: bool, environ: dict[str, str]) -> SshKeys:
         folder = sshd.private_dir("launcher-mpi-")
+        # Removed by `run` at the end of the job; this covers a job that ends before it (the
+        # hosts never met, a bad configuration).
+        atexit.register(shutil.rmtree, folder, True)
         name = "id_ed25519" if leader else "ssh_host_ed25519_key"
         try:
             return cls(folder, sshd.keygen(folder / name, "launcher-mpi", environ))
@@ -137,10 +146,9 @@ def leader_plan(run: MpiRun, ssh_config: str, payload_file: str) -> LaunchPlan:
     hosts = launch.world.hosts
     multi = len(hosts) > 1
     request = mpi.MpiRequest(
-        # One host needs no names (and no ssh): mpirun starts the ranks itself.
-        hosts=tuple((h.name, h.slots) for h in hosts)
-        if multi
-        else (("localhost", hosts[0].slots),),
+        # mpirun runs on the leader: its own entry is "localhost", which Open MPI always starts
+        # without ssh, even where the leader's name does not resolve (`launcher local`).
+        hosts=(("localhost", hosts[0].slots), *((h.name, h.slots) for h in hosts[1:])),
         program=mpi.mpi4py_program(job.command, run.python),
         python=run.python,
         interface=job.interface if multi else "",
@@ -152,17 +160,21 @@ def leader_plan(run: MpiRun, ssh_config: str, payload_file: str) -> LaunchPlan:
         mpirun=run.settings.mpirun,
     )
     try:
+        for h in hosts[1:]:
+            sshd.check_name(h.name)
         argv = mpi.command(request)
+    except mpi.OptionsError as e:
+        raise ConfigError("MPI options", "sagemaker_mpi_custom_mpi_options", str(e)) from None
     except ValueError as e:
-        raise LauncherError(f"sagemaker_mpi_custom_mpi_options: {e}") from None
+        raise LauncherError(f"cannot build the mpirun command: {e}") from None
     env = {ENV_FILE_VAR: payload_file} if payload_file else {}
     spec = RankSpec(0, 0, launch.world.host.name, tuple(argv), job.cwd, env, "")
     # The job's command is mpirun now: that is what the launcher's own log lines show.
     return LaunchPlan(replace(job, command=spec.argv), launch.world, (spec,), launch.base_env)
 
 
-def run(run: MpiRun, member: Member | None, keys: SshKeys | None) -> int:
-    """This host's part of an MPI job; returns the job's exit code (followers too).
+def run(run: MpiRun, member: Member | None, keys: SshKeys | None) -> tuple[int, str]:
+    """This host's part of an MPI job: the job's (exit code, root cause), followers too.
 
     Raises `SshdUnreachable` (exit 3) when a follower's sshd never comes up, `JobAborted` when
     another host aborted the job first, `LauncherError` for bad MPI options.
@@ -186,98 +198,31 @@ def run(run: MpiRun, member: Member | None, keys: SshKeys | None) -> int:
 # --- the leader -------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True, slots=True)
-class _Checked:
-    host: str
-    ok: bool
-    detail: str
-
-
-def _lead(run: MpiRun, leader: Leader, keys: SshKeys) -> int:
+def _lead(run: MpiRun, leader: Leader, keys: SshKeys) -> tuple[int, str]:
+    masters: dict[str, sshd.Helper] = {}
     try:
-        peers = _await_sshd(run, leader, keys)
-    except LauncherError as e:
+        peers = sshcheck.await_sshd(
+            run.events,
+            run.launch.world,
+            keys.folder,
+            masters,
+            deadline=time.monotonic() + run.peer_timeout_s,
+            watchdog=run.watchdog,
+            environ=run.environ,
+        )
+        return _run_mpirun(run, leader, keys.folder, peers)
+    except LauncherError as e:  # sshd never came up, mpirun cannot start, bad MPI options
         leader.failed(e.exit_code, str(e))  # every follower learns it (a no-op if decided)
         raise
-    return _run_mpirun(run, leader, keys.folder, peers)
+    finally:
+        for master in masters.values():
+            master.stop(SSHD_STOP_GRACE_S)
+        run.watchdog.disarm()  # every process of ours is gone (a no-op after mpirun's close)
 
 
-def _await_sshd(run: MpiRun, leader: Leader, keys: SshKeys) -> list[sshd.SshPeer]:
-    """Every follower's sshd, reported and proven with a login, before the peer deadline."""
-    world = run.launch.world
-    waiting = {h.name for h in world.hosts[1:]}
-    started = time.monotonic()
-    deadline = started + run.peer_timeout_s
-    peers: dict[str, sshd.SshPeer] = {}
-    ready: set[str] = set()
-    why: dict[str, str] = {}
-    while ready != waiting:
-        try:
-            event = run.events.get(timeout=max(0.0, deadline - time.monotonic()))
-        except queue.Empty:
-            missing = sorted(waiting - ready)
-            details = "; ".join(f"{h}: {why.get(h, 'no sshd report')}" for h in missing)
-            raise SshdUnreachable(
-                f"sshd on {', '.join(missing)} never became reachable within "
-                f"{time.monotonic() - started:.0f} s ({details})",
-                hint="check that sshd (openssh-server) runs on every host and that the leader "
-                "reaches the followers' job interface; raise LAUNCHER_PEER_TIMEOUT if slow",
-            ) from None
-        if isinstance(event, RemoteAbort):
-            error = JobAborted(event.reason)
-            error.exit_code = event.exit_code
-            raise error
-        if isinstance(event, PeerMessage) and event.message.get("type") == sshd.MESSAGE:
-            if event.host not in waiting or event.host in peers:
-                continue
-            try:
-                peer = sshd.peer_from_message(event.host, event.message)
-            except ValueError as e:
-                raise SshdUnreachable(str(e)) from None
-            peers[event.host] = peer
-            _write_client(keys.folder, list(peers.values()))
-            threading.Thread(
-                target=_check, args=(run, keys.folder, peer.host, deadline), daemon=True
-            ).start()
-        elif isinstance(event, _Checked):
-            if not event.ok:
-                raise SshdUnreachable(
-                    f"cannot log in to {event.host} over ssh: {event.detail}",
-                    hint="the host's sshd answered but refused our per-job key or host key",
-                )
-            ready.add(event.host)
-    log.info(
-        "ssh to %d host(s) verified %.3f s after the plan", len(ready), time.monotonic() - started
-    )
-    return [peers[h.name] for h in world.hosts[1:]]
-
-
-def _write_client(folder: Path, peers: list[sshd.SshPeer]) -> None:
-    # known_hosts first: a config naming a host is only ever read with its key in place.
-    sshd.write_private(folder / "known_hosts", sshd.known_hosts(peers))
-    sshd.write_private(folder / "ssh_config", sshd.client_config(folder, peers))
-
-
-_FATAL_SSH = ("Permission denied", "Host key verification failed", "IDENTIFICATION HAS CHANGED")
-
-
-def _check(run: MpiRun, folder: Path, host: str, deadline: float) -> None:
-    """Log in to `host` once (retrying transient network errors until the deadline)."""
-    delay, detail = 0.05, ""
-    while True:
-        code, tail = sshd.check_login(folder / "ssh_config", host, run.environ)
-        if code == 0:
-            run.events.put(_Checked(host, True, ""))
-            return
-        detail = tail.strip().splitlines()[-1] if tail.strip() else f"ssh exited with {code}"
-        if any(marker in tail for marker in _FATAL_SSH) or time.monotonic() + delay >= deadline:
-            run.events.put(_Checked(host, False, detail))
-            return
-        time.sleep(delay)
-        delay = min(delay * 2, 1.0)
-
-
-def _run_mpirun(run: MpiRun, leader: Leader | None, folder: Path, peers: list[sshd.SshPeer]) -> int:
+def _run_mpirun(
+    run: MpiRun, leader: Leader | None, folder: Path, peers: list[sshd.SshPeer]
+) -> tuple[int, str]:
     payload = folder / "host-env.json"
     sshd.write_private(payload, json.dumps(mpi.host_payload(run.launch)))
     config = str(folder / "ssh_config") if peers else ""
@@ -295,7 +240,7 @@ def _run_mpirun(run: MpiRun, leader: Leader | None, folder: Path, peers: list[ss
             leader.failed(code, text.splitlines()[0])
     if run.output_dir is not None:
         finish(run.output_dir, code, text)
-    return code
+    return code, text.split("\n", 1)[0]
 
 
 def _outcome(result: Result, hosts: list[tuple[str, int]]) -> tuple[int, str]:
@@ -319,48 +264,60 @@ class _Decided:
     """The job's result arrived over the control channel."""
 
 
-def _follow(run: MpiRun, follower: Follower, keys: SshKeys) -> int:
+def _follow(run: MpiRun, follower: Follower, keys: SshKeys) -> tuple[int, str]:
+    host = run.launch.world.host.name
+    server = sshd.Helper(f"{host} sshd", run.events, run.watchdog)
+    try:
+        try:
+            _start_sshd(run, follower, keys, server)
+        except (LauncherError, OSError) as e:
+            error = sshcheck.SshdUnreachable(f"sshd on {host} did not come up: {e}")
+            follower.failed(error.exit_code, str(error))  # the leader fails the job at once
+            raise error from None
+        code = _wait_for_result(run, follower, server)
+    finally:
+        server.stop(SSHD_STOP_GRACE_S)
+        run.watchdog.disarm()  # nothing of ours is left to guard
+    reason = follower.decision.reason
+    if run.output_dir is not None:
+        finish(run.output_dir, code, f"{reason}\n")
+    return code, reason
+
+
+def _start_sshd(run: MpiRun, follower: Follower, keys: SshKeys, server: sshd.Helper) -> None:
+    """Start this host's sshd, check it answers, report it to the leader. Raises
+    `LauncherError`/`OSError` saying why it cannot."""
+    began = time.monotonic()
     world = run.launch.world
-    host = world.host.name
     pubkey = follower.plan.get(PLAN_KEY)
     if not isinstance(pubkey, str) or not sshd.HOSTKEY_RE.match(pubkey):
         raise LauncherError(f"the leader's plan has no usable ssh key ({PLAN_KEY}={pubkey!r})")
-    began = time.monotonic()
     folder = keys.folder
     addr = sshd.local_address(world.master_addr, 9)
     port = run.settings.ssh_port or sshd.free_port(addr)
     sshd.write_private(folder / "host-env.json", json.dumps(mpi.host_payload(run.launch)))
     sshd.write_private(folder / "authorized_keys", f"{pubkey}\n")
     config = folder / "sshd_config"
-    sshd.write_private(config, sshd.sshd_config(folder, addr, port, sshd.current_user()))
-    server = sshd.SshdProcess(host, run.events, run.watchdog)
-    try:
-        server.start(sshd.sshd_binary(run.settings.sshd), config, run.environ)
-        deadline = time.monotonic() + min(run.peer_timeout_s, SSHD_START_TIMEOUT_S)
-        up = sshd.poll_until(lambda: sshd.says_ssh(addr, port, 0.5), deadline, alive=server.running)
-        if not up:
-            tail = server.log_tail()
-            why = f"it exited: {tail[-300:]}" if not server.running() else "no SSH banner"
-            error = SshdUnreachable(f"sshd on {host} ({addr}:{port}) did not come up: {why}")
-            follower.failed(error.exit_code, str(error))
-            raise error
-        follower.send(sshd.SshPeer(host, addr, port, keys.pubkey).message())
-        log.info(
-            "sshd ready on %s:%d in %.3f s; waiting for the job to end",
-            addr,
-            port,
-            time.monotonic() - began,
-        )
-        code = _wait_for_result(run, follower, server)
-    finally:
-        server.stop(SSHD_STOP_GRACE_S)
-    reason = follower.decision.reason
-    if run.output_dir is not None:
-        finish(run.output_dir, code, f"{reason}\n")
-    return code
+    session = sshd.session_env(run.environ, folder / "host-env.json")
+    text = sshd.sshd_config(folder, addr, port, sshd.current_user(), session)
+    sshd.write_private(config, text)
+    argv = sshd.sshd_argv(sshd.sshd_binary(run.settings.sshd), config)
+    server.start(argv, folder, run.environ)
+    deadline = time.monotonic() + min(run.peer_timeout_s, SSHD_START_TIMEOUT_S)
+    if not sshd.poll_until(lambda: sshd.says_ssh(addr, port, 0.5), deadline, alive=server.running):
+        if server.running():
+            raise LauncherError(f"no SSH banner on {addr}:{port} within {deadline - began:.0f} s")
+        raise LauncherError(f"it exited: {server.log_tail()[-300:]}")
+    follower.send(sshd.SshPeer(world.host.name, addr, port, keys.pubkey).message())
+    log.info(
+        "sshd ready on %s:%d in %.3f s; waiting for the job to end",
+        addr,
+        port,
+        time.monotonic() - began,
+    )
 
 
-def _wait_for_result(run: MpiRun, follower: Follower, server: sshd.SshdProcess) -> int:
+def _wait_for_result(run: MpiRun, follower: Follower, server: sshd.Helper) -> int:
     """Block until the job's result is known; a stop signal or sshd's death fails the job."""
     host = run.launch.world.host.name
 

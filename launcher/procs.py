@@ -142,9 +142,7 @@ def _live_groups(pgids: Iterable[int]) -> set[int]:
     except OSError:
         return answering  # no procfs: trust killpg
     live: set[int] = set()
-    for name in entries:
-        if not name.isdigit():
-            continue
+    for name in filter(str.isdigit, entries):
         try:
             with open(f"/proc/{name}/stat", "rb") as f:  # noqa: PTH123 - hot loop, no Path
                 stat = f.read()
@@ -152,13 +150,8 @@ def _live_groups(pgids: Iterable[int]) -> set[int]:
             continue  # gone since listdir
         # "pid (comm) state ppid pgrp ...": comm may hold spaces and parentheses.
         fields = stat[stat.rfind(b")") + 2 :].split(maxsplit=3)
-        if len(fields) < 3 or fields[0] in (b"Z", b"X"):
-            continue
-        pgrp = int(fields[2])
-        if pgrp in answering:
-            live.add(pgrp)
-            if live == answering:
-                break
+        if len(fields) > 2 and fields[0] not in (b"Z", b"X") and int(fields[2]) in answering:
+            live.add(int(fields[2]))
     return live
 
 
@@ -284,17 +277,26 @@ class ProcessSet:
         self.signal(signal.SIGKILL)
 
     def close(self, grace: float) -> None:
-        """Make sure nothing of ours survives: stragglers get SIGTERM, then SIGKILL."""
+        """Make sure nothing of ours survives: stragglers get SIGTERM, then SIGKILL.
+
+        Bounded: at most `grace` for the stragglers to go, then at most `grace` in all for
+        the ranks to be reaped (a rank in uninterruptible sleep may never be).
+        """
         left = self.groups_alive()
         if left:
             self.signal(signal.SIGTERM, left)
             deadline = time.monotonic() + grace
-            while time.monotonic() < deadline and (left := self.groups_alive()):
-                time.sleep(0.01)
+            # Nothing signals the end of a grandchild, so this polls; each poll scans /proc,
+            # hence the back-off from 5 ms to 100 ms for a group that takes its time.
+            pause = 0.005
+            while (left := self.groups_alive()) and time.monotonic() < deadline:
+                time.sleep(min(pause, max(0.0, deadline - time.monotonic())))
+                pause = min(2 * pause, 0.1)
             self.signal(signal.SIGKILL, left)
+        deadline = time.monotonic() + grace
         for proc in self.ranks.values():
             with contextlib.suppress(subprocess.TimeoutExpired):
-                proc.popen.wait(timeout=grace)
+                proc.popen.wait(timeout=max(0.0, deadline - time.monotonic()))
         if self._watchdog is not None:
             self._watchdog.disarm()
 

@@ -27,14 +27,18 @@ import pwd
 import queue
 import re
 import shutil
+import signal
 import socket
+import subprocess
 import tempfile
 import time
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from launcher import procs
+from launcher.errors import LauncherError
 from launcher.logs import OutputPump
 from launcher.mpirank import ENV_FILE_VAR
 from launcher.plan import Backend, HostSlots, JobSpec, LaunchPlan, RankSpec, World
@@ -47,7 +51,7 @@ BANNER = b"SSH-2.0-"
 PROBE_IDENT = b"SSH-2.0-launcher-probe\r\n"
 
 
-class SshError(Exception):
+class SshError(LauncherError):
     """An ssh or sshd step failed; the message says which and why."""
 
 
@@ -82,9 +86,32 @@ def check_name(host: str) -> str:
     return host
 
 
-def sshd_config(folder: Path, addr: str, port: int, user: str) -> str:
+def session_env(environ: Mapping[str, str], env_file: Path) -> dict[str, str]:
+    """What every session of our sshd gets (`SetEnv`), since sshd passes on none of ours:
+
+    - LAUNCHER_MPI_ENV: this host's rank environment (see `launcher.mpirank`);
+    - PATH and LD_LIBRARY_PATH of this host's launcher, so that orted and the shim run with the
+      container's paths (the toolkit appended all of os.environ to /etc/environment for this);
+    - SHLVL=1: bash sources ~/.bashrc for commands run by sshd only at shell level 1, and a
+      slow .bashrc (pyenv, conda) would delay every session; orted needs none of it.
+
+    Values sshd's SetEnv cannot carry (whitespace, quotes) are left out."""
+    env = {"SHLVL": "1", ENV_FILE_VAR: str(env_file)}
+    for name in ("PATH", "LD_LIBRARY_PATH"):
+        value = environ.get(name, "")
+        if value and not any(c.isspace() or c in "\"'\\" for c in value):
+            env[name] = value
+    return env
+
+
+def sshd_config(
+    folder: Path, addr: str, port: int, user: str, env: Mapping[str, str] | None = None
+) -> str:
     """Our sshd configuration (pure). `folder` holds the host key, authorized_keys, the pid file
-    and the host payload; it is private (0700), which is why StrictModes can be off."""
+    and the host payload; it is private (0700), which is why StrictModes can be off. `env` is
+    set in every session (see `session_env`)."""
+    env = env or {ENV_FILE_VAR: str(folder / "host-env.json")}
+    set_env = " ".join(f"{k}={v}" for k, v in env.items())
     return "\n".join(
         [
             f"Port {port}",
@@ -109,7 +136,7 @@ def sshd_config(folder: Path, addr: str, port: int, user: str) -> str:
             "PrintMotd no",
             "UseDNS no",
             "LogLevel ERROR",
-            f"SetEnv {ENV_FILE_VAR}={folder / 'host-env.json'}",
+            f"SetEnv {set_env}",
             "",
         ]
     )
@@ -128,6 +155,8 @@ def client_config(folder: Path, peers: list[SshPeer]) -> str:
     lines += [
         "Host *",
         f"  IdentityFile {folder / 'id_ed25519'}",
+        f"  ControlPath {folder / 'cm-%n'}",
+        "  ControlMaster no",
         "  IdentitiesOnly yes",
         "  IdentityAgent none",
         "  PubkeyAuthentication yes",
@@ -246,7 +275,12 @@ def check_login(config: Path, host: str, environ: dict[str, str]) -> tuple[int, 
 
 
 def poll_until(
-    test: Any, deadline: float, *, alive: Any = None, first: float = 0.005, most: float = 0.1
+    test: Callable[[], bool],
+    deadline: float,
+    *,
+    alive: Callable[[], bool] | None = None,
+    first: float = 0.005,
+    most: float = 0.1,
 ) -> bool:
     """Call `test()` with exponential backoff until it is true (True), `alive()` turns false
     or the deadline passes (False)."""
@@ -260,29 +294,30 @@ def poll_until(
         delay = min(delay * 2, most)
 
 
-class SshdProcess:
-    """A follower's `sshd -D -e`, started through `procs` like a rank: its own process group,
-    guarded by the watchdog (so it dies with the launcher, even on SIGKILL), its log lines
-    prefixed, its exit posted as a `procs.RankExited` on `events`."""
+class Helper:
+    """One long-running helper process (a follower's `sshd -D -e`, a leader's `ssh -M -N`
+    master), started through `procs` like a rank: its own process group, guarded by the
+    watchdog (so it dies with the launcher, even on SIGKILL), its log lines prefixed with
+    `label`, its exit posted as a `procs.RankExited` on `events`.
+
+    `stop` signals and waits through the process set without closing it, because closing
+    would disarm the launcher's one watchdog while other processes still need it."""
 
     def __init__(
-        self, host: str, events: queue.SimpleQueue[object], watchdog: procs.Watchdog | None
+        self, label: str, events: queue.SimpleQueue[object], watchdog: procs.Watchdog | None
     ) -> None:
-        self.host = host
+        self.label = label
         self._events = events
         self._watchdog = watchdog
-        self._pump = OutputPump()
+        self._pump: OutputPump | None = None
         self._procs: procs.ProcessSet | None = None
 
-    def start(self, binary: str, config: Path, environ: dict[str, str]) -> None:
-        """Start sshd; raises `SpawnError` when it cannot be started at all."""
-        privsep_dir()
-        argv = (binary, "-D", "-e", "-f", str(config))
-        spec = RankSpec(0, 0, f"{self.host} sshd", argv, str(config.parent), {}, "")
-        world = World((HostSlots(self.host, 1),), 0, "127.0.0.1", 0)
-        launch = LaunchPlan(
-            JobSpec(argv, str(config.parent), Backend.NONE), world, (spec,), environ
-        )
+    def start(self, argv: tuple[str, ...], cwd: Path, environ: dict[str, str]) -> None:
+        """Start it; raises `SpawnError` when it cannot be started at all."""
+        spec = RankSpec(0, 0, self.label, argv, str(cwd), {}, "")
+        world = World((HostSlots(self.label, 1),), 0, "127.0.0.1", 0)
+        launch = LaunchPlan(JobSpec(argv, str(cwd), Backend.NONE), world, (spec,), environ)
+        self._pump = OutputPump()
         self._pump.start()
         self._procs = procs.ProcessSet(launch, self._events, self._pump, watchdog=self._watchdog)
         self._procs.start()
@@ -291,16 +326,43 @@ class SshdProcess:
         return self._procs is not None and bool(self._procs.running())
 
     def log_tail(self) -> str:
+        """The end of its stderr (waits up to 0.5 s for the pipe to drain after an exit)."""
         if self._procs is None or 0 not in self._procs.ranks:
             return ""
-        self._procs.wait_output(0.5)
+        if not self.running():
+            self._procs.wait_output(0.5)
         return self._procs.ranks[0].stderr_tail.text().strip()
 
     def stop(self, grace_s: float) -> None:
-        """Stop sshd (SIGTERM to its group, SIGKILL after `grace_s`); idempotent."""
-        if self._procs is None:
+        """SIGTERM to its group, SIGKILL after `grace_s`, reaped; idempotent."""
+        ps, pump = self._procs, self._pump
+        if ps is None or pump is None:
             return
-        self._procs.close(grace_s)
-        self._procs.wait_output(1.0)
-        self._pump.stop(1.0)
-        self._procs = None
+        ps.signal(signal.SIGTERM)
+        deadline = time.monotonic() + grace_s
+        while ps.groups_alive() and time.monotonic() < deadline:
+            time.sleep(0.01)
+        if ps.groups_alive():
+            ps.kill()
+        for proc in ps.ranks.values():
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                proc.popen.wait(timeout=5.0)
+        ps.wait_output(1.0)
+        pump.stop(1.0)
+        self._procs = self._pump = None
+
+
+def sshd_argv(binary: str, config: Path) -> tuple[str, ...]:
+    privsep_dir()
+    return (binary, "-D", "-e", "-f", str(config))
+
+
+def master_argv(config: Path, host: str) -> tuple[str, ...]:
+    """A foreground ssh connection that other ssh clients (the check, mpirun) multiplex over:
+    one handshake per follower instead of one per use. Never `ControlPersist`, which would
+    detach it from our process group and watchdog."""
+    return ("ssh", "-F", str(config), "-M", "-N", "-o", "ControlPersist=no", host)
+
+
+def control_path(folder: Path, host: str) -> Path:
+    return folder / f"cm-{host}"

@@ -1,11 +1,18 @@
 """Benchmark `serve` against sagemaker-inference + MMS and TorchServe, side by side, same run.
 
-For each stack: start it on a fresh /opt/ml-shaped tree holding the TorchScript MLP
-64->256->256->10, time process start -> first 200 on /ping and -> first 200 on /invocations,
-pre-warm, then drive it with the same closed-loop load generator at 1 and 32 rows per request
-(JSON in, JSON out), then SIGTERM it and count the processes it left behind.
+Every stack serves the same TorchScript MLP 64->256->256->10 from its own /opt/ml-shaped tree
+with 2 workers, JSON in and JSON out, and is driven by the same closed-loop load generator.
+The machine is shared, so load from elsewhere drifts during a run; the bench therefore
+interleaves the stacks finely and compares them within each round:
 
-    .venv/bin/python -m bench.serve.run --stacks ours,mms,torchserve --json out.json
+1. cold start, `--cold-rounds` rounds: each stack alone, process start -> first 200 on /ping
+   and -> first 200 on /invocations, then SIGTERM and a count of the processes left behind;
+2. throughput, `--rounds` rounds: all stacks up at once (idle ones cost little), and in each
+   round every stack gets `--warmup` s + `--measure` s of load at each payload size in turn.
+
+Ratios are ours / theirs within a round, then the median over rounds.
+
+    MMS_VENV=... TS_VENV=... SPI_PATH=... .venv/bin/python -m bench.serve.run --json out.json
 """
 
 from __future__ import annotations
@@ -22,7 +29,7 @@ import socket
 import subprocess
 import tempfile
 import time
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +37,8 @@ import psutil
 
 from bench.serve import loadgen
 from bench.serve.stacks import HERE, STACKS, Stack
+
+HOST = "127.0.0.1"
 
 
 def free_port() -> int:
@@ -42,15 +51,6 @@ def free_port() -> int:
             except OSError:
                 continue
             return port
-
-
-def build_tree(root: Path, stack: Stack, model_file: Path) -> Path:
-    (root / "model").mkdir(parents=True)
-    shutil.copy(model_file, root / "model" / "model.pt")
-    if stack.user_hooks:
-        (root / "model" / "code").mkdir()
-        shutil.copy(HERE / "toolkit_hooks.py", root / "model" / "code" / "inference.py")
-    return root
 
 
 def save_mlp(path: Path) -> None:
@@ -73,7 +73,7 @@ def payload(rows: int) -> bytes:
 
 
 def status_of(port: int, method: str, path: str, body: bytes | None = None) -> int | None:
-    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=2)
+    conn = http.client.HTTPConnection(HOST, port, timeout=2)
     try:
         headers = {"Content-Type": "application/json", "Accept": "application/json"}
         conn.request(method, path, body=body, headers=headers)
@@ -103,14 +103,33 @@ def pss_mib(procs: list[psutil.Process]) -> float:
     return total / 2**20
 
 
-def bench_stack(
-    stack: Stack, args: argparse.Namespace, model_file: Path, work: Path
-) -> dict[str, Any]:
-    root = build_tree(work / "ml", stack, model_file)
+@dataclass
+class Running:
+    """A started stack: its entry process (leader of its own session) and where it listens."""
+
+    stack: Stack
+    proc: subprocess.Popen[bytes]
+    port: int
+    work: Path
+    started: float
+    log: Any
+
+    @property
+    def sid(self) -> int:
+        return self.proc.pid
+
+
+def start(stack: Stack, model_file: Path, work: Path, workers: int) -> Running:
+    root = work / "ml"
+    (root / "model").mkdir(parents=True)
+    shutil.copy(model_file, root / "model" / "model.pt")
+    if stack.user_hooks:
+        (root / "model" / "code").mkdir()
+        shutil.copy(HERE / "toolkit_hooks.py", root / "model" / "code" / "inference.py")
     state = work / "state"
     state.mkdir()
     port = free_port()
-    argv, env = stack.command(root, port, args.workers, state)
+    argv, env = stack.command(root, port, workers, state)
     log = (work / "server.log").open("wb")
     started = time.monotonic()
     proc = subprocess.Popen(
@@ -122,155 +141,215 @@ def bench_stack(
         stderr=subprocess.STDOUT,
         start_new_session=True,
     )
-    sid = proc.pid
-    result: dict[str, Any] = {"stack": stack.name}
+    return Running(stack, proc, port, work, started, log)
+
+
+def wait_ready(run: Running, deadline_s: float = 180) -> tuple[float, float]:
+    """Seconds from process start to the first 200 on /ping, then on /invocations."""
+    deadline = run.started + deadline_s
+    times = []
+    for method, path, body in (("GET", "/ping", None), ("POST", "/invocations", payload(1))):
+        while status_of(run.port, method, path, body) != 200:
+            if run.proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"{run.stack.name}: no 200 on {path}; see {run.work}")
+            time.sleep(0.01)
+        times.append(time.monotonic() - run.started)
+    return times[0], times[1]
+
+
+def stop(run: Running) -> dict[str, Any]:
+    """SIGTERM the entry process; count what of its session is still alive 1 s after it
+    exited (or after 30 s); then kill all of it."""
+    seen = session_processes(run.sid)
+    with contextlib.suppress(ProcessLookupError):
+        run.proc.send_signal(signal.SIGTERM)
+    began = time.monotonic()
+    code: int | None
     try:
-        deadline = started + 120
-        one = payload(1)
-        while status_of(port, "GET", "/ping") != 200:
-            if proc.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"{stack.name} never answered /ping; see {work / 'server.log'}")
-            time.sleep(0.01)
-        result["first_ping_s"] = time.monotonic() - started
-        while status_of(port, "POST", "/invocations", one) != 200:
-            if proc.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"{stack.name} never answered /invocations")
-            time.sleep(0.01)
-        result["first_invocation_s"] = time.monotonic() - started
-        result["pss_loaded_mib"] = pss_mib(session_processes(sid))
-        request1 = loadgen.build_request(
-            "127.0.0.1", "/invocations", one, "application/json", "application/json"
-        )
-        loadgen.run(
-            "127.0.0.1",
-            port,
-            request1,
-            concurrency=args.concurrency,
-            warmup_s=args.prewarm,
-            measure_s=0.001,
-        )
-        for rows in args.rows:
+        code = run.proc.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        code = None
+    stop_s = time.monotonic() - began
+    time.sleep(1.0)
+    left = [p for p in seen if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
+    left += [p for p in session_processes(run.sid) if p not in left]
+    for proc in left:
+        with contextlib.suppress(psutil.Error):
+            proc.kill()
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(run.sid, signal.SIGKILL)
+    run.log.close()
+    return {"exit_code": code, "stop_s": stop_s, "left_behind": len(left)}
+
+
+def cold_starts(
+    stacks: list[Stack], args: argparse.Namespace, model: Path, tmp: Path
+) -> list[dict[str, Any]]:
+    results = []
+    for number in range(args.cold_rounds):
+        for stack in stacks:
+            run = start(stack, model, tmp / f"cold-{stack.name}-{number}", args.workers)
+            try:
+                ping_s, first_s = wait_ready(run)
+                pss = pss_mib(session_processes(run.sid))
+            finally:
+                stopped = stop(run)
+            result = {"stack": stack.name, "round": number, "first_ping_s": ping_s}
+            result |= {"first_invocation_s": first_s, "pss_loaded_mib": pss} | stopped
+            print(json.dumps(result), flush=True)
+            results.append(result)
+            time.sleep(args.settle)
+    return results
+
+
+def throughput(
+    stacks: list[Stack], args: argparse.Namespace, model: Path, tmp: Path
+) -> list[dict[str, Any]]:
+    runs = [start(s, model, tmp / f"load-{s.name}", args.workers) for s in stacks]
+    results = []
+    try:
+        for run in runs:
+            wait_ready(run)
+        for run in runs:
             request = loadgen.build_request(
-                "127.0.0.1", "/invocations", payload(rows), "application/json", "application/json"
+                HOST, "/invocations", payload(1), "application/json", "application/json"
             )
-            load = loadgen.run(
-                "127.0.0.1",
-                port,
+            loadgen.run(
+                HOST,
+                run.port,
                 request,
                 concurrency=args.concurrency,
-                warmup_s=args.warmup,
-                measure_s=args.measure,
+                warmup_s=args.prewarm,
+                measure_s=0.001,
             )
-            result[f"rows{rows}"] = asdict(load) | {"rps": load.rps}
-        result["pss_after_mib"] = pss_mib(session_processes(sid))
+        for number in range(args.rounds):
+            for rows in args.rows:
+                body = payload(rows)
+                request = loadgen.build_request(
+                    HOST, "/invocations", body, "application/json", "application/json"
+                )
+                for run in runs:
+                    load = loadgen.run(
+                        HOST,
+                        run.port,
+                        request,
+                        concurrency=args.concurrency,
+                        warmup_s=args.warmup,
+                        measure_s=args.measure,
+                    )
+                    result = {"stack": run.stack.name, "round": number, "rows": rows}
+                    result |= asdict(load) | {"rps": load.rps}
+                    print(json.dumps(result), flush=True)
+                    results.append(result)
+        for run in runs:
+            pss = pss_mib(session_processes(run.sid))
+            results.append({"stack": run.stack.name, "pss_after_load_mib": pss})
     finally:
-        seen = session_processes(sid)
-        with contextlib.suppress(ProcessLookupError):
-            proc.send_signal(signal.SIGTERM)
-        stop_started = time.monotonic()
-        code: int | None
-        try:
-            code = proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            code = None
-        # Children get one more second past the entry process before they count as left.
-        time.sleep(1.0)
-        left = [p for p in seen if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
-        left += [p for p in session_processes(sid) if p not in left]
-        result["stop_s"] = time.monotonic() - stop_started
-        result["exit_code"] = code
-        result["left_behind"] = len(left)
-        for p in left:
-            with contextlib.suppress(psutil.Error):
-                p.kill()
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(sid, signal.SIGKILL)
-        log.close()
-    return result
+        for run in runs:
+            stop(run)
+    return results
 
 
-def table(results: list[dict[str, Any]], rows: list[int]) -> str:
-    lines = [
-        "| stack | rows | req/s | p50 ms | p99 ms | client µs/req | first /ping s"
-        " | first /invocations s | PSS loaded → after MiB | left after SIGTERM |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+def median(values: list[float]) -> float:
+    ordered = sorted(values)
+    if not ordered:
+        return float("nan")
+    middle = len(ordered) // 2
+    return ordered[middle] if len(ordered) % 2 else (ordered[middle - 1] + ordered[middle]) / 2
+
+
+def med(runs: list[dict[str, Any]], key: str) -> float:
+    return median([r[key] for r in runs])
+
+
+def report(
+    stacks: list[Stack], rows: list[int], cold: list[dict[str, Any]], load: list[dict[str, Any]]
+) -> str:
+    """Markdown: medians per stack, then ours / theirs paired within rounds."""
+
+    def loads(name: str, n: int) -> list[dict[str, Any]]:
+        return [r for r in load if r["stack"] == name and r.get("rows") == n]
+
+    def colds(name: str) -> list[dict[str, Any]]:
+        return [r for r in cold if r["stack"] == name]
+
+    out = [
+        "| stack | rows | req/s | p50 ms | p99 ms | client µs/req |",
+        "|---|---|---|---|---|---|",
     ]
-    for r in results:
-        for i, n in enumerate(rows):
-            load = r[f"rows{n}"]
-            extra = (
-                f"{r['first_ping_s']:.2f} | {r['first_invocation_s']:.2f} | "
-                f"{r['pss_loaded_mib']:.0f} → {r['pss_after_mib']:.0f} | "
-                f"{r['left_behind']} (exit {r['exit_code']})"
-                if i == 0
-                else " | | | "
+    for stack in stacks:
+        for n in rows:
+            runs = loads(stack.name, n)
+            if runs:
+                out.append(
+                    f"| {stack.name} | {n} | {med(runs, 'rps'):,.0f} | {med(runs, 'p50_ms'):.2f} | "
+                    f"{med(runs, 'p99_ms'):.2f} | {med(runs, 'client_cpu_us_per_request'):.0f} |"
+                )
+    out += [
+        "",
+        "| stack | first /ping s | first /invocations s | PSS loaded MiB | stop s"
+        " | left after SIGTERM |",
+        "|---|---|---|---|---|---|",
+    ]
+    for stack in stacks:
+        runs = colds(stack.name)
+        if runs:
+            left = [r["left_behind"] for r in runs]
+            out.append(
+                f"| {stack.name} | {med(runs, 'first_ping_s'):.2f} | "
+                f"{med(runs, 'first_invocation_s'):.2f} | {med(runs, 'pss_loaded_mib'):.0f} | "
+                f"{med(runs, 'stop_s'):.1f} | {left} |"
             )
-            name = r["stack"] if i == 0 else ""
-            lines.append(
-                f"| {name} | {n} | {load['rps']:,.0f} | {load['p50_ms']:.2f} | "
-                f"{load['p99_ms']:.2f} | {load['client_cpu_us_per_request']:.0f} | {extra} |"
-            )
-    return "\n".join(lines)
-
-
-def ratios(results: list[dict[str, Any]], rows: list[int]) -> str:
-    ours = next((r for r in results if r["stack"] == "ours"), None)
-    if ours is None:
-        return ""
-    lines = []
-    for r in results:
-        if r is ours:
+    out.append("")
+    for stack in stacks:
+        if stack.name == "ours":
             continue
-        parts = [
-            f"{n} rows: {ours[f'rows{n}']['rps'] / r[f'rows{n}']['rps']:.2f}x req/s, "
-            f"p99 {ours[f'rows{n}']['p99_ms']:.2f} vs {r[f'rows{n}']['p99_ms']:.2f} ms"
-            for n in rows
-        ]
-        parts.append(
-            f"cold start /ping {ours['first_ping_s'] / r['first_ping_s']:.2f}x, "
-            f"/invocations {ours['first_invocation_s'] / r['first_invocation_s']:.2f}x"
-        )
-        lines.append(f"- ours vs {r['stack']}: " + "; ".join(parts))
-    return "\n".join(lines)
+        parts = []
+        for n in rows:
+            pairs = list(zip(loads("ours", n), loads(stack.name, n), strict=False))
+            if pairs:
+                rps = median([o["rps"] / t["rps"] for o, t in pairs])
+                p99 = median([o["p99_ms"] / t["p99_ms"] for o, t in pairs])
+                parts.append(f"{n} rows {rps:.2f}x req/s at {p99:.2f}x p99")
+        pairs_cold = list(zip(colds("ours"), colds(stack.name), strict=False))
+        if pairs_cold:
+            ping = median([o["first_ping_s"] / t["first_ping_s"] for o, t in pairs_cold])
+            first = median(
+                [o["first_invocation_s"] / t["first_invocation_s"] for o, t in pairs_cold]
+            )
+            parts.append(f"cold start {ping:.2f}x to /ping, {first:.2f}x to the first answer")
+        out.append(f"- ours / {stack.name}: " + "; ".join(parts))
+    return "\n".join(out)
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
     parser.add_argument(
         "--stacks", default="ours,ours-toolkit-hooks,mms,torchserve,torchserve-omp1"
     )
     parser.add_argument("--rows", default="1,32")
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--concurrency", type=int, default=8)
+    parser.add_argument("--cold-rounds", type=int, default=3)
+    parser.add_argument("--rounds", type=int, default=4)
     parser.add_argument("--prewarm", type=float, default=3.0)
-    parser.add_argument("--warmup", type=float, default=2.0)
-    parser.add_argument("--measure", type=float, default=8.0)
-    parser.add_argument("--passes", type=int, default=1)
+    parser.add_argument("--warmup", type=float, default=1.0)
+    parser.add_argument("--measure", type=float, default=2.0)
+    parser.add_argument("--settle", type=float, default=2.0, help="pause between cold starts")
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
     args.rows = [int(n) for n in args.rows.split(",")]
     stacks = [STACKS[name] for name in args.stacks.split(",")]
-    results = []
-    with tempfile.TemporaryDirectory(prefix="serve-bench-") as tmp:
-        model_file = Path(tmp) / "model.pt"
-        save_mlp(model_file)
-        for number in range(args.passes):
-            for stack in stacks:
-                work = Path(tmp) / f"{stack.name}-{number}"
-                work.mkdir()
-                try:
-                    result = bench_stack(stack, args, model_file, work)
-                except Exception as exc:
-                    tail = (work / "server.log").read_text(errors="replace")[-3000:]
-                    print(f"{stack.name}: FAILED: {exc}\n{tail}", flush=True)
-                    continue
-                result["pass"] = number
-                results.append(result)
-                print(json.dumps(result), flush=True)
-    print(table(results, args.rows))
-    print(ratios(results, args.rows))
+    with tempfile.TemporaryDirectory(prefix="serve-bench-") as tmp_name:
+        tmp = Path(tmp_name)
+        model = tmp / "model.pt"
+        save_mlp(model)
+        cold = cold_starts(stacks, args, model, tmp) if args.cold_rounds else []
+        load = throughput(stacks, args, model, tmp) if args.rounds else []
+    text = report(stacks, args.rows, cold, load)
+    print(text)
     if args.json:
-        args.json.write_text(json.dumps(results, indent=1))
+        args.json.write_text(json.dumps({"cold": cold, "load": load, "report": text}, indent=1))
 
 
 if __name__ == "__main__":

@@ -35,7 +35,7 @@ def main() -> int:
     if args.stamp:
         with open(args.stamp, "w", encoding="utf-8") as f:
             f.write(repr(time.monotonic()))
-    return args.code
+    return int(args.code)
 
 
 if __name__ == "__main__":

@@ -3,7 +3,8 @@
 Rank 0 writes one JSON list (one object per rank, in rank order) to `--out`: the MPI rank and
 size, the UTS host name, and the variables the launcher promises each rank (its own host's
 SM_* values, the torch contract, the job-wide `-x` variables). `--fail-rank R --code C` makes
-rank R exit with code C after the gather, to drive the failure path.
+rank R exit with code C after the gather, to drive the failure path; `--sleep S` keeps every
+rank alive S seconds after the gather.
 """
 
 import argparse
@@ -11,6 +12,7 @@ import json
 import os
 import socket
 import sys
+import time
 
 from mpi4py import MPI
 
@@ -45,6 +47,7 @@ def main() -> int:
     parser.add_argument("--epochs", default="")
     parser.add_argument("--fail-rank", type=int, default=-1)
     parser.add_argument("--code", type=int, default=3)
+    parser.add_argument("--sleep", type=float, default=0.0)
     args = parser.parse_args()
     comm = MPI.COMM_WORLD
     mine = {
@@ -60,6 +63,7 @@ def main() -> int:
             json.dump(everyone, f, indent=1)
         os.replace(args.out + ".tmp", args.out)
     comm.Barrier()
+    time.sleep(args.sleep)  # a long job, for the signal tests
     if comm.Get_rank() == args.fail_rank:
         print(f"rank {args.fail_rank} fails on purpose", file=sys.stderr, flush=True)
         return args.code

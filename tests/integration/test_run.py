@@ -201,7 +201,7 @@ def test_children_ignoring_sigterm_do_not_survive(launch: Launch, tmp_path: Path
     for all of them: the failed rank's group is signalled at once, with the others, not only
     after they are gone.
     """
-    grace = 1.0
+    grace = 1.5
     stamp = tmp_path / "failed-at"
     job = run(
         launch,
@@ -221,7 +221,7 @@ def test_children_ignoring_sigterm_do_not_survive(launch: Launch, tmp_path: Path
     teardown = time.monotonic() - float(stamp.read_text())
     pids = [r["pid"] for r in ranks] + [r["child"] for r in ranks]
     assert [p for p in pids if not gone(p)] == []
-    assert grace <= teardown < 1.8 * grace
+    assert grace <= teardown < grace + 1.0  # signalled only after the others: 2 x grace
 
 
 def test_a_zombie_left_in_a_group_does_not_hold_the_launcher(launch: Launch) -> None:

@@ -12,7 +12,9 @@ known_hosts is untouched.
 from __future__ import annotations
 
 import json
+import re
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -56,6 +58,8 @@ class Job:
     procs: dict[str, subprocess.Popen[bytes]]
     outputs: dict[str, str]
     codes: dict[str, int]
+    known_hosts: int | None = None  # root's known_hosts mtime before the job (None: absent)
+    started: float = 0.0
     wall_s: float = 0.0
 
     def failure(self, host: str) -> str:
@@ -101,15 +105,14 @@ def make_trees(
     return trees
 
 
-def run_job(
+def start_job(
     cluster: Cluster,
     trees: dict[str, Path],
     *,
     env: Mapping[str, str] | None = None,
     env_per_host: Mapping[str, Mapping[str, str]] | None = None,
-    timeout: float = 60.0,
 ) -> Job:
-    """Start `train` on every host (leader last: the followers wait for it), wait for all."""
+    """Start `train` on every host (leader last: the followers wait for it)."""
     base_env = {
         "LAUNCHER_JOB_TOKEN": "test-token-" + cluster.plan.prefix,
         "LAUNCHER_PEER_TIMEOUT": "30",
@@ -117,9 +120,8 @@ def run_job(
         "PYTHONUNBUFFERED": "1",
         **(env or {}),
     }
-    before = KNOWN_HOSTS.stat().st_mtime_ns if KNOWN_HOSTS.exists() else None
+    known = KNOWN_HOSTS.stat().st_mtime_ns if KNOWN_HOSTS.exists() else None
     procs = {}
-    start = time.monotonic()
     for host in reversed(cluster.hosts):
         host_env = {**base_env, "SAGEMAKER_BASE_DIR": str(trees[host.name])}
         host_env.update((env_per_host or {}).get(host.name, {}))
@@ -131,15 +133,47 @@ def run_job(
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
         )
-    outputs, codes = {}, {}
-    for name, proc in procs.items():
-        out, _ = proc.communicate(timeout=max(1.0, start + timeout - time.monotonic()))
-        outputs[name], codes[name] = out.decode(errors="replace"), proc.returncode
-    job = Job(cluster, trees, procs, outputs, codes, time.monotonic() - start)
-    assert_nothing_left(cluster, job)
+    return Job(cluster, trees, procs, {}, {}, known_hosts=known, started=time.monotonic())
+
+
+def finish_job(job: Job, timeout: float = 60.0) -> Job:
+    """Wait for every `train`; then nothing may be left running and known_hosts untouched."""
+    for name, proc in job.procs.items():
+        left = max(1.0, job.started + timeout - time.monotonic())
+        out, _ = proc.communicate(timeout=left)
+        job.outputs[name], job.codes[name] = out.decode(errors="replace"), proc.returncode
+    job.wall_s = time.monotonic() - job.started
+    assert_nothing_left(job.cluster, job)
+    for folder in private_folders(job):
+        # Keys and per-host environments are removed, unless that launcher was SIGKILLed.
+        if job.codes[folder[0]] == -signal.SIGKILL:
+            shutil.rmtree(folder[1], ignore_errors=True)
+        assert not folder[1].exists(), f"{folder[1]} was left behind"
     after = KNOWN_HOSTS.stat().st_mtime_ns if KNOWN_HOSTS.exists() else None
-    assert after == before, f"{KNOWN_HOSTS} was written"
+    assert after == job.known_hosts, f"{KNOWN_HOSTS} was written"
     return job
+
+
+def run_job(
+    cluster: Cluster,
+    trees: dict[str, Path],
+    *,
+    env: Mapping[str, str] | None = None,
+    env_per_host: Mapping[str, Mapping[str, str]] | None = None,
+    timeout: float = 60.0,
+) -> Job:
+    """Run `train` on every host to the end (see `start_job` and `finish_job`)."""
+    job = start_job(cluster, trees, env=env, env_per_host=env_per_host)
+    return finish_job(job, timeout)
+
+
+def private_folders(job: Job) -> list[tuple[str, Path]]:
+    """(host, folder) for each per-job ssh folder a launcher named in its output."""
+    return [
+        (host, Path(m.group(0)))
+        for host, out in job.outputs.items()
+        for m in re.finditer(r"/\S*/launcher-mpi-[\w]+", out)
+    ]
 
 
 def assert_nothing_left(cluster: Cluster, job: Job, deadline_s: float = 5.0) -> None:
@@ -147,7 +181,8 @@ def assert_nothing_left(cluster: Cluster, job: Job, deadline_s: float = 5.0) -> 
     sessions, orted and ranks included): poll briefly, since a killed sshd may take a moment."""
     deadline = time.monotonic() + deadline_s
     while True:
-        left = {h.name: pids_in_netns({netns_key(h.netns)} - {None}) for h in cluster.hosts}
+        keys = {h.name: netns_key(h.netns) for h in cluster.hosts}
+        left = {h: pids_in_netns({k}) for h, k in keys.items() if k is not None}
         left = {h: pids for h, pids in left.items() if pids}
         if not left:
             return
@@ -215,6 +250,22 @@ def test_mpi_gather_gives_each_rank_its_own_host_values(
 
 
 @needs_mpi
+@pytest.mark.timeout(60)
+def test_mpi_on_one_host_needs_no_sshd(cluster_factory: ClusterFactory, tmp_path: Path) -> None:
+    cluster = cluster_factory(1)
+    out = tmp_path / "gather.json"
+    hps = {"sagemaker_mpi_enabled": True, "sagemaker_mpi_num_of_processes_per_host": 2}
+    trees = make_trees(tmp_path / "trees", cluster, "mpi_gather.py", {**hps, "out": str(out)})
+    job = run_job(cluster, trees)
+    assert job.codes == {"algo-1": 0}, show(job)
+    assert "sshd" not in job.outputs["algo-1"] and "plm_rsh_agent" not in job.outputs["algo-1"]
+    ranks = json.loads(out.read_text())
+    assert [(r["env"]["RANK"], r["env"]["LOCAL_RANK"]) for r in ranks] == [("0", "0"), ("1", "1")]
+    assert {r["env"]["SM_CURRENT_HOST"] for r in ranks} == {"algo-1"}
+    assert {r["env"]["LOCAL_WORLD_SIZE"] for r in ranks} == {"2"}
+
+
+@needs_mpi
 @pytest.mark.timeout(90)
 def test_mpi_rank_failure_fails_every_host_with_its_root_cause(
     cluster_factory: ClusterFactory, tmp_path: Path
@@ -253,6 +304,55 @@ def test_mpi_host_whose_sshd_never_comes_up_fails_the_job_with_exit_3(
         text = job.failure(host)
         assert "sshd on algo-3" in text and "algo-2" not in text.splitlines()[0], show(job)
     assert not (tmp_path / "gather.json").exists()  # mpirun never ran
+
+
+@needs_mpi
+@pytest.mark.timeout(90)
+def test_mpi_sigterm_to_a_follower_stops_the_job_on_every_host(
+    cluster_factory: ClusterFactory, tmp_path: Path
+) -> None:
+    cluster = cluster_factory(2)
+    out = tmp_path / "gather.json"
+    hps = {"sagemaker_mpi_enabled": True, "out": str(out), "sleep": 60}
+    trees = make_trees(tmp_path / "trees", cluster, "mpi_gather.py", hps)
+    job = start_job(cluster, trees)
+    deadline = time.monotonic() + 60
+    while not out.exists():  # every rank is running once rank 0 wrote the gather
+        assert time.monotonic() < deadline and all(p.poll() is None for p in job.procs.values())
+        time.sleep(0.05)
+    began = time.monotonic()
+    job.procs["algo-2"].send_signal(signal.SIGTERM)  # the follower's `train` itself
+    finish_job(job, timeout=30)
+    assert time.monotonic() - began < 15  # not the 60 s the ranks would sleep
+    assert job.codes == {"algo-2": 143, "algo-1": 143}, show(job)
+    for host in ("algo-1", "algo-2"):
+        assert job.failure(host).startswith("the job was stopped by SIGTERM on algo-2"), show(job)
+
+
+@needs_mpi
+@pytest.mark.timeout(90)
+def test_mpi_leader_killed_leaves_nothing_running(
+    cluster_factory: ClusterFactory, tmp_path: Path
+) -> None:
+    cluster = cluster_factory(2)
+    out = tmp_path / "gather.json"
+    hps = {"sagemaker_mpi_enabled": True, "out": str(out), "sleep": 60}
+    trees = make_trees(tmp_path / "trees", cluster, "mpi_gather.py", hps)
+    job = start_job(cluster, trees, env={"LAUNCHER_HEARTBEAT_TIMEOUT": "2"})
+    deadline = time.monotonic() + 60
+    while not out.exists():
+        assert time.monotonic() < deadline and all(p.poll() is None for p in job.procs.values())
+        time.sleep(0.05)
+    job.procs["algo-1"].send_signal(signal.SIGKILL)  # no teardown of its own at all
+    # The watchdog stops mpirun and the ssh masters, Open MPI's lifeline ends orted and the
+    # ranks, the follower sees its leader gone and stops sshd: finish_job checks that nothing
+    # is left in either namespace.
+    began = time.monotonic()
+    finish_job(job, timeout=30)
+    assert time.monotonic() - began < 15  # not the 60 s the ranks would sleep
+    assert job.codes["algo-1"] == -signal.SIGKILL
+    assert job.codes["algo-2"] == 1, show(job)
+    assert "lost the leader algo-1" in job.failure("algo-2"), show(job)
 
 
 # --- horovod ------------------------------------------------------------------------------------

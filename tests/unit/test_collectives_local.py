@@ -57,6 +57,7 @@ def test_outside_a_launch_is_a_world_of_one(environ: pytest.MonkeyPatch) -> None
         pass
     # init starts nothing outside a launch.
     assert collectives.init() is WORLD_OF_ONE
+    assert collectives.init("gloo") is WORLD_OF_ONE  # nothing was started to disagree with
     assert not dist.is_initialized()
     active = group.active()
     assert active is not None and active.backend == "none"

@@ -236,6 +236,15 @@ def test_instance_groups_without_a_flag_mean_no_distribution_hosts(tmp_path: Pat
     assert not job.in_distribution
 
 
+def test_an_explicit_backend_distributes_the_current_group(tmp_path: Path) -> None:
+    # DESIGN.md decision 5: --backend / LAUNCHER_BACKEND count as a distribution flag.
+    res = {**HETERO, "current_host": "algo-2", "current_group_name": "train"}
+    job = config.distributed(load(tree(tmp_path, {}, res)))
+    assert job.distribution_instance_groups == ("train",)
+    assert job.in_distribution
+    assert job.master_host == job.distribution_hosts[0] != "algo-1"
+
+
 def test_a_false_flag_does_not_distribute(tmp_path: Path) -> None:
     job = load(tree(tmp_path, {"sagemaker_mpi_enabled": "false"}))
     assert job.distribution_instance_groups == ()

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import itertools
 import json
 import struct
 from typing import Any
@@ -41,7 +42,7 @@ def feed_all(reader: wire.FrameReader, chunks: list[bytes]) -> list[dict[str, An
 def split(data: bytes, cuts: list[int]) -> list[bytes]:
     points = sorted({c % (len(data) + 1) for c in cuts})
     edges = [0, *points, len(data)]
-    return [data[a:b] for a, b in zip(edges, edges[1:], strict=False)]
+    return [data[a:b] for a, b in itertools.pairwise(edges)]
 
 
 def assert_valid(message: dict[str, Any]) -> None:
@@ -54,13 +55,17 @@ def assert_valid(message: dict[str, Any]) -> None:
 
 
 def test_round_trip_adds_the_version_and_keeps_every_field() -> None:
-    message = {"type": "hello", "host": "algo-2", "slots": 8, "note": "ünïcode ✓"}
+    message: dict[str, Any] = {"type": "hello", "host": "algo-2", "slots": 8, "note": "ünïcode ✓"}
     frame = wire.encode(message, KEY)
     assert wire.FrameReader(KEY).feed(frame) == [{"v": wire.VERSION, **message}]
 
 
 def test_frames_split_at_every_byte_and_batched_arrive_whole_and_in_order() -> None:
-    messages = [{"type": "heartbeat"}, {"type": "plan", "hosts": [["algo-1", 2]]}, {"type": "x"}]
+    messages: list[dict[str, Any]] = [
+        {"type": "heartbeat"},
+        {"type": "plan", "hosts": [["algo-1", 2]]},
+        {"type": "x"},
+    ]
     stream = b"".join(wire.encode(m, KEY) for m in messages)
     expected = [{"v": 1, **m} for m in messages]
     for cut in range(len(stream) + 1):
@@ -174,7 +179,7 @@ def run_reader(reader: wire.FrameReader, chunks: list[bytes]) -> tuple[list[dict
         for message in got:
             assert_valid(message)
         out += got
-        assert len(reader._buffer) < 4 + reader._max  # noqa: SLF001 - the memory bound
+        assert len(reader._buffer) < 4 + reader._max  # the memory bound
     return out, False
 
 

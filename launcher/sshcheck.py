@@ -1,0 +1,160 @@
+"""The leader's side of the `mpi` backend's SSH: await every follower's sshd and prove it.
+
+Each follower reports `{addr, port, hostkey}` over the control channel (a `PeerMessage`). For
+each report the leader adds the host to its per-job `ssh -F` configuration and known_hosts
+(`sshd.client_config`, `sshd.known_hosts`), starts one SSH master connection to it
+(`sshd.master_argv`, supervised like a rank) and logs in once over that connection
+(`ssh host true`). mpirun's own ssh connections later multiplex over the same masters, so each
+follower costs one SSH handshake. Transient network errors are retried with backoff until the
+deadline; a refused key or host key fails at once. Everything waits on the events queue: no
+sleep loops, and an ABORT from elsewhere ends the wait.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from launcher import sshd
+from launcher.errors import EXIT_PEERS, JobAborted, LauncherError
+from launcher.plan import World
+from launcher.procs import Watchdog
+from launcher.rendezvous import PeerMessage
+from launcher.supervise import RemoteAbort
+
+log = logging.getLogger("launcher")
+
+STOP_GRACE_S = 2.0
+
+
+class SshdUnreachable(LauncherError):
+    """A follower's sshd never became usable; names the host and why. Exit 3 (peers)."""
+
+    exit_code = EXIT_PEERS
+
+
+@dataclass(frozen=True, slots=True)
+class Checked:
+    """The outcome of one follower's login check (posted on the events queue)."""
+
+    host: str
+    ok: bool
+    detail: str
+
+
+def await_sshd(
+    events: queue.SimpleQueue[object],
+    world: World,
+    folder: Path,
+    masters: dict[str, sshd.Helper],
+    *,
+    deadline: float,
+    watchdog: Watchdog,
+    environ: dict[str, str],
+) -> list[sshd.SshPeer]:
+    """Every follower's sshd, reported and proven with a login, before the peer deadline.
+
+    For each report an ssh master connection is started (`sshd.master_argv`); the login check
+    and later mpirun multiplex over it, so each follower costs one SSH handshake, not two."""
+    waiting = {h.name for h in world.hosts[1:]}
+    started = time.monotonic()
+    peers: dict[str, sshd.SshPeer] = {}
+    ready: set[str] = set()
+    while ready != waiting:
+        try:
+            event = events.get(timeout=max(0.0, deadline - time.monotonic()))
+        except queue.Empty:
+            missing = sorted(waiting - ready)
+            what = "; ".join(
+                f"{h}: {'no login yet' if h in peers else 'no sshd report'}" for h in missing
+            )
+            raise SshdUnreachable(
+                f"sshd on {', '.join(missing)} never became reachable within "
+                f"{time.monotonic() - started:.0f} s ({what})",
+                hint="check that sshd (openssh-server) runs on every host and that the leader "
+                "reaches the followers' job interface; raise LAUNCHER_PEER_TIMEOUT if slow",
+            ) from None
+        if isinstance(event, RemoteAbort):
+            error = JobAborted(event.reason)
+            error.exit_code = event.exit_code
+            raise error
+        if isinstance(event, PeerMessage) and event.message.get("type") == sshd.MESSAGE:
+            if event.host not in waiting or event.host in peers:
+                continue
+            try:
+                peer = sshd.peer_from_message(event.host, event.message)
+            except ValueError as e:
+                raise SshdUnreachable(str(e)) from None
+            peers[event.host] = peer
+            write_client(folder, list(peers.values()))
+            label = f"{world.host.name} ssh {peer.host}"
+            masters[peer.host] = sshd.Helper(label, queue.SimpleQueue(), watchdog)
+            threading.Thread(
+                target=check,
+                args=(events, folder, peer.host, masters[peer.host]),
+                kwargs={"deadline": deadline, "environ": environ},
+                daemon=True,
+                name=f"ssh-check-{peer.host}",
+            ).start()
+        elif isinstance(event, Checked):
+            if not event.ok:
+                raise SshdUnreachable(
+                    f"cannot log in to {event.host} over ssh: {event.detail}",
+                    hint="the host's sshd answered but refused our per-job key or host key",
+                )
+            ready.add(event.host)
+    log.info(
+        "ssh to %d host(s) verified %.3f s after the plan", len(ready), time.monotonic() - started
+    )
+    return [peers[h.name] for h in world.hosts[1:]]
+
+
+def write_client(folder: Path, peers: list[sshd.SshPeer]) -> None:
+    """The leader's ssh configuration and known_hosts for the peers reported so far."""
+    # known_hosts first: a config naming a host is only ever read with its key in place.
+    sshd.write_private(folder / "known_hosts", sshd.known_hosts(peers))
+    sshd.write_private(folder / "ssh_config", sshd.client_config(folder, peers))
+
+
+_FATAL_SSH = ("Permission denied", "Host key verification failed", "IDENTIFICATION HAS CHANGED")
+
+
+def check(
+    events: queue.SimpleQueue[object],
+    folder: Path,
+    host: str,
+    master: sshd.Helper,
+    *,
+    deadline: float,
+    environ: dict[str, str],
+) -> None:
+    """Bring up the master connection to `host` (retrying transient network errors until the
+    deadline), then log in over it once: the result goes to the events queue as `Checked`."""
+    config = folder / "ssh_config"
+    socket_path = sshd.control_path(folder, host)
+    delay = 0.05
+    while True:
+        master.start(sshd.master_argv(config, host), folder, environ)
+        if sshd.poll_until(socket_path.exists, deadline, alive=master.running):
+            code, tail = sshd.check_login(config, host, environ)
+            detail = last_line(tail) or f"ssh exited with {code}"
+            events.put(Checked(host, code == 0, detail))
+            return
+        tail = master.log_tail()
+        detail = last_line(tail) or "no answer"
+        master.stop(STOP_GRACE_S)
+        if any(marker in tail for marker in _FATAL_SSH) or time.monotonic() + delay >= deadline:
+            events.put(Checked(host, False, detail))
+            return
+        time.sleep(delay)
+        delay = min(delay * 2, 1.0)
+
+
+def last_line(text: str) -> str:
+    """The last non-blank line of `text` (ssh's error is its last line), or ""."""
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    return lines[-1] if lines else ""
