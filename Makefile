@@ -10,7 +10,7 @@ PIP    := $(PY) -m pip install -q --disable-pip-version-check -c requirements/co
 $(STAMP): setup.cfg pyproject.toml requirements/constraints.txt
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PIP) torch==2.13.0 numpy
-	$(PIP) -e '.[torch,test,dev,serve]'
+	$(PIP) -e '.[torch,test,dev,serve]' --config-settings editable_mode=compat
 	touch $(STAMP)
 
 venv: $(STAMP)

@@ -367,10 +367,10 @@ def nice_step(raw: float) -> float:
     return float(10 ** (exp + 1))
 
 
-def svg(rows: dict[str, dict[str, float]], path: Path) -> None:
+def svg(rows: dict[str, dict[str, float]], path: Path, caption: str = "") -> None:
     """Two panels, drawn by hand: total wall time, and the leader's CPU per host, against H."""
     hs = sorted(int(h) for h in rows)
-    width, height, pad = 820, 340, 60
+    width, height, pad = 820, 360, 60
     panel = (width - 3 * pad) / 2
 
     def x_of(h: int, left: float) -> float:
@@ -392,7 +392,7 @@ def svg(rows: dict[str, dict[str, float]], path: Path) -> None:
         goal: tuple[float, str] | None,
         unit: str,
     ) -> None:
-        top, bottom = 40.0, height - 50.0
+        top, bottom = 40.0, height - 70.0
         values = [v for _, _, s in series for v in s.values()] + ([goal[0]] if goal else [])
         step = nice_step(max(values) * 1.1 / 4)
         ymax = step * 4
@@ -469,6 +469,11 @@ def svg(rows: dict[str, dict[str, float]], path: Path) -> None:
         (1.0, "goal: 1 ms/host"),
         "ms per host",
     )
+    if caption:
+        parts.append(
+            f'<text x="{width / 2}" y="{height - 4}" text-anchor="middle" font-size="11" '
+            f'fill="#555">{caption}</text>'
+        )
     parts.append("</svg>")
     path.write_text("\n".join(parts) + "\n")
 
@@ -509,7 +514,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         rows = scale(hosts, peers, args.scale_rounds)
         results["scale"] = rows
         if args.svg:
-            svg(rows, args.svg)  # type: ignore[arg-type]
+            load = ", ".join(f"{x:.1f}" for x in os.getloadavg())
+            caption = (
+                f"median of {args.scale_rounds} runs on {os.cpu_count()} shared cores; "
+                f"load average at the end {load}"
+            )
+            svg(rows, args.svg, caption)  # type: ignore[arg-type]
     results["machine"]["loadavg_at_end"] = os.getloadavg()  # type: ignore[index]
     text = json.dumps(results, indent=1, default=str)
     print(text)

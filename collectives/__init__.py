@@ -19,8 +19,7 @@ mpirun, and outside any launcher as a world of one. The rank environment is read
 
 from collectives.engines import ReduceOp
 from collectives.errors import CollectiveError, CollectiveTimeout
-from collectives.group import DEFAULT_TIMEOUT, init, shutdown
-from collectives.io import (
+from collectives.files import (
     channel,
     checkpoint_dir,
     model_dir,
@@ -28,6 +27,7 @@ from collectives.io import (
     save,
     save_file,
 )
+from collectives.group import DEFAULT_TIMEOUT, init, shutdown
 from collectives.ops import (
     all_gather,
     all_reduce,

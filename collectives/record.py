@@ -34,7 +34,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import IO, Any, Literal, TypeVar, overload
 
-from collectives.io import atomic_write
+from collectives.files import atomic_write
 from launcher import contract
 
 F = TypeVar("F", bound=Callable[..., Any])

@@ -136,6 +136,8 @@ def _train(args: argparse.Namespace, environ: dict[str, str], base: Path) -> int
     from launcher import config, job  # noqa: PLC0415 - only train and plan read a tree
 
     cfg = config.load(base, environ)
+    if len(cfg.resources.hosts) > 1:
+        _setup_logging(cfg.resources.current_host)  # every line says which host wrote it
     hps_file = str(cfg.paths.input_config_dir / "hyperparameters.json")
     sources = settings.Sources(vars(args), environ, cfg.hyperparameters.sagemaker, hps_file)
     chosen = settings.resolve(sources, default_backend=Backend.NONE)
@@ -150,8 +152,6 @@ def _train(args: argparse.Namespace, environ: dict[str, str], base: Path) -> int
         1 if backend is Backend.NONE else settings.local_slots(chosen.procs_per_host, len(found))
     )
     multi = backend is not Backend.NONE and len(cfg.distribution_hosts) > 1
-    if multi:
-        _setup_logging(cfg.resources.current_host)
     watchdog = _watchdog(args.dry_run)
     env = job.user_environment(cfg, num_gpus=len(found), environ=environ)
     if not args.dry_run:

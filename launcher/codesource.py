@@ -14,10 +14,13 @@ half-extracted, silently altered tree is worse than a clear failure.
 from __future__ import annotations
 
 import shutil
-import tarfile
 import tempfile
 from collections.abc import Mapping
 from pathlib import Path, PurePosixPath
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # tarfile costs `train` milliseconds of imports: only archives need it
+    import tarfile
 
 from launcher.errors import ConfigError, LauncherError
 
@@ -53,6 +56,8 @@ def prepare(
             shutil.copytree(path, code_dir, dirs_exist_ok=True)
             return f"copied {path} into {code_dir}"
         if path.is_file():
+            import tarfile  # noqa: PLC0415 - see above
+
             if tarfile.is_tarfile(path):
                 extract_tar(path, code_dir, source)
                 return f"extracted {path} into {code_dir}"
@@ -130,6 +135,8 @@ def extract_tar(archive: Path, dest: Path, label: str) -> None:
     extracted: it would only change the mode of `dest` itself. Raises `ConfigError` naming
     the archive and the member, before anything is written.
     """
+    import tarfile  # noqa: PLC0415 - see the top of the module
+
     try:
         with tarfile.open(archive, "r:*") as tar:
             members = tar.getmembers()

@@ -75,6 +75,10 @@ class InstallError(LauncherError):
 class JobAborted(LauncherError):
     """The job was aborted from elsewhere (another host failed or was lost)."""
 
+    def __init__(self, message: str, *, exit_code: int = EXIT_FAILURE, hint: str = "") -> None:
+        super().__init__(message, hint=hint)
+        self.exit_code = exit_code
+
 
 def signal_exit_code(signum: int) -> int:
     """128+N, the shell's convention for a process killed by signal N."""

@@ -129,8 +129,9 @@ class Follower(Member):
             if self._plan is not None:
                 return self._plan, addr
             if self.decision.decided:
-                error = JobAborted(self.decision.reason)
-                error.exit_code = self.decision.exit_code or EXIT_FAILURE
+                error = JobAborted(
+                    self.decision.reason, exit_code=self.decision.exit_code or EXIT_FAILURE
+                )
                 raise error
             if time.monotonic() >= deadline:
                 raise PeersUnreachable([self.leader], time.monotonic() - start, what="the leader")

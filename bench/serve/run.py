@@ -187,7 +187,8 @@ def cold_starts(
 ) -> list[dict[str, Any]]:
     results = []
     for number in range(args.cold_rounds):
-        for stack in stacks:
+        # The order rotates every round, so that no stack always follows the same neighbour.
+        for stack in stacks[number % len(stacks) :] + stacks[: number % len(stacks)]:
             run = start(stack, model, tmp / f"cold-{stack.name}-{number}", args.workers)
             try:
                 ping_s, first_s = wait_ready(run)
@@ -203,9 +204,9 @@ def cold_starts(
 
 
 def throughput(
-    stacks: list[Stack], args: argparse.Namespace, model: Path, tmp: Path
+    group: int, stacks: list[Stack], args: argparse.Namespace, model: Path, tmp: Path
 ) -> list[dict[str, Any]]:
-    runs = [start(s, model, tmp / f"load-{s.name}", args.workers) for s in stacks]
+    runs = [start(s, model, tmp / f"load{group}-{s.name}", args.workers) for s in stacks]
     results = []
     try:
         for run in runs:
@@ -228,7 +229,8 @@ def throughput(
                 request = loadgen.build_request(
                     HOST, "/invocations", body, "application/json", "application/json"
                 )
-                for run in runs:
+                shift = number % len(runs)
+                for run in runs[shift:] + runs[:shift]:
                     load = loadgen.run(
                         HOST,
                         run.port,
@@ -237,13 +239,14 @@ def throughput(
                         warmup_s=args.warmup,
                         measure_s=args.measure,
                     )
-                    result = {"stack": run.stack.name, "round": number, "rows": rows}
+                    result = {"stack": run.stack.name, "group": group, "round": number}
+                    result["rows"] = rows
                     result |= asdict(load) | {"rps": load.rps}
                     print(json.dumps(result), flush=True)
                     results.append(result)
         for run in runs:
             pss = pss_mib(session_processes(run.sid))
-            results.append({"stack": run.stack.name, "pss_after_load_mib": pss})
+            results.append({"stack": run.stack.name, "group": group, "pss_after_load_mib": pss})
     finally:
         for run in runs:
             stop(run)
@@ -306,7 +309,12 @@ def report(
             continue
         parts = []
         for n in rows:
-            pairs = list(zip(loads("ours", n), loads(stack.name, n), strict=False))
+            ours = {(r["group"], r["round"]): r for r in loads("ours", n)}
+            pairs = [
+                (ours[(r["group"], r["round"])], r)
+                for r in loads(stack.name, n)
+                if (r["group"], r["round"]) in ours
+            ]
             if pairs:
                 rps = median([o["rps"] / t["rps"] for o, t in pairs])
                 p99 = median([o["p99_ms"] / t["p99_ms"] for o, t in pairs])
@@ -332,6 +340,11 @@ def main() -> None:
     parser.add_argument("--concurrency", type=int, default=8)
     parser.add_argument("--cold-rounds", type=int, default=3)
     parser.add_argument("--rounds", type=int, default=4)
+    parser.add_argument(
+        "--groups",
+        default="ours,ours-toolkit-hooks,mms,torchserve;ours,torchserve-omp1",
+        help="stacks that run the throughput phase side by side; groups separated by ;",
+    )
     parser.add_argument("--prewarm", type=float, default=3.0)
     parser.add_argument("--warmup", type=float, default=1.0)
     parser.add_argument("--measure", type=float, default=2.0)
@@ -340,13 +353,22 @@ def main() -> None:
     args = parser.parse_args()
     args.rows = [int(n) for n in args.rows.split(",")]
     stacks = [STACKS[name] for name in args.stacks.split(",")]
+    load_start = os.getloadavg()
     with tempfile.TemporaryDirectory(prefix="serve-bench-") as tmp_name:
         tmp = Path(tmp_name)
         model = tmp / "model.pt"
         save_mlp(model)
         cold = cold_starts(stacks, args, model, tmp) if args.cold_rounds else []
-        load = throughput(stacks, args, model, tmp) if args.rounds else []
+        load = []
+        if args.rounds:
+            # Two TorchServes (or two MMSs) cannot run at once: they share fixed ports and
+            # socket names. Each group runs side by side, with `ours` in every group.
+            for group, names in enumerate(args.groups.split(";")):
+                members = [STACKS[n] for n in names.split(",") if STACKS[n] in stacks]
+                load += throughput(group, members, args, model, tmp)
     text = report(stacks, args.rows, cold, load)
+    # Other work on the machine moves every number; the load average says how much there was.
+    text += f"\n\nload average at start {load_start}, at end {os.getloadavg()}"
     print(text)
     if args.json:
         args.json.write_text(json.dumps({"cold": cold, "load": load, "report": text}, indent=1))

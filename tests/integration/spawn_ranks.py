@@ -19,7 +19,6 @@ import os
 import signal
 import socket
 import subprocess
-import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -27,7 +26,6 @@ from pathlib import Path
 
 from launcher.contract import RankEnv
 
-PYTHON = sys.executable
 _POLL_S = 0.02
 
 

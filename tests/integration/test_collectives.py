@@ -257,5 +257,5 @@ def test_torchrun_reads_our_error_file(tmp_path: Path) -> None:
     # file it would print a link to the docs instead.
     report = proc.stderr[proc.stderr.index("Root Cause") :]
     assert "rank      : 1" in report and "error_file: " + str(tmp_path) in report, report
-    assert "raise ValueError(\"boom from rank 1\")" in report, report
+    assert 'raise ValueError("boom from rank 1")' in report, report
     assert "To enable traceback" not in report

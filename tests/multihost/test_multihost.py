@@ -249,7 +249,9 @@ def test_three_hosts_train_a_model_with_gloo(
 ) -> None:
     cluster = cluster_factory(3)
     job = Job(cluster, tmp_path, mode="train", steps="5")
-    job.start_all()
+    # The default heartbeat timeout (10 s): this test is about training, not about heartbeats,
+    # and three torch imports on two shared cores can starve a launcher for a moment.
+    job.start_all(LAUNCHER_HEARTBEAT_TIMEOUT="10")
     codes = job.wait_exits(120)
     assert codes == {"algo-1": 0, "algo-2": 0, "algo-3": 0}, job.report("job failed")
     leader = cluster.host("algo-1")

@@ -1,4 +1,4 @@
-"""`collectives.io`: SageMaker paths and the atomic, primary-only `save` (in one process)."""
+"""`collectives.files`: SageMaker paths and the atomic, primary-only `save` (in one process)."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import torch
 
 import collectives
 from collectives import env
-from collectives.io import atomic_write, base_dir
+from collectives.files import atomic_write, base_dir
 from launcher import contract
 
 

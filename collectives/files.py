@@ -112,7 +112,7 @@ def save(
     """
     if env.current().rank != 0:
         return None
-    import torch  # noqa: PLC0415 - keep `collectives.io` usable for paths without torch
+    import torch  # noqa: PLC0415 - keep `collectives.files` usable for paths without torch
 
     path = _target(name, environ)
     if isinstance(obj, torch.jit.ScriptModule):
