@@ -156,7 +156,7 @@ def _train(args: argparse.Namespace, environ: dict[str, str], base: Path) -> int
     env = job.user_environment(cfg, num_gpus=len(found), environ=environ)
     if not args.dry_run:
         job.install(entry, {**environ, **env})
-    error_dir = "" if args.dry_run else _error_dir()
+    error_dir = "" if args.dry_run else _error_dir(chosen.log_dir)
     spec = job.spec(cfg, entry, backend, env, error_dir)
     events: queue.SimpleQueue[object] = queue.SimpleQueue()
     member: Member | None = None
@@ -206,7 +206,7 @@ def _train(args: argparse.Namespace, environ: dict[str, str], base: Path) -> int
         show_ranks=chosen.show_ranks,
         prefix=backend is not Backend.NONE,
         output_dir=None if member else cfg.paths.output_dir,
-        error_dir=Path(error_dir),
+        error_dir=None if chosen.log_dir else Path(error_dir),
     )
     if member is None:
         return _finish(execute(launch, options, watchdog, events=events))
@@ -281,8 +281,8 @@ def _mpi(
     finally:
         if member is not None:
             member.close()
-        if launch.job.error_dir:
-            shutil.rmtree(launch.job.error_dir, ignore_errors=True)
+        if launch.job.error_dir and launch.job.error_dir != str(chosen.log_dir):
+            shutil.rmtree(launch.job.error_dir, ignore_errors=True)  # never the user's log dir
     if code == 0:
         log.info("job succeeded")
     else:
@@ -301,8 +301,11 @@ def _assumed_world(hosts: tuple[str, ...], current: str, slots: int) -> World:
     return World(layout, hosts.index(current), hosts[0], 0)
 
 
-def _error_dir() -> str:
-    """A private folder for the ranks' error files (tempfile costs 3 ms of imports)."""
+def _error_dir(log_dir: Path | None) -> str:
+    """Where the ranks' error files go: the log dir (kept there, as torchrun keeps them), else
+    a private folder removed after the run (tempfile would cost 3 ms of imports)."""
+    if log_dir is not None:
+        return str(log_dir)
     root = os.environ.get("TMPDIR") or "/tmp"  # noqa: S108 - created 0700 and unique below
     path = f"{root}/launcher-errors-{os.getpid()}-{os.urandom(4).hex()}"
     try:
@@ -387,7 +390,7 @@ def _run(args: argparse.Namespace, environ: dict[str, str]) -> int:
         command = [args.program, *args.args]
     else:
         command = [sys.executable, args.program, *args.args]
-    error_dir = "" if args.dry_run else _error_dir()
+    error_dir = "" if args.dry_run else _error_dir(chosen.log_dir)
     spec = JobSpec(tuple(command), str(Path.cwd()), chosen.backend, error_dir=error_dir)
     host = environ.get("LAUNCHER_HOST_NAME") or os.uname().nodename
     world = _single_host(host, slots, chosen.master_port, args.dry_run)
@@ -408,7 +411,7 @@ def _run(args: argparse.Namespace, environ: dict[str, str]) -> int:
         show_ranks=chosen.show_ranks,
         prefix=True,
         output_dir=Path(args.output_dir) if args.output_dir else None,
-        error_dir=Path(error_dir),
+        error_dir=None if chosen.log_dir else Path(error_dir),
     )
     return _finish(execute(launch, options, watchdog))
 

@@ -7,8 +7,9 @@ interleaves the stacks finely and compares them within each round:
 
 1. cold start, `--cold-rounds` rounds: each stack alone, process start -> first 200 on /ping
    and -> first 200 on /invocations, then SIGTERM and a count of the processes left behind;
-2. throughput, `--rounds` rounds: all stacks up at once (idle ones cost little), and in each
-   round every stack gets `--warmup` s + `--measure` s of load at each payload size in turn.
+2. throughput: all stacks of a group up at once (idle ones cost little), each pre-warmed with
+   `--prewarm` s of untimed load, then `--rounds` rounds in which every stack gets `--warmup` s
+   + `--measure` s of load at each payload size in turn (the order rotating every round).
 
 Ratios are ours / theirs within a round, then the median over rounds.
 
@@ -339,13 +340,15 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--concurrency", type=int, default=8)
     parser.add_argument("--cold-rounds", type=int, default=3)
-    parser.add_argument("--rounds", type=int, default=4)
+    parser.add_argument("--rounds", type=int, default=6)
     parser.add_argument(
         "--groups",
         default="ours,ours-toolkit-hooks,mms,torchserve;ours,torchserve-omp1",
         help="stacks that run the throughput phase side by side; groups separated by ;",
     )
-    parser.add_argument("--prewarm", type=float, default=3.0)
+    # Long enough for the JVM stacks to JIT their hot paths (serving.md: the first ~15 s of load
+    # run slow on them).
+    parser.add_argument("--prewarm", type=float, default=10.0)
     parser.add_argument("--warmup", type=float, default=1.0)
     parser.add_argument("--measure", type=float, default=2.0)
     parser.add_argument("--settle", type=float, default=2.0, help="pause between cold starts")

@@ -1,10 +1,14 @@
-"""Start N local ranks with the torchrun env contract, for the collectives tests.
+"""Start N ranks for the collectives tests: through the real launcher, or a stand-in.
 
-TODO(launcher): replace `run_ranks` with the real launcher once `python -m launcher run
---nproc-per-host N -- script.py args...` exists; the tests only need each rank's exit code,
-stdout and stderr, and the error-file path. This stand-in builds every rank's variables with
-`launcher.contract.RankEnv.torch_env`, the same code the launcher uses, so the contract is the
-real one; what it does not test is the launcher's own supervision.
+With `real_launcher=True`, `run_ranks` runs `python -m launcher run --nproc-per-host N
+--log-dir DIR` and reads each rank's stdout, stderr and error file from its per-rank log
+folder; the launcher reports the job, not each rank, so every rank gets its exit code.
+The stand-in is for what the real launcher must not or cannot do here: the failure scenarios
+need the other ranks to live on after one fails (the launcher stops them at once, which is
+its job), and pretending to be several hosts (`nnodes > 1`) needs SageMaker trees (multi-host
+jobs through the real launcher are tested in test_local_cluster.py and tests/multihost/). It
+builds every rank's variables with `launcher.contract.RankEnv.torch_env`, the same code the
+launcher uses.
 
 Ranks start in their own session with stdin closed and output to files (no pipe can fill up).
 If the job outlives its deadline, or a rank fails and the rest outlive `fail_grace_s`, every
@@ -19,6 +23,7 @@ import os
 import signal
 import socket
 import subprocess
+import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -54,6 +59,7 @@ class RankRun:
 
     ranks: tuple[RankResult, ...]
     killed: bool
+    launcher_code: int | None = None  # the launcher's exit code, when the real one ran
 
     def check_no_survivors(self) -> None:
         """Assert that no process of any rank's session is still alive."""
@@ -90,13 +96,19 @@ def run_ranks(
     fail_grace_s: float = 10.0,
     env: Mapping[str, str] | None = None,
     rank_env: Callable[[int], Mapping[str, str]] | None = None,
+    real_launcher: bool = False,
 ) -> RankRun:
     """Run `argv` as `nprocs` ranks (split evenly over `nnodes` pretend hosts); wait for all.
 
     Each rank gets `os.environ`, then `env`, then the torchrun contract for its place, then
-    `rank_env(rank)`. Rank r's error file is `workdir/error_<r>.json`.
+    `rank_env(rank)`.
     """
     workdir.mkdir(parents=True, exist_ok=True)
+    if real_launcher:
+        assert nnodes == 1 and rank_env is None, "the real launcher runs one host, same env"
+        return _run_launcher(
+            argv, nprocs, workdir, timeout_s=timeout_s, fail_grace_s=fail_grace_s, env=env
+        )
     port = free_port()
     per_node = nprocs // nnodes
     procs: list[subprocess.Popen[bytes]] = []
@@ -158,3 +170,59 @@ def run_ranks(
         for rank, p in enumerate(procs)
     )
     return RankRun(results, killed)
+
+
+def _run_launcher(
+    argv: Sequence[str],
+    nprocs: int,
+    workdir: Path,
+    *,
+    timeout_s: float,
+    fail_grace_s: float,
+    env: Mapping[str, str] | None,
+) -> RankRun:
+    """The real launcher, one host. Its own fail-fast replaces the stand-in's polling."""
+    logs = workdir / "logs"
+    launcher = [
+        sys.executable,
+        "-m",
+        "launcher",
+        "run",
+        "--nproc-per-host",
+        str(nprocs),
+        "--log-dir",
+        str(logs),
+        "--grace-period",
+        str(fail_grace_s),
+        "--no-python",
+        *argv,
+    ]
+    full = {**os.environ, "OMP_NUM_THREADS": "1", **(env or {})}
+    proc = subprocess.Popen(
+        launcher, env=full, stdin=subprocess.DEVNULL, cwd=workdir, start_new_session=True
+    )
+    killed = False
+    try:
+        proc.wait(timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        killed = True
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)  # the launcher's watchdog then stops the ranks
+        proc.wait()
+
+    def read(rank: int, name: str) -> str:
+        path = logs / f"rank-{rank}" / name
+        return path.read_text(errors="replace") if path.exists() else ""
+
+    results = tuple(
+        RankResult(
+            rank=rank,
+            pid=proc.pid,
+            returncode=proc.returncode,
+            stdout=read(rank, "stdout.log"),
+            stderr=read(rank, "stderr.log"),
+            error_file=logs / f"rank-{rank}" / "error.json",
+        )
+        for rank in range(nprocs)
+    )
+    return RankRun(results, killed, launcher_code=proc.returncode)

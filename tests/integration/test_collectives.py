@@ -1,6 +1,7 @@
 """Real gloo jobs of 2-3 ranks through `collectives`, plus the mpirun and Horovod paths.
 
-Ranks are started by `spawn_ranks.run_ranks` (TODO(launcher): the real `launcher run`).
+Ranks are started by `spawn_ranks.run_ranks`: the real `launcher run`, or a stand-in where the
+scenario needs ranks to outlive a failed peer (see spawn_ranks.py).
 Every test has a pytest timeout and checks that no rank survives it.
 """
 
@@ -126,7 +127,7 @@ def test_record_writes_an_error_file_torch_can_read(tmp_path: Path) -> None:
 
 def test_bench_prints_a_table_and_json_lines(tmp_path: Path) -> None:
     argv = [sys.executable, "-m", "collectives.bench", "--max-bytes", "8K", "--iters", "3"]
-    run = run_ranks([*argv, "--warmup", "1", "--json"], 2, tmp_path)
+    run = run_ranks([*argv, "--warmup", "1", "--json"], 2, tmp_path, real_launcher=True)
     run.check_no_survivors()
     assert [r.returncode for r in run.ranks] == [0, 0], run.describe()
     rows = [json.loads(line) for line in run.ranks[0].stdout.splitlines()]

@@ -1,6 +1,7 @@
 """The demo job (examples/train_regression.py) on 2 real gloo ranks, then its serving hooks.
 
-Ranks are started by `spawn_ranks.run_ranks` (TODO(launcher): the real `launcher run`).
+Ranks are started by `spawn_ranks.run_ranks`: the real `launcher run`, or a stand-in where the
+scenario needs ranks to outlive a failed peer (see spawn_ranks.py).
 """
 
 from __future__ import annotations
@@ -38,6 +39,7 @@ def test_two_ranks_train_and_save_a_servable_model(tmp_path: Path) -> None:
         2,
         tmp_path / "job",
         env={"SM_MODEL_DIR": str(model_dir)},
+        real_launcher=True,
     )
     run.check_no_survivors()
     assert [r.returncode for r in run.ranks] == [0, 0], run.describe()
