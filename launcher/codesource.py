@@ -66,10 +66,25 @@ def prepare(
     except shutil.Error as e:
         # copytree gathers per-file failures (a dangling link, an unreadable file).
         first = e.args[0][0] if e.args and isinstance(e.args[0], list) and e.args[0] else e
-        raise ConfigError(hps_file, SOURCE_KEY, f"cannot copy {source!r}: {first}") from None
+        raise ConfigError(
+            hps_file,
+            SOURCE_KEY,
+            f"cannot copy {source!r}: {first}",
+            hint="check that it exists and is readable on this host",
+        ) from None
     except OSError as e:
-        raise ConfigError(hps_file, SOURCE_KEY, f"cannot copy {source!r}: {e}") from None
-    raise ConfigError(hps_file, SOURCE_KEY, f"{source!r} does not exist")
+        raise ConfigError(
+            hps_file,
+            SOURCE_KEY,
+            f"cannot copy {source!r}: {e}",
+            hint="check that it exists and is readable on this host",
+        ) from None
+    raise ConfigError(
+        hps_file,
+        SOURCE_KEY,
+        f"{source!r} does not exist",
+        hint="set it to a directory, a tarball or an s3:// URI that exists on this host",
+    )
 
 
 def _download_s3(uri: str, dest: Path, hps_file: Path, environ: Mapping[str, str] | None) -> None:
@@ -93,7 +108,10 @@ def _download_s3(uri: str, dest: Path, hps_file: Path, environ: Mapping[str, str
     try:
         client.download_file(bucket, key.lstrip("/"), str(dest))
     except Exception as e:  # botocore's many classes (credentials, network, 404): all one story
-        raise LauncherError(f"cannot download {uri} ({SOURCE_KEY}): {e}") from None
+        raise LauncherError(
+            f"cannot download {uri} ({SOURCE_KEY}): {e}",
+            hint="check the URI, the credentials, and AWS_REGION or S3_ENDPOINT_URL",
+        ) from None
 
 
 def member_path(member: tarfile.TarInfo) -> PurePosixPath:
@@ -155,4 +173,9 @@ def extract_tar(archive: Path, dest: Path, label: str) -> None:
             else:  # Python < 3.11.4: our own checks above are the filter
                 tar.extractall(dest, members=members)  # noqa: S202
     except (tarfile.TarError, EOFError, OSError) as e:
-        raise ConfigError(label, None, f"cannot be extracted: {e}") from None
+        raise ConfigError(
+            label,
+            None,
+            f"cannot be extracted: {e}",
+            hint="rebuild it, e.g. tar -C src -czf sourcedir.tar.gz .",
+        ) from None

@@ -81,11 +81,21 @@ def resolve(name: str, code_dir: Path, source: str) -> EntryPoint:
         )
     real_code = code_dir.resolve()
     if not target.resolve().is_relative_to(real_code):
-        raise ConfigError(file, key or None, f"entry point {name!r} resolves outside {code_dir}")
+        raise ConfigError(
+            file,
+            key or None,
+            f"entry point {name!r} resolves outside {code_dir}",
+            hint="ship the file itself, not a link that leaves the code directory",
+        )
     # `python -- dir` runs dir/__main__.py, as under the toolkit; nothing else runs a directory.
     runnable_dir = kind is Kind.PYTHON_PROGRAM and (target / "__main__.py").is_file()
     if target.is_dir() and not runnable_dir:
-        raise ConfigError(file, key or None, f"entry point {name!r} is a directory, not a file")
+        raise ConfigError(
+            file,
+            key or None,
+            f"entry point {name!r} is a directory, not a file",
+            hint="name the script inside it, e.g. NAME/train.py",
+        )
     return EntryPoint(name, kind, code_dir)
 
 

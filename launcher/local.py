@@ -75,9 +75,11 @@ def create(
 ) -> LocalJob:
     """Write one tree per host; the script's folder is copied into each host's code/."""
     if n_hosts < 1:
-        raise UsageError(f"--hosts {n_hosts}: at least one host is needed")
+        raise UsageError(
+            f"--hosts {n_hosts}: at least one host is needed", hint="use --hosts 1 or more"
+        )
     if not script.is_file():
-        raise UsageError(f"{script} is not a file")
+        raise UsageError(f"{script} is not a file", hint="give the path of the training script")
     hps = hyperparameters(args)
     hosts = tuple(f"algo-{i}" for i in range(1, n_hosts + 1))
     folder = root / f"{time.strftime('job-%Y%m%d-%H%M%S')}-{secrets.token_hex(2)}"

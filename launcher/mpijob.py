@@ -164,9 +164,17 @@ def leader_plan(run: MpiRun, ssh_config: str, payload_file: str) -> LaunchPlan:
             sshd.check_name(h.name)
         argv = mpi.command(request)
     except mpi.OptionsError as e:
-        raise ConfigError("MPI options", "sagemaker_mpi_custom_mpi_options", str(e)) from None
+        raise ConfigError(
+            "MPI options",
+            "sagemaker_mpi_custom_mpi_options",
+            str(e),
+            hint="the options are split like a shell command line and every item must be an"
+            " mpirun option, e.g. -x NCCL_DEBUG=INFO",
+        ) from None
     except ValueError as e:
-        raise LauncherError(f"cannot build the mpirun command: {e}") from None
+        raise LauncherError(
+            f"cannot build the mpirun command: {e}", hint="check sagemaker_mpi_custom_mpi_options"
+        ) from None
     env = {ENV_FILE_VAR: payload_file} if payload_file else {}
     spec = RankSpec(0, 0, launch.world.host.name, tuple(argv), job.cwd, env, "")
     # The job's command is mpirun now: that is what the launcher's own log lines show.
@@ -291,7 +299,10 @@ def _start_sshd(run: MpiRun, follower: Follower, keys: SshKeys, server: sshd.Hel
     world = run.launch.world
     pubkey = follower.plan.get(PLAN_KEY)
     if not isinstance(pubkey, str) or not sshd.HOSTKEY_RE.match(pubkey):
-        raise LauncherError(f"the leader's plan has no usable ssh key ({PLAN_KEY}={pubkey!r})")
+        raise LauncherError(
+            f"the leader's plan has no usable ssh key ({PLAN_KEY}={pubkey!r})",
+            hint="run the same ml-launcher version on every host",
+        )
     folder = keys.folder
     addr = sshd.local_address(world.master_addr, 9)
     port = run.settings.ssh_port or sshd.free_port(addr)
@@ -306,8 +317,16 @@ def _start_sshd(run: MpiRun, follower: Follower, keys: SshKeys, server: sshd.Hel
     deadline = time.monotonic() + min(run.peer_timeout_s, SSHD_START_TIMEOUT_S)
     if not sshd.poll_until(lambda: sshd.says_ssh(addr, port, 0.5), deadline, alive=server.running):
         if server.running():
-            raise LauncherError(f"no SSH banner on {addr}:{port} within {deadline - began:.0f} s")
-        raise LauncherError(f"it exited: {server.log_tail()[-300:]}")
+            raise LauncherError(
+                f"no SSH banner on {addr}:{port} within {deadline - began:.0f} s",
+                hint="check that sshd can start on that host and that its port is free"
+                " (LAUNCHER_SSH_PORT)",
+            )
+        raise LauncherError(
+            f"it exited: {server.log_tail()[-300:]}",
+            hint="sshd's own message is above; check that /run/sshd can be created and that"
+            " LAUNCHER_SSH_PORT, when set, is free",
+        )
     follower.send(sshd.SshPeer(world.host.name, addr, port, keys.pubkey).message())
     log.info(
         "sshd ready on %s:%d in %.3f s; waiting for the job to end",

@@ -328,7 +328,9 @@ def run_once(argv: list[str], cwd: Path, env: dict[str, str]) -> tuple[int, str]
             start_new_session=True,
         )
     except OSError as e:
-        raise SpawnError(f"cannot start {argv[0]}: {e.strerror or e}") from None
+        raise SpawnError(
+            f"cannot start {argv[0]}: {e.strerror or e}", hint="install it, or put it on PATH"
+        ) from None
     assert popen.stdout is not None
     done = pump.add(os.dup(popen.stdout.fileno()), prefix=b"", console=1, tail=tail)
     popen.stdout.close()
@@ -377,7 +379,9 @@ def capture(
             start_new_session=True,
         )
     except OSError as e:
-        raise SpawnError(f"cannot start {argv[0]}: {e.strerror or e}") from None
+        raise SpawnError(
+            f"cannot start {argv[0]}: {e.strerror or e}", hint="install it, or put it on PATH"
+        ) from None
     returncode: int | None = None
     try:
         out, err = popen.communicate(timeout=timeout_s)

@@ -44,7 +44,12 @@ class Sources:
             try:
                 return parse(value)
             except (ValueError, TypeError) as e:
-                raise ConfigError(where, key, f"{value!r} is invalid: {e}") from None
+                raise ConfigError(
+                    where,
+                    key,
+                    f"{value!r} is invalid: {e}",
+                    hint="docs/usage.md lists the valid values",
+                ) from None
         return default
 
 

@@ -88,7 +88,9 @@ def await_sshd(
             try:
                 peer = sshd.peer_from_message(event.host, event.message)
             except ValueError as e:
-                raise SshdUnreachable(str(e)) from None
+                raise SshdUnreachable(
+                    str(e), hint="run the same ml-launcher version on every host"
+                ) from None
             peers[event.host] = peer
             write_client(folder, list(peers.values()))
             label = f"{world.host.name} ssh {peer.host}"

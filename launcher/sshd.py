@@ -208,7 +208,10 @@ def keygen(path: Path, comment: str, environ: dict[str, str]) -> str:
     argv = ["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", comment, "-f", str(path)]
     returncode, tail = procs.run_once(argv, path.parent, environ)
     if returncode != 0:
-        raise SshError(f"ssh-keygen failed (exit {returncode}): {tail.strip()[-300:]}")
+        raise SshError(
+            f"ssh-keygen failed (exit {returncode}): {tail.strip()[-300:]}",
+            hint="install openssh-client (apt-get install openssh-client)",
+        )
     return " ".join(path.with_suffix(".pub").read_text().split()[:2])
 
 
