@@ -29,7 +29,7 @@ lint: venv
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/mypy
 	$(VENV)/bin/shellcheck .ci/run scripts/install-horovod.sh
-	$(VENV)/bin/hadolint docker/Dockerfile docker/Dockerfile.gpu
+	$(VENV)/bin/hadolint docker/Dockerfile docker/Dockerfile.gpu docker/Dockerfile.inference
 
 format: venv
 	$(VENV)/bin/ruff format .

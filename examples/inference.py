@@ -2,8 +2,9 @@
 
 `train_regression.py` copies this file to `<model_dir>/code/inference.py`. Requests are JSON:
 a list of rows (`[[...8 numbers...], ...]`), one row, or `{"instances": rows}`; the answer is a
-JSON list with one prediction per row. Bad input raises `ValueError`, which a server should
-turn into a 4xx answer.
+JSON list with one prediction per row. Bad input raises `ValueError`: `serve` answers 500 with
+its type and message, as the toolkit does (an exception class with `status_code = 400` would
+give a 400 instead).
 """
 
 from __future__ import annotations

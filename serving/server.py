@@ -9,6 +9,8 @@ the readiness table in step with the worker set.
 
 from __future__ import annotations
 
+import contextlib
+import importlib
 import logging
 import math
 import os
@@ -64,6 +66,14 @@ class _Gunicorn(BaseApplication):  # type: ignore[misc]
         return self._app
 
 
+def _preimport() -> None:
+    """Import in the master what every worker imports after fork (the asgi worker's protocol
+    module and its event loop), so that each worker starts without paying for it."""
+    for name in ("gunicorn.workers.gasgi", "gunicorn.asgi.protocol", "uvloop"):
+        with contextlib.suppress(ImportError):
+            importlib.import_module(name)
+
+
 def run(config: ServeConfig, app: App) -> NoReturn:
     """Serve until stopped, then end the process with gunicorn's exit status (0 after
     SIGTERM, 3 when a worker could not boot).
@@ -88,6 +98,7 @@ def run(config: ServeConfig, app: App) -> NoReturn:
 
     settings = options(config)
     settings.update(pre_fork=pre_fork, post_fork=post_fork, child_exit=child_exit)
+    _preimport()
     code: object = 0
     try:
         _Gunicorn(app, settings).run()

@@ -18,7 +18,11 @@ import pytest
 from tests.serving.conftest import USER_CODE, make_tree
 from tests.serving.serverproc import SERVE, Answer, ServeProcess, ping, running
 
-pytestmark = pytest.mark.timeout(60)
+pytestmark = [
+    pytest.mark.timeout(60),
+    # The tests build their models with torch.jit, which torch 2.13 marks deprecated.
+    pytest.mark.filterwarnings("ignore:`torch.jit.* is deprecated:DeprecationWarning"),
+]
 
 
 def wait_for(predicate: Callable[[], object], deadline_s: float, what: str) -> None:

@@ -18,7 +18,11 @@ import pytest
 from tests.serving.conftest import make_tree
 from tests.serving.serverproc import Client, ServeProcess, ping, running
 
-pytestmark = pytest.mark.timeout(60)
+pytestmark = [
+    pytest.mark.timeout(60),
+    # The tests build their models with torch.jit, which torch 2.13 marks deprecated.
+    pytest.mark.filterwarnings("ignore:`torch.jit.* is deprecated:DeprecationWarning"),
+]
 
 Predict = Callable[[np.ndarray], np.ndarray]
 RNG = np.random.default_rng(7)

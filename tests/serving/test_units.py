@@ -22,7 +22,11 @@ from serving.runtime import Runtime, client_message
 
 # The request timeout uses SIGALRM in this process, which pytest-timeout's signal method uses
 # too: time the tests from a thread instead.
-pytestmark = pytest.mark.timeout(30, method="thread")
+pytestmark = [
+    pytest.mark.timeout(30, method="thread"),
+    # The tests build their models with torch.jit, which torch 2.13 marks deprecated.
+    pytest.mark.filterwarnings("ignore:`torch.jit.* is deprecated:DeprecationWarning"),
+]
 
 
 # -- configuration -------------------------------------------------------------------------
@@ -315,3 +319,27 @@ def test_default_model_fn_loads_torchscript_pickled_modules_and_state_dicts(tmp_
     (tmp_path / "none").mkdir()
     with pytest.raises(ModelLoadError, match="no model file"):
         defaults.model_fn(str(tmp_path / "none"))
+
+
+def test_requirements_are_pip_installed_and_failures_name_the_file(tmp_path: Path) -> None:
+    # Real pip, offline-safe: an empty requirements file installs nothing and succeeds.
+    empty = tmp_path / "requirements.txt"
+    empty.write_text("# nothing to install\n")
+    usercode.install_requirements(empty)
+    bad = tmp_path / "bad.txt"
+    bad.write_text("--no-such-option\n")
+    with pytest.raises(ModelLoadError, match=r"pip install -r .*bad\.txt failed"):
+        usercode.install_requirements(bad)
+
+
+def test_load_handler_installs_requirements_before_importing(tmp_path: Path) -> None:
+    code = tmp_path / "model" / "code"
+    code.mkdir(parents=True)
+    (code / "requirements.txt").write_text("--no-such-option\n")
+    (code / "inference.py").write_text("raise AssertionError('imported before pip ran')\n")
+    cfg = config.load({"SAGEMAKER_BASE_DIR": str(tmp_path)}, cpu_count=1)
+    with pytest.raises(ModelLoadError, match="pip install"):
+        usercode.load_handler(cfg)
+    (code / "requirements.txt").unlink()
+    with pytest.raises(ModelLoadError, match=r"importing .*inference\.py raised AssertionError"):
+        usercode.load_handler(cfg)
