@@ -11,6 +11,8 @@ $(STAMP): setup.cfg pyproject.toml requirements/constraints.txt
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PIP) torch==2.13.0 numpy
 	$(PIP) -e '.[torch,test,dev,serve]' --config-settings editable_mode=compat
+	# Byte-compile now: where PYTHONDONTWRITEBYTECODE is set, every start would compile again.
+	$(PY) -m compileall -q launcher collectives serving
 	touch $(STAMP)
 
 venv: $(STAMP)

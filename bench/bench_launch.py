@@ -41,6 +41,8 @@ import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+from bench.common import byte_compile
+
 REPO = Path(__file__).resolve().parents[1]
 VENV = REPO / ".venv" / "bin"
 PYTHON = str(VENV / "python")
@@ -369,6 +371,7 @@ def bench_train(rounds: int, work: Path) -> dict[str, object]:
 
 
 def main() -> None:
+    byte_compile()
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--rounds", type=int, default=10)
     parser.add_argument("--sizes", default="2,4,8", help="rank counts for launch")

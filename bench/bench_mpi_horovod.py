@@ -40,6 +40,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from bench.common import byte_compile
+
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
@@ -291,6 +293,7 @@ def median(values: list[float]) -> float:
 
 
 def main() -> int:
+    byte_compile()
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--json", type=Path)

@@ -46,6 +46,8 @@ import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+from bench.common import byte_compile
+
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
@@ -482,6 +484,7 @@ def svg(rows: dict[str, dict[str, float]], path: Path, caption: str = "") -> Non
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    byte_compile()
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--only", default="teardown,start,scale")
     parser.add_argument("--rounds", type=int, default=5, help="rounds for teardown and start")
