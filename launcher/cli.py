@@ -25,6 +25,11 @@ from launcher.plan import Backend
 log = logging.getLogger("launcher")
 
 
+def preload() -> None:
+    """Import everything a command needs now (for `launcher.zygote`, before it forks)."""
+    _commands()
+
+
 def _commands() -> ModuleType:
     """Import the pipeline with the cyclic GC paused: the imports create thousands of objects
     (dataclasses, enums) and no garbage, and GC passes during them cost every launch ~10 ms,

@@ -124,5 +124,15 @@ def host_env(job: LocalJob, host: str, control_port: int, token: str) -> dict[st
     }
 
 
-def train_argv() -> list[str]:
-    return [sys.executable, "-m", "launcher", "train"]
+def write_host_envs(job: LocalJob, control_port: int, token: str) -> Path:
+    """Every host's variables, for `launcher.zygote`; 0600 since they hold the job token."""
+    path = job.folder / "hosts.json"
+    envs = [host_env(job, host, control_port, token) for host in job.hosts]
+    path.touch(mode=0o600)
+    path.write_text(json.dumps(envs))
+    return path
+
+
+def zygote_argv(hosts_file: Path) -> list[str]:
+    """One process that forks every host's `train` (see launcher/zygote.py)."""
+    return [sys.executable, "-m", "launcher.zygote", str(hosts_file)]

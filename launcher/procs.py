@@ -19,9 +19,10 @@ import os
 import queue
 import signal
 import subprocess
+import sys
 import threading
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
@@ -400,3 +401,46 @@ def capture(
         popen.wait()
         raise
     return Captured(returncode, out.decode("utf-8", "replace"), err.decode("utf-8", "replace"))
+
+
+def fork_each(envs: list[dict[str, str]], body: Callable[[], int]) -> list[int]:
+    """Fork one child per environment; each applies its variables, runs `body`, exits with it.
+
+    For `launcher local`: its host launchers are forked from one process that has already
+    imported the pipeline, which saves every host the interpreter start and the imports
+    (about 60 ms of CPU each on 2 cores). The caller must not have started any thread. A
+    child restores the default signal dispositions first and never returns.
+    """
+    pids = []
+    for env in envs:
+        pid = os.fork()
+        if pid == 0:
+            code = 1
+            try:
+                for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+                    signal.signal(sig, signal.SIG_DFL)
+                os.environ.update(env)
+                code = body()
+            except SystemExit as e:
+                code = e.code if isinstance(e.code, int) else 1
+            finally:
+                with contextlib.suppress(Exception):
+                    sys.stdout.flush()
+                    sys.stderr.flush()
+                os._exit(code)
+        pids.append(pid)
+    return pids
+
+
+def wait_each(pids: list[int]) -> list[int]:
+    """Wait for every child of `fork_each`; their statuses as returncodes (-N: signal N)."""
+    codes = []
+    for pid in pids:
+        while True:
+            try:
+                _, status = os.waitpid(pid, 0)
+                break
+            except InterruptedError:
+                continue
+        codes.append(os.waitstatus_to_exitcode(status))
+    return codes
