@@ -29,7 +29,9 @@ print(json.dumps(out))
 """
 TORCH_PROBE = _PROBE.format(
     name="torch",
-    body="""    import torch, torch.distributed as dist
+    body="""    import importlib  # the launcher never imports torch: this runs in a child process
+    torch = importlib.import_module("torch")
+    dist = importlib.import_module("torch.distributed")
     out = {"version": torch.__version__, "cuda": torch.version.cuda,
            "gpus": torch.cuda.device_count(), "nccl_version": "",
            "nccl": dist.is_available() and dist.is_nccl_available(),
