@@ -47,7 +47,8 @@ def canned(
     def run(argv: list[str], *, env: Any = None, cwd: Any = None, timeout_s: float) -> Captured:
         if argv[1:2] == ["-c"]:
             program = argv[2]
-            answer = torch if 'import_module("torch")' in program else mpi4py if "mpi4py" in program else {}
+            is_torch = 'import_module("torch")' in program
+            answer = torch if is_torch else mpi4py if "mpi4py" in program else {}
             answer = horovod if "import pathlib, horovod" in program else answer
             return Captured(0, json.dumps(answer) + "\n", "")
         if argv[0].endswith("mpirun"):
