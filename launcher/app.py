@@ -74,7 +74,7 @@ def execute(
         prefix=options.prefix,
     )
     try:
-        with forwarding_signals(events):
+        with forwarding_signals(events, linger=True):
             procs.start()
             log.info(
                 "started %d %s on %s: %s",

@@ -70,8 +70,16 @@ class Ranks(Protocol):
 
 
 @contextmanager
-def forwarding_signals(events: queue.SimpleQueue[object]) -> Iterator[None]:
-    """Turn the forwarded signals into events for as long as the block runs."""
+def forwarding_signals(
+    events: queue.SimpleQueue[object], *, linger: bool = False
+) -> Iterator[None]:
+    """Turn the forwarded signals into events for as long as the block runs.
+
+    With `linger`, the block's end does not restore the old handlers but ignores these
+    signals from then on: the ranks are gone, and a stop signal that arrives while the
+    launcher writes its report or waits at the exit barrier (every host of a stopped job gets
+    one, some after the job already ended) must not kill it before it reports.
+    """
 
     def handler(signum: int, frame: FrameType | None) -> None:
         events.put(SignalReceived(signum))  # SimpleQueue.put is safe in a signal handler
@@ -81,7 +89,11 @@ def forwarding_signals(events: queue.SimpleQueue[object]) -> Iterator[None]:
         yield
     finally:
         for sig, old in previous.items():
-            signal.signal(sig, old)
+            signal.signal(sig, _late if linger else old)
+
+
+def _late(signum: int, frame: FrameType | None) -> None:
+    """A signal after the ranks ended: the result is already decided; finish reporting it."""
 
 
 @dataclass

@@ -250,3 +250,18 @@ def test_forwarding_signals_turns_signals_into_events_and_restores_handlers() ->
         os.kill(os.getpid(), signal.SIGUSR2)
         assert events.get(timeout=5) == SignalReceived(signal.SIGUSR2)
     assert signal.getsignal(signal.SIGUSR2) is before
+
+
+def test_lingering_forwarding_ignores_stop_signals_after_the_block() -> None:
+    # A SIGTERM that reaches a launcher after its ranks ended must not kill it before it reports.
+    events: queue.SimpleQueue[object] = queue.SimpleQueue()
+    before = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGUSR2)}
+    try:
+        with forwarding_signals(events, linger=True):
+            pass
+        os.kill(os.getpid(), signal.SIGTERM)  # would end the test process with the default
+        assert signal.getsignal(signal.SIGTERM) not in (signal.SIG_DFL, before[signal.SIGTERM])
+        assert events.empty()
+    finally:
+        for sig, old in before.items():
+            signal.signal(sig, old)
