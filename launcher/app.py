@@ -130,8 +130,7 @@ def _stop_cause(procs: ProcessSet, rank: int | None, sig: int | None) -> tuple[i
     for done in proc.output_done:  # the traceback is usually a few ms behind the exit
         done.wait(ROOT_OUTPUT_WAIT_S)
     returncode = proc.returncode if proc.returncode is not None else 1
-    recorded = report.read_error_file(proc.spec.error_file)
     tail = proc.stderr_tail.text()
-    message = recorded[0] if recorded else report.exception_line(tail)
+    message, _ = report.rank_error(proc.spec.error_file, tail)
     failure = report.RankFailure(rank, proc.spec.host, returncode, message, "", tail, False)
     return exit_code_for_rank(returncode), failure.headline()

@@ -286,7 +286,7 @@ def run(args: argparse.Namespace, environ: dict[str, str]) -> int:
         log_dir=chosen.log_dir,
         show_ranks=chosen.show_ranks,
         prefix=True,
-        output_dir=Path(args.output_dir) if args.output_dir else None,
+        output_dir=out,
         error_dir=None if chosen.log_dir else Path(error_dir),
     )
     return _finish(execute(launch, options, watchdog))

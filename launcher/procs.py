@@ -309,6 +309,29 @@ class ProcessSet:
                 done.wait(max(0.0, deadline - time.monotonic()))
 
 
+def _start_helper(
+    argv: list[str], cwd: Path | None, env: dict[str, str] | None, *, stderr: int
+) -> subprocess.Popen[bytes]:
+    """A helper command (pip, a probe) in its own session, stdin on /dev/null, stdout piped.
+
+    Raises `SpawnError` when the program cannot be started.
+    """
+    try:
+        return subprocess.Popen(
+            argv,
+            cwd=cwd,
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=stderr,
+            start_new_session=True,
+        )
+    except OSError as e:
+        raise SpawnError(
+            f"cannot start {argv[0]}: {e.strerror or e}", hint="install it, or put it on PATH"
+        ) from None
+
+
 def run_once(argv: list[str], cwd: Path, env: dict[str, str]) -> tuple[int, str]:
     """Run a helper command (pip) to completion, its output passed through; returns (rc, tail).
 
@@ -318,20 +341,7 @@ def run_once(argv: list[str], cwd: Path, env: dict[str, str]) -> tuple[int, str]
     tail = Tail()
     pump = OutputPump()
     pump.start()
-    try:
-        popen = subprocess.Popen(
-            argv,
-            cwd=cwd,
-            env=env,
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-    except OSError as e:
-        raise SpawnError(
-            f"cannot start {argv[0]}: {e.strerror or e}", hint="install it, or put it on PATH"
-        ) from None
+    popen = _start_helper(argv, cwd, env, stderr=subprocess.STDOUT)
     assert popen.stdout is not None
     done = pump.add(os.dup(popen.stdout.fileno()), prefix=b"", console=1, tail=tail)
     popen.stdout.close()
@@ -369,20 +379,7 @@ def capture(
     started: at `timeout_s` its process group gets SIGKILL and `returncode` is None. Output is
     decoded as UTF-8 with replacement. Raises `SpawnError` when the program cannot be started.
     """
-    try:
-        popen = subprocess.Popen(
-            argv,
-            cwd=cwd,
-            env=None if env is None else dict(env),
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            start_new_session=True,
-        )
-    except OSError as e:
-        raise SpawnError(
-            f"cannot start {argv[0]}: {e.strerror or e}", hint="install it, or put it on PATH"
-        ) from None
+    popen = _start_helper(argv, cwd, None if env is None else dict(env), stderr=subprocess.PIPE)
     returncode: int | None = None
     try:
         out, err = popen.communicate(timeout=timeout_s)

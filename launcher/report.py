@@ -89,6 +89,13 @@ def exception_line(stderr: str) -> str:
     return line if len(line) <= 300 else line[:297] + "..."
 
 
+def rank_error(error_file: str, stderr_tail: str) -> tuple[str, str]:
+    """(message, traceback) of a failed rank: its error file when it wrote one, else the
+    exception line of its stderr tail (with no traceback)."""
+    recorded = read_error_file(error_file)
+    return recorded if recorded else (exception_line(stderr_tail), "")
+
+
 def failures(outcome: Outcome, ranks: dict[int, tuple[str, str, str]]) -> list[RankFailure]:
     """One RankFailure per rank that exited non-zero, root cause first, then exit order.
 
@@ -100,8 +107,7 @@ def failures(outcome: Outcome, ranks: dict[int, tuple[str, str, str]]) -> list[R
         if event.returncode == 0:
             continue
         host, error_file, tail = ranks[event.rank]
-        recorded = read_error_file(error_file)
-        message, tb = recorded if recorded else (exception_line(tail), "")
+        message, tb = rank_error(error_file, tail)
         result.append(
             RankFailure(
                 rank=event.rank,
