@@ -1,25 +1,30 @@
 """Run a launch plan on this host and turn its outcome into a result (the pipeline's back half).
 
-`execute` owns the order that matters: watchdog before any thread, signal forwarding before the
-first rank starts, every rank gone before the report is written, the report before the exit.
+`execute` owns the order that matters: signal forwarding before the first rank starts, every
+rank and everything it left gone before the report is written, the report before the exit.
+(The watchdog and the rest of the containment are set up by the command before any thread:
+`commands.contained`.)
 """
 
 from __future__ import annotations
 
 import logging
 import queue
-import shutil
 import socket
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+from launcher import procs as processes
 from launcher import report
+from launcher.containment import Containment
 from launcher.errors import exit_code_for_rank, signal_exit_code, signal_name
 from launcher.logs import OutputPump
 from launcher.plan import LaunchPlan
-from launcher.procs import ProcessSet, Watchdog
-from launcher.supervise import Outcome, Supervisor, forwarding_signals
+from launcher.procs import ProcessSet
+from launcher.supervise import Outcome, Supervisor, forwarding_signals, raising_signals
+from launcher.watchdog import Watchdog
 
 log = logging.getLogger("launcher")
 
@@ -33,7 +38,6 @@ class RunOptions:
     show_ranks: frozenset[int] | None = None
     prefix: bool = True  # False for the single-process `train`: output passes unchanged
     output_dir: Path | None = None  # where output/success|failure go (None: nowhere)
-    error_dir: Path | None = None  # removed after the run
     fail_fast: bool = True
 
 
@@ -43,6 +47,31 @@ class Result:
     headline: str
     outcome: Outcome
     failure_text: str
+
+
+@contextmanager
+def guarded(
+    *, dry_run: bool, environ: Mapping[str, str], host: str = "", grace_s: float = 5.0
+) -> Iterator[Containment]:
+    """Everything a command starts, it starts inside this block: nothing survives it.
+
+    In order: the watchdog is forked (before any thread exists), the job's containment set up
+    (cgroup, subreaper, marker: see `containment`), the orphan reaper started, and the first
+    stop signal turned into `StopRequested` until the ranks run. On the way out, by any path,
+    every orphan is ended (SIGTERM, SIGKILL after `grace_s`), the cgroup removed and the
+    watchdog disarmed. A dry run starts nothing and gets an inert containment.
+    """
+    if dry_run:
+        yield Containment()
+        return
+    watchdog = Watchdog()
+    watchdog.start()
+    assert watchdog.pid is not None
+    processes.register(watchdog.pid)
+    scope = Containment.enter(watchdog, dict(environ))
+    processes.reap_orphans()
+    with raising_signals(host), processes.contained(scope, grace_s):
+        yield scope
 
 
 def free_port() -> int:
@@ -55,7 +84,7 @@ def free_port() -> int:
 def execute(
     plan: LaunchPlan,
     options: RunOptions,
-    watchdog: Watchdog,
+    scope: Containment,
     *,
     events: queue.SimpleQueue[object] | None = None,
     on_stop: Callable[[int, str], None] | None = None,
@@ -68,7 +97,7 @@ def execute(
         plan,
         events,
         pump,
-        watchdog=watchdog,
+        scope=scope,
         log_dir=options.log_dir,
         show_ranks=options.show_ranks,
         prefix=options.prefix,
@@ -102,8 +131,6 @@ def execute(
     result = Result(report.exit_code(outcome), head, outcome, text)
     if options.output_dir is not None:
         finish(options.output_dir, result.exit_code, text)
-    if options.error_dir is not None:
-        shutil.rmtree(options.error_dir, ignore_errors=True)
     return result
 
 

@@ -15,19 +15,22 @@ import os
 import queue
 import shutil
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from launcher import console, gpus, plan, settings
-from launcher.app import Result, RunOptions, execute, finish, free_port
+from launcher.app import Result, RunOptions, execute, finish, free_port, guarded
+from launcher.containment import Containment
 from launcher.errors import LauncherError
 from launcher.plan import Backend, HostSlots, JobSpec, LaunchPlan, World
-from launcher.procs import Watchdog
 
 if TYPE_CHECKING:
+    from launcher.entrypoint import EntryPoint
     from launcher.horovod import RendezvousHost as HorovodServer
     from launcher.mpijob import SshKeys
     from launcher.rendezvous import Member
+    from launcher.tree import JobConfig
 
 log = logging.getLogger("launcher")
 
@@ -52,11 +55,44 @@ def train(args: argparse.Namespace, environ: dict[str, str], base: Path) -> int:
         1 if backend is Backend.NONE else settings.local_slots(chosen.procs_per_host, len(found))
     )
     multi = backend is not Backend.NONE and len(cfg.distribution_hosts) > 1
-    watchdog = _watchdog(args.dry_run)
-    env = job.user_environment(cfg, num_gpus=len(found), environ=environ)
-    if not args.dry_run:
-        job.install(entry, {**environ, **env})
-    error_dir = "" if args.dry_run else _error_dir(chosen.log_dir)
+    host = cfg.resources.current_host
+    with guarded(dry_run=args.dry_run, environ=environ, host=host, grace_s=chosen.grace_s) as scope:
+        env = job.user_environment(cfg, num_gpus=len(found), environ=environ)
+        if not args.dry_run:
+            job.install(entry, {**environ, **env}, scope)
+        error_dir = "" if args.dry_run else _error_dir(chosen.log_dir)
+        try:
+            prepared = Prepared(cfg, chosen, sources, entry, env, backend, slots, multi)
+            return _train_job(args, prepared, error_dir, scope)
+        finally:
+            if error_dir and not chosen.log_dir:
+                shutil.rmtree(error_dir, ignore_errors=True)  # on every path, errors included
+
+
+@dataclass(frozen=True, slots=True)
+class Prepared:
+    """What `train` knows once the tree is read, the settings resolved and the code in place."""
+
+    cfg: JobConfig
+    chosen: settings.Settings
+    sources: settings.Sources
+    entry: EntryPoint
+    env: dict[str, str]  # what train adds to the user's environment (SM_*, PYTHONPATH, ...)
+    backend: Backend
+    slots: int  # ranks on this host
+    multi: bool  # more than one host takes part
+
+
+def _train_job(
+    args: argparse.Namespace, prepared: Prepared, error_dir: str, scope: Containment
+) -> int:
+    """`train` once its code is in place: meet the hosts, plan, run, agree on the result."""
+    from launcher import job  # noqa: PLC0415 - only train and plan read a tree
+
+    cfg, chosen, sources = prepared.cfg, prepared.chosen, prepared.sources
+    backend, slots, multi = prepared.backend, prepared.slots, prepared.multi
+    environ = dict(sources.environ)
+    entry, env = prepared.entry, prepared.env
     spec = job.spec(cfg, entry, backend, env, error_dir)
     events: queue.SimpleQueue[object] = queue.SimpleQueue()
     member: Member | None = None
@@ -95,7 +131,7 @@ def train(args: argparse.Namespace, environ: dict[str, str], base: Path) -> int:
             instance_type=cfg.resources.current_instance_type,
             member=member,
             keys=keys,
-            watchdog=watchdog,
+            scope=scope,
             events=events,
         )
     if args.dry_run:
@@ -106,12 +142,11 @@ def train(args: argparse.Namespace, environ: dict[str, str], base: Path) -> int:
         show_ranks=chosen.show_ranks,
         prefix=backend is not Backend.NONE,
         output_dir=None if member else cfg.paths.output_dir,
-        error_dir=None if chosen.log_dir else Path(error_dir),
     )
     if member is None:
-        return _finish(execute(launch, options, watchdog, events=events))
+        return _finish(execute(launch, options, scope, events=events))
     try:
-        result = execute(launch, options, watchdog, events=events, on_stop=member.failed)
+        result = execute(launch, options, scope, events=events, on_stop=member.failed)
         code, reason = member.barrier() if result.exit_code == 0 else (result.exit_code, "")
     finally:
         member.close()
@@ -153,7 +188,7 @@ def _mpi(
     instance_type: str = "",
     member: Member | None = None,
     keys: SshKeys | None = None,
-    watchdog: Watchdog,
+    scope: Containment,
     events: queue.SimpleQueue[object],
 ) -> int:
     """The `mpi` backend's `train`: mpirun on the leader, sshd on the followers."""
@@ -166,7 +201,7 @@ def _mpi(
         options=RunOptions(
             grace_s=chosen.grace_s, log_dir=chosen.log_dir, show_ranks=chosen.show_ranks
         ),
-        watchdog=watchdog,
+        scope=scope,
         events=events,
         output_dir=output_dir,
         peer_timeout_s=chosen.peer_timeout_s,
@@ -181,8 +216,6 @@ def _mpi(
     finally:
         if member is not None:
             member.close()
-        if launch.job.error_dir and launch.job.error_dir != str(chosen.log_dir):
-            shutil.rmtree(launch.job.error_dir, ignore_errors=True)  # never the user's log dir
     if code == 0:
         log.info("job succeeded")
     else:
@@ -215,14 +248,6 @@ def _error_dir(log_dir: Path | None) -> str:
             f"cannot create {path}: {e.strerror}", hint="set TMPDIR to a writable folder"
         ) from None
     return path
-
-
-def _watchdog(dry_run: bool) -> Watchdog:
-    # Forked before any thread exists (the output pump, the waiters): see procs.Watchdog.
-    watchdog = Watchdog()
-    if not dry_run:
-        watchdog.start()
-    return watchdog
 
 
 def _single_host(host: str, slots: int, master_port: int, dry_run: bool) -> World:
@@ -259,37 +284,40 @@ def run(args: argparse.Namespace, environ: dict[str, str]) -> int:
     chosen = settings.resolve(sources, default_backend=Backend.TORCH)
     found = gpus.discover(environ)
     slots = settings.local_slots(chosen.procs_per_host, len(found))
-    watchdog = _watchdog(args.dry_run)
     if args.module:
         command = [sys.executable, "-m", args.program, *args.args]
     elif args.no_python:
         command = [args.program, *args.args]
     else:
         command = [sys.executable, args.program, *args.args]
-    error_dir = "" if args.dry_run else _error_dir(chosen.log_dir)
-    spec = JobSpec(tuple(command), str(Path.cwd()), chosen.backend, error_dir=error_dir)
     host = environ.get("LAUNCHER_HOST_NAME") or os.uname().nodename
-    world = _single_host(host, slots, chosen.master_port, args.dry_run)
-    _, hvd, _ = _backend_prepare(chosen.backend, False, True, args.dry_run, environ)
-    if hvd is not None:
-        world = hvd.attach(world)
-    launch = plan.build(spec, world, environ, os.cpu_count() or 1)
-    out = Path(args.output_dir) if args.output_dir else None
-    if chosen.backend is Backend.MPI:
-        return _mpi(
-            args, sources, launch, output_dir=out, watchdog=watchdog, events=queue.SimpleQueue()
-        )
-    if args.dry_run:
-        return _print_plan(launch, args.json)
-    options = RunOptions(
-        grace_s=chosen.grace_s,
-        log_dir=chosen.log_dir,
-        show_ranks=chosen.show_ranks,
-        prefix=True,
-        output_dir=out,
-        error_dir=None if chosen.log_dir else Path(error_dir),
-    )
-    return _finish(execute(launch, options, watchdog))
+    with guarded(dry_run=args.dry_run, environ=environ, host=host, grace_s=chosen.grace_s) as scope:
+        error_dir = "" if args.dry_run else _error_dir(chosen.log_dir)
+        try:
+            spec = JobSpec(tuple(command), str(Path.cwd()), chosen.backend, error_dir=error_dir)
+            world = _single_host(host, slots, chosen.master_port, args.dry_run)
+            _, hvd, _ = _backend_prepare(chosen.backend, False, True, args.dry_run, environ)
+            if hvd is not None:
+                world = hvd.attach(world)
+            launch = plan.build(spec, world, environ, os.cpu_count() or 1)
+            out = Path(args.output_dir) if args.output_dir else None
+            if chosen.backend is Backend.MPI:
+                return _mpi(
+                    args, sources, launch, output_dir=out, scope=scope, events=queue.SimpleQueue()
+                )
+            if args.dry_run:
+                return _print_plan(launch, args.json)
+            options = RunOptions(
+                grace_s=chosen.grace_s,
+                log_dir=chosen.log_dir,
+                show_ranks=chosen.show_ranks,
+                prefix=True,
+                output_dir=out,
+            )
+            return _finish(execute(launch, options, scope))
+        finally:
+            if error_dir and not chosen.log_dir:
+                shutil.rmtree(error_dir, ignore_errors=True)  # on every path, errors included
 
 
 def local(args: argparse.Namespace, environ: dict[str, str]) -> int:
@@ -297,25 +325,25 @@ def local(args: argparse.Namespace, environ: dict[str, str]) -> int:
 
     sources = settings.Sources(vars(args), environ, {})
     chosen = settings.resolve(sources, default_backend=Backend.TORCH)
-    watchdog = _watchdog(False)
-    job = local.create(
-        Path(args.job_dir).resolve(),
-        n_hosts=args.hosts,
-        procs_per_host=chosen.procs_per_host,
-        script=Path(args.program).resolve(),
-        args=list(args.args),
-        backend=chosen.backend,
-    )
-    log.info("local job of %d hosts in %s", len(job.hosts), job.folder)
-    port, token = free_port(), os.urandom(16).hex()
-    hosts_file = local.write_host_envs(job, port, token)
-    argv = tuple(local.zygote_argv(hosts_file))
-    ranks = (plan.RankSpec(0, 0, job.hosts[0], argv, str(Path.cwd()), {}, ""),)
-    spec = JobSpec(argv, str(Path.cwd()), Backend.NONE)
-    world = World((HostSlots(job.hosts[0], 1),), 0, "127.0.0.1", port)
-    launch = LaunchPlan(spec, world, ranks, environ)
-    options = RunOptions(grace_s=chosen.grace_s, prefix=False, fail_fast=False)
-    result = execute(launch, options, watchdog)
+    with guarded(dry_run=False, environ=environ, grace_s=chosen.grace_s) as scope:
+        job = local.create(
+            Path(args.job_dir).resolve(),
+            n_hosts=args.hosts,
+            procs_per_host=chosen.procs_per_host,
+            script=Path(args.program).resolve(),
+            args=list(args.args),
+            backend=chosen.backend,
+        )
+        log.info("local job of %d hosts in %s", len(job.hosts), job.folder)
+        port, token = free_port(), os.urandom(16).hex()
+        hosts_file = local.write_host_envs(job, port, token)
+        argv = tuple(local.zygote_argv(hosts_file))
+        ranks = (plan.RankSpec(0, 0, job.hosts[0], argv, str(Path.cwd()), {}, ""),)
+        spec = JobSpec(argv, str(Path.cwd()), Backend.NONE)
+        world = World((HostSlots(job.hosts[0], 1),), 0, "127.0.0.1", port)
+        launch = LaunchPlan(spec, world, ranks, environ)
+        options = RunOptions(grace_s=chosen.grace_s, prefix=False, fail_fast=False)
+        result = execute(launch, options, scope)
     leader = result.outcome.exits.get(0)
     code = leader.returncode if leader is not None and leader.returncode > 0 else result.exit_code
     print(f"model: {job.model_dir}\nlogs:  {job.log_dir}\njob:   {job.folder}")

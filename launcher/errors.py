@@ -80,6 +80,17 @@ class JobAborted(LauncherError):
         self.exit_code = exit_code
 
 
+class StopRequested(LauncherError):
+    """A stop signal (SIGTERM, SIGINT, SIGHUP) reached the launcher before the ranks ran: while
+    requirements installed, the hosts met or sshd started. Exits 128+N like a stopped job."""
+
+    def __init__(self, signum: int, host: str = "") -> None:
+        where = f" on {host}" if host else ""
+        super().__init__(f"the job was stopped by {signal_name(signum)}{where} before it started")
+        self.signum = signum
+        self.exit_code = signal_exit_code(signum)
+
+
 def signal_exit_code(signum: int) -> int:
     """128+N, the shell's convention for a process killed by signal N."""
     return 128 + signum

@@ -14,6 +14,7 @@ from collections.abc import Mapping
 
 from launcher import codesource, entrypoint, procs, smenv
 from launcher.config import JobConfig
+from launcher.containment import Containment
 from launcher.entrypoint import EntryPoint, Kind
 from launcher.errors import InstallError
 from launcher.plan import Backend, JobSpec
@@ -47,11 +48,12 @@ def fetch_and_resolve(job: JobConfig, environ: Mapping[str, str], *, dry_run: bo
     return entrypoint.resolve(job.entry_point, code_dir, source)
 
 
-def install(entry: EntryPoint, env: dict[str, str]) -> None:
-    """Run the entry point's pip installs; raises InstallError naming the failed command."""
+def install(entry: EntryPoint, env: dict[str, str], scope: Containment | None = None) -> None:
+    """Run the entry point's pip installs (in `scope`'s care); raises InstallError naming the
+    failed command, or `StopRequested` (pip stopped first) when a stop signal arrives."""
     for argv in entrypoint.install_commands(entry, sys.executable):
         log.info("installing: %s (in %s)", " ".join(argv[3:]), entry.code_dir)
-        returncode, tail = procs.run_once(argv, entry.code_dir, env)
+        returncode, tail = procs.run_once(argv, entry.code_dir, env, scope)
         if returncode != 0:
             lines = [line for line in tail.splitlines() if line.strip()]
             last = lines[-1].strip() if lines else ""

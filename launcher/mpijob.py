@@ -29,16 +29,18 @@ from typing import Any
 
 from launcher import mpi, sshcheck, sshd
 from launcher.app import Result, RunOptions, execute, finish
+from launcher.containment import Containment
 from launcher.errors import (
     ConfigError,
     LauncherError,
+    StopRequested,
     signal_exit_code,
     signal_name,
 )
 from launcher.leader import Leader
 from launcher.mpirank import ENV_FILE_VAR
 from launcher.plan import LaunchPlan, RankSpec
-from launcher.procs import RankExited, Watchdog
+from launcher.procs import RankExited
 from launcher.rendezvous import Follower, Member
 from launcher.settings import Sources
 from launcher.supervise import STOPPING, RunState, SignalReceived, forwarding_signals
@@ -130,7 +132,7 @@ class MpiRun:
     launch: LaunchPlan
     settings: MpiSettings
     options: RunOptions
-    watchdog: Watchdog
+    scope: Containment
     events: queue.SimpleQueue[object]
     output_dir: Path | None
     peer_timeout_s: float
@@ -215,7 +217,7 @@ def _lead(run: MpiRun, leader: Leader, keys: SshKeys) -> tuple[int, str]:
             keys.folder,
             masters,
             deadline=time.monotonic() + run.peer_timeout_s,
-            watchdog=run.watchdog,
+            scope=run.scope,
             environ=run.environ,
         )
         return _run_mpirun(run, leader, keys.folder, peers)
@@ -225,7 +227,6 @@ def _lead(run: MpiRun, leader: Leader, keys: SshKeys) -> tuple[int, str]:
     finally:
         for master in masters.values():
             master.stop(SSHD_STOP_GRACE_S)
-        run.watchdog.disarm()  # every process of ours is gone (a no-op after mpirun's close)
 
 
 def _run_mpirun(
@@ -237,7 +238,7 @@ def _run_mpirun(
     launch = leader_plan(run, config, str(payload))
     # --tag-output already names each line's rank; mpirun's own lines pass unchanged.
     options = replace(run.options, output_dir=None, prefix=False)
-    result = execute(launch, options, run.watchdog, events=run.events)
+    result = execute(launch, options, run.scope, events=run.events)
     hosts = [(h.name, h.slots) for h in run.launch.world.hosts]
     code, text = _outcome(result, hosts)
     if leader is not None:
@@ -274,10 +275,13 @@ class _Decided:
 
 def _follow(run: MpiRun, follower: Follower, keys: SshKeys) -> tuple[int, str]:
     host = run.launch.world.host.name
-    server = sshd.Helper(f"{host} sshd", run.events, run.watchdog)
+    server = sshd.Helper(f"{host} sshd", run.events, run.scope)
     try:
         try:
             _start_sshd(run, follower, keys, server)
+        except StopRequested as e:  # stopped while sshd started: the leader learns why
+            follower.failed(e.exit_code, str(e))
+            raise
         except (LauncherError, OSError) as e:
             error = sshcheck.SshdUnreachable(f"sshd on {host} did not come up: {e}")
             follower.failed(error.exit_code, str(error))  # the leader fails the job at once
@@ -285,7 +289,6 @@ def _follow(run: MpiRun, follower: Follower, keys: SshKeys) -> tuple[int, str]:
         code = _wait_for_result(run, follower, server)
     finally:
         server.stop(SSHD_STOP_GRACE_S)
-        run.watchdog.disarm()  # nothing of ours is left to guard
     reason = follower.decision.reason
     if run.output_dir is not None:
         finish(run.output_dir, code, f"{reason}\n")
@@ -309,7 +312,12 @@ def _start_sshd(run: MpiRun, follower: Follower, keys: SshKeys, server: sshd.Hel
     sshd.write_private(folder / "host-env.json", json.dumps(mpi.host_payload(run.launch)))
     sshd.write_private(folder / "authorized_keys", f"{pubkey}\n")
     config = folder / "sshd_config"
-    session = sshd.session_env(run.environ, folder / "host-env.json")
+    # The job's marker too: sshd's sessions (orted, the ranks) get no environment of ours, and
+    # the watchdog finds them by it when this launcher is killed on a host without a cgroup.
+    session = {
+        **sshd.session_env(run.environ, folder / "host-env.json"),
+        **run.scope.env(),
+    }
     text = sshd.sshd_config(folder, addr, port, sshd.current_user(), session)
     sshd.write_private(config, text)
     argv = sshd.sshd_argv(sshd.sshd_binary(run.settings.sshd), config)

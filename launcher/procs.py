@@ -1,20 +1,27 @@
-"""The only module that starts processes and sends signals.
+"""The only module that starts processes; with `containment`, the only one that signals them.
 
 Every rank runs in its own session (hence its own process group) with stdin on /dev/null, so
 that a signal to the group reaches the rank and everything it started. A rank's exit is an
 event: one waiter thread per rank blocks in `waitpid` and posts `RankExited` to the
-supervisor's queue the moment the rank ends; nothing polls.
+supervisor's queue the moment the rank ends; nothing polls. Every rank's exit is posted, also
+when it happens before anyone reads the queue: the supervisor fixes the set of ranks it waits
+for from `ProcessSet.started()`, never from what is still running.
 
-Ranks must not outlive the launcher, even when the launcher is killed with SIGKILL (torchrun and
-mpirun leave orphans then). `Watchdog` is a tiny process forked before any thread starts; it
-holds the read end of a pipe whose write end only the launcher has. When the launcher dies for
-any reason the pipe reaches EOF and the watchdog terminates every rank group it was told about
-(SIGTERM, then SIGKILL one second later). A clean shutdown disarms it first.
+Every process started here is registered (under a lock held across the fork) so that the
+orphan reaper, which collects the exit status of processes re-parented to this launcher
+(it is their child subreaper, see `containment`), never takes the status of one of ours:
+`subprocess.Popen.wait` would read a stolen status as exit code 0. Nothing else in the
+launcher may start a child process while the reaper runs.
+
+`ProcessSet.close` is the end of a process set: whatever is left of it (a rank's group, its
+cgroup, orphans adopted by the launcher and everything below them) gets SIGTERM, then SIGKILL
+after the grace period, on every ending, success included.
 """
 
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import queue
 import signal
@@ -22,17 +29,21 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
+from launcher import containment
+from launcher.containment import Cgroup, Containment
 from launcher.errors import SpawnError
 from launcher.logs import OutputPump, Tail
 from launcher.plan import LaunchPlan, RankSpec
 
-WATCHDOG_GRACE_S = 1.0
+log = logging.getLogger("launcher")
+
 CAPTURE_DRAIN_S = 1.0
+HELPER_STOP_GRACE_S = 2.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -42,118 +53,87 @@ class RankExited:
     at: float  # time.monotonic() when the exit was seen
 
 
-class Watchdog:
-    """Kills the rank groups if the launcher dies. Must be started before any thread exists."""
+class _Registry:
+    """The pids of every child this process started on purpose (see the module docstring)."""
 
     def __init__(self) -> None:
-        self._fd: int | None = None
+        self.cond = threading.Condition()
+        self.known: set[int] = set()
+        self.reaper: threading.Thread | None = None
+        self.adopted = 0  # orphans reaped, for the log
 
-    def start(self) -> None:
-        read_fd, write_fd = os.pipe()
-        pid = os.fork()
-        if pid == 0:  # the watchdog process
-            try:
-                os.close(write_fd)
-                os.setsid()  # out of the terminal's process group: Ctrl-C is the launcher's
-                for sig in (
-                    signal.SIGINT,
-                    signal.SIGTERM,
-                    signal.SIGHUP,
-                    signal.SIGUSR1,
-                    signal.SIGUSR2,
-                    signal.SIGPIPE,
-                ):
-                    signal.signal(sig, signal.SIG_IGN)
-                devnull = os.open(os.devnull, os.O_RDWR)
-                for fd in (0, 1, 2):
-                    os.dup2(devnull, fd)
-                _watch(read_fd)
-            finally:
-                os._exit(0)
-        os.close(read_fd)
-        self._fd = write_fd
-        # Reap the watchdog whenever it ends, so it never lingers as a zombie of ours.
-        threading.Thread(target=_reap, args=(pid,), daemon=True, name="watchdog-reaper").start()
+    @contextlib.contextmanager
+    def spawning(self) -> Iterator[set[int]]:
+        """Hold the registry while a child is forked and registered (add its pid to the set)."""
+        with self.cond:
+            yield self.known
+            self.cond.notify_all()
 
-    def _send(self, line: str) -> None:
-        if self._fd is not None:
-            with contextlib.suppress(OSError):
-                os.write(self._fd, line.encode() + b"\n")
-
-    def guard(self, pgid: int) -> None:
-        self._send(f"+{pgid}")
-
-    def disarm(self) -> None:
-        """Tell the watchdog that every group was dealt with, then let it go."""
-        self._send("disarm")
-        if self._fd is not None:
-            os.close(self._fd)
-            self._fd = None
+    def forget(self, pid: int) -> None:
+        with self.cond:
+            self.known.discard(pid)
+            self.cond.notify_all()
 
 
-def _reap(pid: int) -> None:
-    with contextlib.suppress(ChildProcessError):
-        os.waitpid(pid, 0)
+_REGISTRY = _Registry()
 
 
-def _watch(read_fd: int) -> None:
-    groups: set[int] = set()
-    buffer = b""
-    while chunk := os.read(read_fd, 4096):
-        buffer += chunk
-        *lines, buffer = buffer.split(b"\n")
-        for line in lines:
-            if line == b"disarm":
-                return
-            if line.startswith(b"+"):
-                groups.add(int(line[1:]))
-    # EOF without "disarm": the launcher is gone. Stop everything it started.
-    _signal_groups(groups, signal.SIGTERM)
-    left = groups
-    deadline = time.monotonic() + WATCHDOG_GRACE_S
-    while time.monotonic() < deadline and (left := _live_groups(groups)):
-        time.sleep(0.02)
-    _signal_groups(left, signal.SIGKILL)
+def register(pid: int) -> None:
+    """Register a child started outside this module (the watchdog's fork)."""
+    with _REGISTRY.spawning() as known:
+        known.add(pid)
 
 
-def _signal_groups(groups: set[int], sig: int) -> None:
-    for pgid in groups:
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(pgid, sig)
+def known_children() -> set[int]:
+    with _REGISTRY.cond:
+        return set(_REGISTRY.known)
 
 
-def _live_groups(pgids: Iterable[int]) -> set[int]:
-    """The groups among `pgids` that have a member which is not a zombie.
+def reap_orphans() -> None:
+    """Start (once) the thread that collects orphans re-parented to this launcher.
 
-    `killpg(pgid, 0)` succeeds while a zombie is left in the group, and a zombie's parent may
-    never reap it: an orphan whose new parent is a PID 1 that does not reap (Docker without
-    `--init`, or this launcher itself as PID 1). Counting zombies would make every teardown wait
-    out the whole grace period for processes that are already dead, so groups that answer
-    `killpg` are confirmed with one scan of /proc.
+    It blocks in `waitid(WNOWAIT)` until some child has exited, without collecting it; a
+    registered child is left to its own waiter, anything else is an adopted orphan and is
+    collected here, so none lingers as a zombie for the rest of the job.
     """
-    answering: set[int] = set()
-    for pgid in pgids:
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(pgid, 0)
-            answering.add(pgid)
-    if not answering:
-        return answering
-    try:
-        entries = os.listdir("/proc")  # noqa: PTH208 - names only, many times a second
-    except OSError:
-        return answering  # no procfs: trust killpg
-    live: set[int] = set()
-    for name in filter(str.isdigit, entries):
+    if _REGISTRY.reaper is None:
+        _REGISTRY.reaper = threading.Thread(target=_reaper, daemon=True, name="orphan-reaper")
+        _REGISTRY.reaper.start()
+
+
+def _reaper() -> None:
+    cond = _REGISTRY.cond
+    while True:
         try:
-            with open(f"/proc/{name}/stat", "rb") as f:  # noqa: PTH123 - hot loop, no Path
-                stat = f.read()
-        except OSError:
-            continue  # gone since listdir
-        # "pid (comm) state ppid pgrp ...": comm may hold spaces and parentheses.
-        fields = stat[stat.rfind(b")") + 2 :].split(maxsplit=3)
-        if len(fields) > 2 and fields[0] not in (b"Z", b"X") and int(fields[2]) in answering:
-            live.add(int(fields[2]))
-    return live
+            info = os.waitid(os.P_ALL, 0, os.WEXITED | os.WNOWAIT)
+        except ChildProcessError:  # no child at all: none can be adopted until one starts
+            with cond:
+                cond.wait(1.0)
+            continue
+        if info is None:
+            continue
+        with cond:
+            if info.si_pid in _REGISTRY.known:
+                cond.wait(0.05)  # its waiter collects it in a moment
+                continue
+        with contextlib.suppress(ChildProcessError):
+            os.waitpid(info.si_pid, 0)
+            _REGISTRY.adopted += 1
+
+
+def _popen(argv: list[str] | tuple[str, ...], **kwargs: object) -> subprocess.Popen[bytes]:
+    """`subprocess.Popen`, registered before the reaper can see the child exit."""
+    with _REGISTRY.spawning() as known:
+        popen: subprocess.Popen[bytes] = subprocess.Popen(argv, **kwargs)  # type: ignore[call-overload]
+        known.add(popen.pid)
+    return popen
+
+
+def _wait(popen: subprocess.Popen[bytes], timeout: float | None = None) -> int:
+    """Wait for a registered child and forget it once collected."""
+    code = popen.wait(timeout)
+    _REGISTRY.forget(popen.pid)
+    return code
 
 
 @dataclass(eq=False)
@@ -179,22 +159,30 @@ class ProcessSet:
         events: queue.SimpleQueue[object],
         pump: OutputPump,
         *,
-        watchdog: Watchdog | None = None,
+        scope: Containment | None = None,
         log_dir: Path | None = None,
         show_ranks: frozenset[int] | None = None,
         prefix: bool = True,
+        name: str = "ranks",
     ) -> None:
         self.plan = plan
         self._events = events
         self._pump = pump
-        self._watchdog = watchdog
+        self._scope = scope if scope is not None else Containment()
         self._log_dir = log_dir
         self._show = show_ranks
         self._prefix = prefix
+        self._name = name
+        self._cgroup: Cgroup | None = None
         self.ranks: dict[int, RankProcess] = {}
 
     def start(self) -> None:
-        """Start every rank. Raises `SpawnError` (after stopping those already started)."""
+        """Start every rank. Raises `SpawnError` (after stopping those already started).
+
+        Every rank's exit is posted on the event queue as `RankExited`, however early it
+        comes; `started()` is the set to wait for.
+        """
+        self._cgroup = self._scope.leaf(self._name)
         try:
             for spec in self.plan.ranks:
                 self.ranks[spec.rank] = self._spawn(spec)
@@ -202,16 +190,20 @@ class ProcessSet:
             self.kill()
             raise
 
+    def started(self) -> list[int]:
+        """Every rank that was started: each posts exactly one `RankExited`."""
+        return list(self.ranks)
+
     def _spawn(self, spec: RankSpec) -> RankProcess:
         if spec.error_file:
             Path(spec.error_file).parent.mkdir(parents=True, exist_ok=True)
             with contextlib.suppress(FileNotFoundError):
                 Path(spec.error_file).unlink()  # a stale file would fake a root cause
         try:
-            popen = subprocess.Popen(
+            popen = _popen(
                 spec.argv,
                 cwd=spec.cwd,
-                env=self.plan.full_env(spec),
+                env={**self.plan.full_env(spec), **self._scope.env()},
                 stdin=subprocess.DEVNULL,
                 stdout=subprocess.PIPE,
                 stderr=subprocess.PIPE,
@@ -223,8 +215,11 @@ class ProcessSet:
                 f"cannot start rank {spec.rank} ({spec.argv[0]}): {e.strerror or e}",
                 hint="check that the program exists and is executable",
             ) from None
-        if self._watchdog is not None:
-            self._watchdog.guard(popen.pid)
+        # Into the cgroup at once: a process the rank forks from now on is inside it too. (A
+        # fork in the microseconds before is still under our subreaper and in the group.)
+        if self._cgroup is not None:
+            self._cgroup.add(popen.pid)
+        self._scope.guard(popen.pid)
         assert popen.stdout is not None and popen.stderr is not None
         tail = Tail()
         shown = self._show is None or spec.rank in self._show
@@ -255,7 +250,7 @@ class ProcessSet:
         return (folder / f"{name}.log").open("ab")
 
     def _wait(self, proc: RankProcess) -> None:
-        returncode = proc.popen.wait()
+        returncode = _wait(proc.popen)
         proc.returncode = returncode
         self._events.put(RankExited(proc.spec.rank, returncode, time.monotonic()))
 
@@ -263,43 +258,66 @@ class ProcessSet:
         return [r for r, p in self.ranks.items() if p.returncode is None]
 
     def signal(self, sig: int, ranks: list[int] | None = None) -> None:
-        """Send `sig` to the process group of each rank (default: every group still alive)."""
-        for rank in self.ranks if ranks is None else ranks:
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.killpg(self.ranks[rank].pgid, sig)
+        """Send `sig` to the process group of each rank (default: every rank ever started)."""
+        containment.signal_groups(
+            (self.ranks[r].pgid for r in (self.ranks if ranks is None else ranks)), sig
+        )
 
     def groups_alive(self) -> list[int]:
         """Ranks whose process group still has live (non-zombie) members: the rank or what it
         left behind."""
-        live = _live_groups(p.pgid for p in self.ranks.values())
+        live = containment.live_groups(p.pgid for p in self.ranks.values())
         return [r for r, p in self.ranks.items() if p.pgid in live]
 
     def kill(self) -> None:
         self.signal(signal.SIGKILL)
+        if self._cgroup is not None:
+            self._cgroup.kill()
 
     def close(self, grace: float) -> None:
-        """Make sure nothing of ours survives: stragglers get SIGTERM, then SIGKILL.
+        """Make sure nothing of ours survives: whatever is left gets SIGTERM, then SIGKILL.
 
-        Bounded: at most `grace` for the stragglers to go, then at most `grace` in all for
-        the ranks to be reaped (a rank in uninterruptible sleep may never be).
+        "Left" is every live member of a rank's process group, every process in this set's
+        cgroup, and every orphan the launcher adopted with everything below it (see
+        `leftovers`). Bounded: at most `grace` for them to go, then at most `grace` in all
+        for the ranks to be reaped (a rank in uninterruptible sleep may never be).
         """
-        left = self.groups_alive()
+        left = self.leftovers()
         if left:
-            self.signal(signal.SIGTERM, left)
+            log.debug("stopping %d process(es) left by %s", len(left), self._name)
+            self._signal_leftovers(left, signal.SIGTERM)
             deadline = time.monotonic() + grace
             # Nothing signals the end of a grandchild, so this polls; each poll scans /proc,
-            # hence the back-off from 5 ms to 100 ms for a group that takes its time.
+            # hence the back-off from 5 ms to 100 ms for a process that takes its time.
             pause = 0.005
-            while (left := self.groups_alive()) and time.monotonic() < deadline:
+            while (left := containment.alive(left | self.leftovers())) and (
+                time.monotonic() < deadline
+            ):
                 time.sleep(min(pause, max(0.0, deadline - time.monotonic())))
                 pause = min(2 * pause, 0.1)
-            self.signal(signal.SIGKILL, left)
+            self.kill()
+            self._signal_leftovers(left, signal.SIGKILL)
+            containment.reap(left)
         deadline = time.monotonic() + grace
         for proc in self.ranks.values():
             with contextlib.suppress(subprocess.TimeoutExpired):
-                proc.popen.wait(timeout=max(0.0, deadline - time.monotonic()))
-        if self._watchdog is not None:
-            self._watchdog.disarm()
+                _wait(proc.popen, timeout=max(0.0, deadline - time.monotonic()))
+        if self._cgroup is not None:
+            self._cgroup.remove()
+
+    def leftovers(self) -> set[int]:
+        """Live processes that belong to this set: members of the ranks' groups, of its
+        cgroup, and orphans adopted by the launcher (which only exist when something we
+        started left them) with their descendants."""
+        pgids = {p.pgid for p in self.ranks.values()}
+        found = {pid for pid, _ in containment.group_members(containment.live_groups(pgids))}
+        if self._cgroup is not None:
+            found |= self._cgroup.pids()
+        return containment.alive(found) | orphans()
+
+    def _signal_leftovers(self, pids: set[int], sig: int) -> None:
+        self.signal(sig)
+        containment.signal_pids(pids, sig)
 
     def wait_output(self, timeout: float) -> None:
         """Wait (bounded) until every rank's pipes reached EOF, so tails are complete."""
@@ -309,18 +327,64 @@ class ProcessSet:
                 done.wait(max(0.0, deadline - time.monotonic()))
 
 
+def orphans() -> set[int]:
+    """Live processes re-parented to this launcher (it is their subreaper) and everything
+    below them: what a rank left when its parent died, a double-forked daemon above all.
+    Cheap when there are none (one read per thread of this process)."""
+    adopted = containment.children() - known_children()
+    return containment.alive(containment.descendants(adopted)) if adopted else set()
+
+
+def sweep(grace: float) -> set[int]:
+    """End every orphan left with this launcher: SIGTERM, SIGKILL after `grace`. Returns the
+    pids that were signalled (empty, and no cost beyond a read of /proc, when none)."""
+    left = orphans()
+    victims = set(left)
+    if left:
+        containment.signal_pids(left, signal.SIGTERM)
+        deadline = time.monotonic() + grace
+        pause = 0.005
+        while (left := containment.alive(left | orphans())) and time.monotonic() < deadline:
+            victims |= left
+            time.sleep(min(pause, max(0.0, deadline - time.monotonic())))
+            pause = min(2 * pause, 0.1)
+        containment.signal_pids(left, signal.SIGKILL)
+        containment.reap(victims)
+    return victims
+
+
+@contextlib.contextmanager
+def contained(scope: Containment, grace: float) -> Iterator[Containment]:
+    """The lifetime of a launcher's containment: on the way out, by any path, every orphan is
+    ended, the job's cgroup emptied and removed, and the watchdog disarmed."""
+    try:
+        yield scope
+    finally:
+        sweep(grace)
+        scope.release()
+
+
 def _start_helper(
-    argv: list[str], cwd: Path | None, env: dict[str, str] | None, *, stderr: int
+    argv: list[str] | tuple[str, ...],
+    cwd: Path | None,
+    env: Mapping[str, str] | None,
+    *,
+    stderr: int,
+    scope: Containment | None = None,
+    leaf: Cgroup | None = None,
 ) -> subprocess.Popen[bytes]:
-    """A helper command (pip, a probe) in its own session, stdin on /dev/null, stdout piped.
+    """A helper command (pip, sshd, ssh, a probe) in its own session, stdin on /dev/null,
+    stdout piped; in the scope's care (cgroup leaf, watchdog, marker) when one is given.
 
     Raises `SpawnError` when the program cannot be started.
     """
+    if scope is not None and scope.marker:
+        env = {**(os.environ if env is None else env), **scope.env()}
     try:
-        return subprocess.Popen(
+        popen = _popen(
             argv,
             cwd=cwd,
-            env=env,
+            env=None if env is None else dict(env),
             stdin=subprocess.DEVNULL,
             stdout=subprocess.PIPE,
             stderr=stderr,
@@ -330,30 +394,55 @@ def _start_helper(
         raise SpawnError(
             f"cannot start {argv[0]}: {e.strerror or e}", hint="install it, or put it on PATH"
         ) from None
+    if leaf is not None:
+        leaf.add(popen.pid)
+    if scope is not None:
+        scope.guard(popen.pid)
+    return popen
 
 
-def run_once(argv: list[str], cwd: Path, env: dict[str, str]) -> tuple[int, str]:
+def _stop_helper(popen: subprocess.Popen[bytes], grace: float) -> None:
+    """SIGTERM to the helper's group, SIGKILL after `grace`; collected either way."""
+    containment.signal_groups([popen.pid], signal.SIGTERM)
+    try:
+        _wait(popen, timeout=grace)
+    except subprocess.TimeoutExpired:
+        containment.signal_groups([popen.pid], signal.SIGKILL)
+        _wait(popen)
+    deadline = time.monotonic() + grace
+    while containment.live_groups([popen.pid]) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    containment.signal_groups([popen.pid], signal.SIGKILL)
+
+
+def run_once(
+    argv: list[str], cwd: Path, env: dict[str, str], scope: Containment | None = None
+) -> tuple[int, str]:
     """Run a helper command (pip) to completion, its output passed through; returns (rc, tail).
 
-    Runs in its own process group like a rank, so a signal to the launcher during an install
-    is handled the same way (the caller's signal handling forwards it).
+    Runs in its own process group (and cgroup leaf) in the scope's care. Any exception while
+    it runs, a stop signal turned into `StopRequested` above all, stops it (SIGTERM, SIGKILL
+    after `HELPER_STOP_GRACE_S`) before it propagates; so does anything it left in its group.
     """
     tail = Tail()
     pump = OutputPump()
     pump.start()
-    popen = _start_helper(argv, cwd, env, stderr=subprocess.STDOUT)
-    assert popen.stdout is not None
-    done = pump.add(os.dup(popen.stdout.fileno()), prefix=b"", console=1, tail=tail)
-    popen.stdout.close()
+    leaf = scope.leaf("helper") if scope is not None else None
     try:
-        returncode = popen.wait()
-    except BaseException:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(popen.pid, signal.SIGKILL)
-        popen.wait()
-        raise
-    done.wait(5.0)
-    pump.stop(1.0)
+        popen = _start_helper(argv, cwd, env, stderr=subprocess.STDOUT, scope=scope, leaf=leaf)
+        assert popen.stdout is not None
+        done = pump.add(os.dup(popen.stdout.fileno()), prefix=b"", console=1, tail=tail)
+        popen.stdout.close()
+        try:
+            returncode = _wait(popen)
+        finally:
+            _stop_helper(popen, 0.0 if popen.returncode is not None else HELPER_STOP_GRACE_S)
+        done.wait(5.0)
+    finally:
+        pump.stop(1.0)
+        if leaf is not None:
+            leaf.kill()
+            leaf.remove()
     return returncode, tail.text()
 
 
@@ -379,24 +468,24 @@ def capture(
     started: at `timeout_s` its process group gets SIGKILL and `returncode` is None. Output is
     decoded as UTF-8 with replacement. Raises `SpawnError` when the program cannot be started.
     """
-    popen = _start_helper(argv, cwd, None if env is None else dict(env), stderr=subprocess.PIPE)
+    popen = _start_helper(argv, cwd, env, stderr=subprocess.PIPE)
     returncode: int | None = None
     try:
         out, err = popen.communicate(timeout=timeout_s)
         returncode = popen.returncode
     except subprocess.TimeoutExpired:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(popen.pid, signal.SIGKILL)
+        containment.signal_groups([popen.pid], signal.SIGKILL)
         try:
             out, err = popen.communicate(timeout=CAPTURE_DRAIN_S)
         except subprocess.TimeoutExpired:  # something that left the group still holds the pipes
             popen.wait()
             out, err = b"", b""
     except BaseException:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(popen.pid, signal.SIGKILL)
+        containment.signal_groups([popen.pid], signal.SIGKILL)
         popen.wait()
         raise
+    finally:
+        _REGISTRY.forget(popen.pid)
     return Captured(returncode, out.decode("utf-8", "replace"), err.decode("utf-8", "replace"))
 
 
@@ -410,7 +499,10 @@ def fork_each(envs: list[dict[str, str]], body: Callable[[], int]) -> list[int]:
     """
     pids = []
     for env in envs:
-        pid = os.fork()
+        with _REGISTRY.spawning() as known:
+            pid = os.fork()
+            if pid != 0:
+                known.add(pid)
         if pid == 0:
             code = 1
             try:

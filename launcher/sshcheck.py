@@ -20,9 +20,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from launcher import sshd
+from launcher.containment import Containment
 from launcher.errors import EXIT_PEERS, JobAborted, LauncherError
 from launcher.plan import World
-from launcher.procs import Watchdog
 from launcher.rendezvous import PeerMessage
 from launcher.supervise import RemoteAbort
 
@@ -53,7 +53,7 @@ def await_sshd(
     masters: dict[str, sshd.Helper],
     *,
     deadline: float,
-    watchdog: Watchdog,
+    scope: Containment,
     environ: dict[str, str],
 ) -> list[sshd.SshPeer]:
     """Every follower's sshd, reported and proven with a login, before the peer deadline.
@@ -94,7 +94,7 @@ def await_sshd(
             peers[event.host] = peer
             write_client(folder, list(peers.values()))
             label = f"{world.host.name} ssh {peer.host}"
-            masters[peer.host] = sshd.Helper(label, queue.SimpleQueue(), watchdog)
+            masters[peer.host] = sshd.Helper(label, queue.SimpleQueue(), scope)
             threading.Thread(
                 target=check,
                 args=(events, folder, peer.host, masters[peer.host]),
@@ -142,7 +142,7 @@ def check(
     while True:
         master.start(sshd.master_argv(config, host), folder, environ)
         if sshd.poll_until(socket_path.exists, deadline, alive=master.running):
-            code, tail = sshd.check_login(config, host, environ)
+            code, tail = sshd.check_login(config, host, environ, master.scope)
             detail = last_line(tail) or f"ssh exited with {code}"
             events.put(Checked(host, code == 0, detail))
             return

@@ -27,9 +27,7 @@ import pwd
 import queue
 import re
 import shutil
-import signal
 import socket
-import subprocess
 import tempfile
 import time
 from collections.abc import Callable, Mapping
@@ -38,6 +36,7 @@ from pathlib import Path
 from typing import Any
 
 from launcher import procs
+from launcher.containment import Containment
 from launcher.errors import LauncherError
 from launcher.logs import OutputPump
 from launcher.mpirank import ENV_FILE_VAR
@@ -271,10 +270,13 @@ def privsep_dir() -> None:
         Path("/run/sshd").mkdir(mode=0o755, exist_ok=True)
 
 
-def check_login(config: Path, host: str, environ: dict[str, str]) -> tuple[int, str]:
-    """One real SSH handshake and login (`ssh -F config host true`): (exit code, output tail)."""
+def check_login(
+    config: Path, host: str, environ: dict[str, str], scope: Containment | None = None
+) -> tuple[int, str]:
+    """One real SSH handshake and login (`ssh -F config host true`): (exit code, output tail).
+    The ssh client runs in `scope`'s care like every helper."""
     argv = ["ssh", "-F", str(config), "-o", f"ConnectTimeout={CONNECT_TIMEOUT_S}", host, "true"]
-    return procs.run_once(argv, config.parent, environ)
+    return procs.run_once(argv, config.parent, environ, scope)
 
 
 def poll_until(
@@ -303,15 +305,15 @@ class Helper:
     watchdog (so it dies with the launcher, even on SIGKILL), its log lines prefixed with
     `label`, its exit posted as a `procs.RankExited` on `events`.
 
-    `stop` signals and waits through the process set without closing it, because closing
-    would disarm the launcher's one watchdog while other processes still need it."""
+    `stop` closes its process set: SIGTERM, SIGKILL after the grace period, and whatever it
+    left (an sshd session's processes) with it."""
 
     def __init__(
-        self, label: str, events: queue.SimpleQueue[object], watchdog: procs.Watchdog | None
+        self, label: str, events: queue.SimpleQueue[object], scope: Containment | None
     ) -> None:
         self.label = label
         self._events = events
-        self._watchdog = watchdog
+        self._scope = scope
         self._pump: OutputPump | None = None
         self._procs: procs.ProcessSet | None = None
 
@@ -322,8 +324,14 @@ class Helper:
         launch = LaunchPlan(JobSpec(argv, str(cwd), Backend.NONE), world, (spec,), environ)
         self._pump = OutputPump()
         self._pump.start()
-        self._procs = procs.ProcessSet(launch, self._events, self._pump, watchdog=self._watchdog)
+        self._procs = procs.ProcessSet(
+            launch, self._events, self._pump, scope=self._scope, name="helper"
+        )
         self._procs.start()
+
+    @property
+    def scope(self) -> Containment | None:
+        return self._scope
 
     def running(self) -> bool:
         return self._procs is not None and bool(self._procs.running())
@@ -341,15 +349,7 @@ class Helper:
         ps, pump = self._procs, self._pump
         if ps is None or pump is None:
             return
-        ps.signal(signal.SIGTERM)
-        deadline = time.monotonic() + grace_s
-        while ps.groups_alive() and time.monotonic() < deadline:
-            time.sleep(0.01)
-        if ps.groups_alive():
-            ps.kill()
-        for proc in ps.ranks.values():
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                proc.popen.wait(timeout=5.0)
+        ps.close(grace_s)
         ps.wait_output(1.0)
         pump.stop(1.0)
         self._procs = self._pump = None

@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from types import FrameType
 from typing import Protocol
 
+from launcher.errors import StopRequested
 from launcher.procs import RankExited
 
 FORWARDED = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGUSR1, signal.SIGUSR2)
@@ -63,7 +64,8 @@ class Outcome:
 class Ranks(Protocol):
     """What the supervisor needs of a process set (procs.ProcessSet in production)."""
 
-    def running(self) -> list[int]: ...
+    def started(self) -> list[int]:
+        """Every rank started; each posts exactly one `RankExited`, however early it exits."""
 
     def signal(self, sig: int, ranks: list[int] | None = None) -> None:
         """Send `sig` to the process groups of `ranks`; None: of every rank ever started."""
@@ -92,6 +94,28 @@ def forwarding_signals(
             signal.signal(sig, _late if linger else old)
 
 
+@contextmanager
+def raising_signals(host: str = "") -> Iterator[None]:
+    """Turn the first stop signal into `StopRequested` in the main thread, for the phases
+    before the ranks run (install, meeting, sshd): the exception unwinds whatever waits, each
+    phase stops its own helper on the way out, and `cli` writes output/failure and exits
+    128+N. Later stop signals are ignored, so that the clean-up cannot be interrupted.
+    `forwarding_signals` takes over (nested) while the ranks run.
+    """
+
+    def handler(signum: int, frame: FrameType | None) -> None:
+        for sig in STOPPING:
+            signal.signal(sig, _late)
+        raise StopRequested(signum, host)
+
+    previous = {sig: signal.signal(sig, handler) for sig in STOPPING}
+    try:
+        yield
+    finally:
+        for sig, old in previous.items():
+            signal.signal(sig, old)
+
+
 def _late(signum: int, frame: FrameType | None) -> None:
     """A signal after the ranks ended: the result is already decided; finish reporting it."""
 
@@ -114,7 +138,9 @@ class Supervisor:
 
     def run(self) -> Outcome:
         start = self.clock()
-        self._pending = set(self.ranks.running())
+        # Every rank started, not those still running: a rank that exited before this line
+        # has its exit waiting in the queue, and must be read like any other.
+        self._pending = set(self.ranks.started())
         exits: dict[int, RankExited] = {}
         state = RunState.SUCCEEDED
         root: int | None = None

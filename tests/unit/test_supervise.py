@@ -46,7 +46,7 @@ class FakeRanks:
         self.sent: list[tuple[int, tuple[int, ...] | None]] = []
         self.at = 100.0
 
-    def running(self) -> list[int]:
+    def started(self) -> list[int]:
         return list(range(self.n))  # asked once, before the scripted exits are read
 
     def signal(self, sig: int, ranks: list[int] | None = None) -> None:
@@ -265,3 +265,15 @@ def test_lingering_forwarding_ignores_stop_signals_after_the_block() -> None:
     finally:
         for sig, old in before.items():
             signal.signal(sig, old)
+
+
+def test_exits_queued_before_the_supervisor_starts_are_read() -> None:
+    """Every rank exited (non-zero) before `run` began: the job failed, it did not succeed."""
+    ranks = setup(2)
+    ranks.exit(0, 1)
+    ranks.exit(1, 1)
+    ranks.alive.clear()
+    outcome = supervisor(ranks).run()
+    assert outcome.state is RunState.FAILED
+    assert outcome.root_cause == 0
+    assert set(outcome.exits) == {0, 1}
