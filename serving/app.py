@@ -6,7 +6,8 @@ what a CPU-bound model wants, with no thread hop), `GET /execution-parameters` (
 transform asks for). The model work is synchronous on purpose; SIGALRM bounds it (see
 `runtime`). A worker's lifespan start-up pins its GPU, sets its threads, loads the model if the
 master did not, and only then marks its slot ready; a failure there fails the start-up, and
-gunicorn stops rather than serving without a model.
+gunicorn stops rather than serving without a model. A stop signal during that start-up
+interrupts it (`serving.stopping`) and the worker exits quietly.
 """
 
 from __future__ import annotations
@@ -17,8 +18,8 @@ from typing import Any
 
 import orjson
 
-from serving import codecs
-from serving.errors import HttpError, MethodNotAllowed, NotFound, PayloadTooLarge
+from serving import codecs, stopping
+from serving.errors import HttpError, MethodNotAllowed, NotFound, PayloadTooLarge, Stopped
 from serving.readiness import ReadyTable
 from serving.runtime import Reply, Runtime, error_reply
 
@@ -144,7 +145,15 @@ class App:
         message = await receive()
         if message["type"] == "lifespan.startup":
             try:
-                self._start_worker()
+                with stopping.interruptible():
+                    self._start_worker()
+            except Stopped as stop:
+                # The master is stopping (it forwarded the signal) before this worker served.
+                # Not lifespan.startup.failed: gunicorn takes that for a worker that cannot
+                # boot (exit 3, "halt the server"); and a SystemExit raised here ends up as
+                # that too. The worker just leaves, with nothing to clean up.
+                log.info("worker stopped by %s during start-up", stop.name)
+                stopping.leave(0)
             except Exception as exc:
                 log.exception("worker start-up failed")
                 await send({"type": "lifespan.startup.failed", "message": str(exc)})

@@ -2,7 +2,8 @@
 
 Order: configuration (exit 2 when invalid), the user's hooks and, on CPU hosts, the model
 (exit 1 when they cannot be loaded), then gunicorn, which forks the workers and exits 0 after
-SIGTERM. This is the only module that exits the process.
+SIGTERM. A stop signal before gunicorn serves ends it with 128+N (`serving.stopping`). Only
+this module, `server.run` and a worker stopped during its start-up end the process.
 """
 
 from __future__ import annotations
@@ -13,7 +14,8 @@ import os
 import sys
 
 from serving import config as config_mod
-from serving.errors import ConfigError, ModelLoadError
+from serving import stopping
+from serving.errors import ConfigError, ModelLoadError, Stopped
 
 log = logging.getLogger("serving")
 
@@ -30,13 +32,25 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> None:
-    """Run the server; exits 2 for bad configuration, 1 when the model cannot be loaded."""
-    _parser().parse_args(sys.argv[1:] if argv is None else argv)
-    logging.basicConfig(
-        level=logging.INFO,
-        format="[%(asctime)s] [%(process)d] [%(levelname)s] %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
+    """Run the server; exits 2 for bad configuration, 1 when the model cannot be loaded, and
+    128+N when stop signal N arrives during start-up (before gunicorn serves)."""
+    # First of all: from here until gunicorn takes the signals over, SIGTERM, SIGINT or SIGQUIT
+    # raise Stopped wherever start-up is (pip, the user's module, model_fn).
+    stopping.raise_on_stop()
+    try:
+        _parser().parse_args(sys.argv[1:] if argv is None else argv)
+        logging.basicConfig(
+            level=logging.INFO,
+            format="[%(asctime)s] [%(process)d] [%(levelname)s] %(name)s: %(message)s",
+            stream=sys.stderr,
+        )
+        _start()
+    except Stopped as stop:
+        log.error("serve stopped by %s during start-up", stop.name)
+        stopping.leave(stopping.exit_status(stop.signum))
+
+
+def _start() -> None:
     from serving.gpus import visible_gpus  # noqa: PLC0415
 
     try:

@@ -4,9 +4,12 @@
 raise them too (for example `UnsupportedContentType` from its own `input_fn`). Any other
 exception escaping user code becomes a 500 whose body names the exception type and message.
 `ConfigError` and `ModelLoadError` never reach a client: they stop `serve` before it listens.
+`Stopped` is no error at all: a stop signal during start-up (see `serving.stopping`).
 """
 
 from __future__ import annotations
+
+import signal
 
 
 class ServeError(Exception):
@@ -83,3 +86,50 @@ class RequestTimeout(HttpError):
     """The request ran past SAGEMAKER_MODEL_SERVER_TIMEOUT; answered as 504."""
 
     status = 504
+
+
+class Stopped(BaseException):
+    """A stop signal (SIGTERM, SIGINT, SIGQUIT) arrived while `serve` was starting.
+
+    Raised by the start-up signal handler of `serving.stopping` in the main thread, wherever the
+    start-up was (pip, the user's module, `model_fn`). A BaseException, so that user code's
+    `except Exception` around a slow load does not swallow it; the hooks' callers let it through
+    unchanged. `serve` then ends with 128 + `signum`.
+    """
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signum)
+        self.signum = signum
+
+    @property
+    def name(self) -> str:
+        """The signal's name, e.g. SIGTERM."""
+        try:
+            return signal.Signals(self.signum).name
+        except ValueError:
+            return f"signal {self.signum}"
+
+
+_MAX_MESSAGE = 2000
+
+
+def client_message(exc: BaseException) -> str:
+    """What the client is told about `exc`: its message, without any embedded traceback.
+
+    TorchScript errors carry the interpreter's traceback inside the message; the client gets
+    only its last line (the error itself). Long messages are cut.
+    """
+    message = str(getattr(exc, "message", None) or exc)
+    if "Traceback of TorchScript" in message:
+        lines = [line for line in message.splitlines() if line.strip()]
+        message = lines[-1] if lines else message
+    return message[:_MAX_MESSAGE]
+
+
+def status_of(exc: BaseException) -> int | None:
+    """The integer `status_code` (400-599) an exception carries, as the toolkit's
+    GenericInferenceToolkitError does; None otherwise."""
+    status = getattr(exc, "status_code", None)
+    if isinstance(status, int) and 400 <= status <= 599:
+        return status
+    return None

@@ -25,13 +25,25 @@ class ReadyTable:
     def __init__(self, slots: int) -> None:
         if slots < 1:
             raise ValueError(f"slots must be >= 1, got {slots}")
-        self._memory = mmap.mmap(-1, slots * _WORD)  # anonymous and shared across fork
-        self._words = memoryview(self._memory).cast("q")
+        # One word per slot, then the sticky "was ready once" word.
+        self._memory = mmap.mmap(-1, (slots + 1) * _WORD)  # anonymous and shared across fork
+        words = memoryview(self._memory).cast("q")
+        self._words = words[:slots]
+        self._served = words[slots:]
         self.slots = slots
 
     def mark_ready(self, slot: int, pid: int | None = None) -> None:
-        """Record that the worker in `slot` (this process by default) can serve."""
+        """Record that the worker in `slot` (this process by default) can serve; the first
+        time every slot is ready, also that the server has been ready (`was_ready`)."""
         self._words[slot] = os.getpid() if pid is None else pid
+        # Two workers finishing together both see every slot set; either write is the same.
+        if all(self._words):
+            self._served[0] = 1
+
+    def was_ready(self) -> bool:
+        """True once every slot has held a ready worker at the same time (never reset): a
+        stop signal before that stops a server still starting, not one that served."""
+        return bool(self._served[0])
 
     def clear(self, slot: int) -> None:
         """Record that `slot` has no ready worker."""

@@ -2,9 +2,10 @@
 
 `Runtime.invoke` never raises: every outcome is a `Reply`. HTTP errors keep their status, an
 exception with an integer `status_code` (the toolkit's GenericInferenceToolkitError) keeps that
-one, anything else from user code is a 500 whose body names the exception type and message
-while the traceback goes to the log only. A request past the timeout is interrupted by SIGALRM
-in the worker's main thread and answered 504; the worker stays up.
+one, anything else from user code, any BaseException included, is a 500 whose body names the
+exception type and message while the traceback goes to the log only. A request past the
+timeout is interrupted by SIGALRM in the worker's main thread and answered 504; the worker
+stays up.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import logging
 import os
 import signal
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass
 from types import FrameType
 from typing import Any
@@ -28,7 +30,10 @@ from serving.errors import (
     ModelLoadError,
     NotAcceptable,
     RequestTimeout,
+    Stopped,
     UnsupportedContentType,
+    client_message,
+    status_of,
 )
 from serving.usercode import Handler
 
@@ -65,29 +70,6 @@ def _as_bytes(result: Any) -> bytes:
     raise InternalError(f"output_fn returned {type(result).__name__}; expected bytes or str")
 
 
-_MAX_MESSAGE = 2000
-
-
-def client_message(exc: BaseException) -> str:
-    """What the client is told about `exc`: its message, without any embedded traceback.
-
-    TorchScript errors carry the interpreter's traceback inside the message; the client gets
-    only its last line (the error itself). Long messages are cut.
-    """
-    message = str(getattr(exc, "message", None) or exc)
-    if "Traceback of TorchScript" in message:
-        lines = [line for line in message.splitlines() if line.strip()]
-        message = lines[-1] if lines else message
-    return message[:_MAX_MESSAGE]
-
-
-def _status_of(exc: BaseException) -> int | None:
-    status = getattr(exc, "status_code", None)
-    if isinstance(status, int) and 400 <= status <= 599:
-        return status
-    return None
-
-
 class Runtime:
     """The hooks and the model of one serving process (the master, then each worker)."""
 
@@ -98,21 +80,29 @@ class Runtime:
         self.loaded = False
         self._armed = False
 
+    def _call_at_load(self, name: str, hook: Callable[..., Any], *args: Any) -> Any:
+        """`hook(*args)`; any BaseException from it (KeyboardInterrupt, SystemExit too) is
+        a ModelLoadError naming `name`, never a crash of serve. Stopped passes through."""
+        try:
+            return hook(*args)
+        except (ModelLoadError, Stopped):
+            raise
+        except BaseException as exc:
+            raise ModelLoadError(f"{name} raised {type(exc).__name__}: {exc}") from exc
+
     def load_model(self) -> None:
         """Call model_fn once; raises ModelLoadError carrying the user's exception."""
-        try:
-            self.model = self.handler.model_fn(str(self.config.model_dir))
-        except ModelLoadError:
-            raise
-        except Exception as exc:
-            raise ModelLoadError(f"model_fn raised {type(exc).__name__}: {exc}") from exc
+        self.model = self._call_at_load(
+            "model_fn", self.handler.model_fn, str(self.config.model_dir)
+        )
         self.loaded = True
 
     def start_worker(self, slot: int) -> None:
         """Prepare a freshly forked worker: GPU pin, thread count, model, warm-up, timer.
 
         Raises ModelLoadError when the model cannot be loaded or warmed up here; gunicorn then
-        stops the whole server rather than serving without a model.
+        stops the whole server rather than serving without a model. Stopped (a stop signal
+        while it runs, see `serving.stopping`) passes through unchanged.
         """
         gpu = self.config.gpu_for_slot(slot)
         if gpu is not None:
@@ -124,11 +114,9 @@ class Runtime:
             torch.set_num_threads(self.config.threads_per_worker)
         if not self.loaded:
             self.load_model()
-        if self.handler.model_warmup_fn is not None:
-            try:
-                self.handler.model_warmup_fn(str(self.config.model_dir), self.model)
-            except Exception as exc:
-                raise ModelLoadError(f"model_warmup_fn raised {type(exc).__name__}: {exc}") from exc
+        warmup = self.handler.model_warmup_fn
+        if warmup is not None:
+            self._call_at_load("model_warmup_fn", warmup, str(self.config.model_dir), self.model)
         signal.signal(signal.SIGALRM, self._on_alarm)
 
     def _on_alarm(self, signum: int, frame: FrameType | None) -> None:
@@ -157,10 +145,12 @@ class Runtime:
             if error.status >= 500:
                 log.exception("request failed")
             return error_reply(error.status, type(error).__name__, error.message)
-        except (Exception, SystemExit) as exc:
-            # The traceback stays in the log; the client learns the type and message only.
-            log.exception("user code raised")
-            return error_reply(_status_of(exc) or 500, type(exc).__name__, client_message(exc))
+        except BaseException as exc:
+            # KeyboardInterrupt, GeneratorExit, CancelledError from a hook would unwind the
+            # event loop: a dead worker or an unanswered connection. (No stop signal raises
+            # here.) The traceback stays in the log; the client gets type and message only.
+            log.exception("user code raised %s", type(exc).__name__)
+            return error_reply(status_of(exc) or 500, type(exc).__name__, client_message(exc))
 
     def _run(self, body: bytes, content_type: str | None, accept: str | None) -> Reply:
         handler = self.handler

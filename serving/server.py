@@ -14,12 +14,15 @@ import importlib
 import logging
 import math
 import os
+import signal
 import sys
 from typing import Any, NoReturn
 
 from gunicorn.app.base import BaseApplication  # type: ignore[import-untyped]
 
+from serving import stopping
 from serving.app import App
+from serving.arbiter import ServeArbiter
 from serving.config import ServeConfig
 from serving.readiness import ReadyTable, SlotBook
 
@@ -56,6 +59,7 @@ class _Gunicorn(BaseApplication):  # type: ignore[misc]
     def __init__(self, app: App, settings: dict[str, Any]) -> None:
         self._app = app
         self._settings = settings
+        self.arbiter: ServeArbiter | None = None
         super().__init__()
 
     def load_config(self) -> None:
@@ -64,6 +68,17 @@ class _Gunicorn(BaseApplication):  # type: ignore[misc]
 
     def load(self) -> App:
         return self._app
+
+    def run(self) -> None:
+        """BaseApplication.run with our arbiter."""
+        try:
+            self.arbiter = ServeArbiter(self, self._app.table)
+            self.arbiter.run()
+        except RuntimeError as exc:
+            # What BaseApplication.run does with a configuration gunicorn refuses.
+            print(f"\nError: {exc}\n", file=sys.stderr)
+            sys.stderr.flush()
+            sys.exit(1)
 
 
 def _preimport() -> None:
@@ -76,7 +91,8 @@ def _preimport() -> None:
 
 def run(config: ServeConfig, app: App) -> NoReturn:
     """Serve until stopped, then end the process with gunicorn's exit status (0 after
-    SIGTERM, 3 when a worker could not boot).
+    SIGTERM, 3 when a worker could not boot), or 128+N when stop signal N came before every
+    worker had been ready at once (a server stopped during its start-up).
 
     The readiness table is the app's; slots are handed out in the master before each fork
     and freed when the master reaps a worker, whose flag is then cleared.
@@ -100,10 +116,27 @@ def run(config: ServeConfig, app: App) -> NoReturn:
     settings.update(pre_fork=pre_fork, post_fork=post_fork, child_exit=child_exit)
     _preimport()
     code: object = 0
+    gunicorn = _Gunicorn(app, settings)
     try:
-        _Gunicorn(app, settings).run()
+        gunicorn.run()
     except SystemExit as stop:
         code = stop.code
+    arbiter = gunicorn.arbiter
+    if (
+        code in (0, None)
+        and arbiter is not None
+        and arbiter.pid == os.getpid()  # the master, not a worker leaving through here
+        and arbiter.stopped_by is not None
+        and arbiter.stopped_by[1]
+    ):
+        # Stopped before every worker was ready: the server never served, so it does not end
+        # with gunicorn's 0 (a server's normal end) but 128+N, as the launcher reports a
+        # process stopped by signal N.
+        signum = arbiter.stopped_by[0]
+        logging.getLogger("serving").error(
+            "serve stopped by %s during start-up", signal.Signals(signum).name
+        )
+        code = stopping.exit_status(signum)
     # Both the master (arbiter halt) and every worker (forked deep inside run) leave through
     # here. Ending with os._exit skips interpreter finalisation, which in a process holding
     # torch and a model touches every object: seconds of copy-on-write faults per process on
@@ -112,7 +145,4 @@ def run(config: ServeConfig, app: App) -> NoReturn:
         if code is not None:
             print(code, file=sys.stderr)
         code = 0 if code is None else 1
-    sys.stdout.flush()
-    sys.stderr.flush()
-    logging.shutdown()
-    os._exit(code)
+    stopping.leave(code)

@@ -8,8 +8,11 @@ The module is `SAGEMAKER_PROGRAM` (default `inference.py`) in `SAGEMAKER_SUBMIT_
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import logging
+import os
+import signal
 import subprocess
 import sys
 from collections.abc import Callable
@@ -20,7 +23,7 @@ from typing import Any
 
 from serving import defaults
 from serving.config import ServeConfig
-from serving.errors import ModelLoadError
+from serving.errors import ModelLoadError, Stopped
 
 log = logging.getLogger("serving")
 
@@ -59,18 +62,31 @@ DEFAULT_HANDLER = Handler(
 
 
 def install_requirements(requirements: Path) -> None:
-    """pip-install `requirements` into this interpreter; raises ModelLoadError on failure."""
+    """pip-install `requirements` into this interpreter; raises ModelLoadError on failure.
+
+    pip runs in a session of its own; when the wait is interrupted (Stopped: a stop signal
+    during start-up), pip and everything it started (build backends, compilers) are killed
+    and reaped before the exception goes on, so that none outlives `serve`.
+    """
     log.info("installing %s", requirements)
-    result = subprocess.run(
+    pip = subprocess.Popen(
         [sys.executable, "-m", "pip", "install", "--quiet", "-r", str(requirements)],
         stdin=subprocess.DEVNULL,
-        capture_output=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
         text=True,
-        check=False,
+        start_new_session=True,
     )
-    if result.returncode != 0:
-        tail = (result.stderr or result.stdout).strip()[-2000:]
-        raise ModelLoadError(f"pip install -r {requirements} failed ({result.returncode}): {tail}")
+    try:
+        stdout, stderr = pip.communicate()
+    except BaseException:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(pip.pid, signal.SIGKILL)
+        pip.wait()
+        raise
+    if pip.returncode != 0:
+        tail = (stderr or stdout).strip()[-2000:]
+        raise ModelLoadError(f"pip install -r {requirements} failed ({pip.returncode}): {tail}")
 
 
 def import_module(path: Path) -> ModuleType:
@@ -86,7 +102,11 @@ def import_module(path: Path) -> ModuleType:
     sys.modules[path.stem] = module
     try:
         spec.loader.exec_module(module)
-    except Exception as exc:
+    except Stopped:
+        sys.modules.pop(path.stem, None)
+        raise
+    except BaseException as exc:
+        # SystemExit or KeyboardInterrupt from the module's top level too: unloadable code.
         sys.modules.pop(path.stem, None)
         raise ModelLoadError(f"importing {path} raised {type(exc).__name__}: {exc}") from exc
     return module

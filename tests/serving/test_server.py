@@ -52,6 +52,15 @@ def rows(count: int) -> np.ndarray:
     return RNG.random((count, 64), dtype=np.float32)
 
 
+def npy_header(shape: tuple[int, ...], descr: str = "<f4") -> bytes:
+    """An NPY preamble and header saying `shape` and `descr`, whatever data follows."""
+    buffer = io.BytesIO()
+    np.lib.format.write_array_header_1_0(
+        buffer, {"descr": descr, "fortran_order": False, "shape": shape}
+    )
+    return buffer.getvalue()
+
+
 def json_rows(array: np.ndarray) -> bytes:
     import json
 
@@ -123,6 +132,8 @@ def test_accept_negotiation(client: Client, accept: str | None, expected: str) -
         (b'{"a": 1}', "application/json", None, 400, "BadRequest"),
         (b"1,2\n3", "text/csv", None, 400, "BadRequest"),
         (b"not an npy file", "application/x-npy", None, 400, "BadRequest"),
+        # A header claiming 4 TB: np.load's MemoryError was a 500 (test_npy.py has the rest).
+        (npy_header((10**12,)) + b"\0" * 16, "application/x-npy", None, 400, "BadRequest"),
         (b"[[1]]", "text/plain", None, 415, "UnsupportedContentType"),
         (b"[[1]]", None, None, 415, "UnsupportedContentType"),
         (b"[[1]]", "application/json", "text/html", 406, "NotAcceptable"),

@@ -16,9 +16,15 @@ from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
 from serving import codecs, config, defaults, gpus, usercode
-from serving.errors import BadRequest, ConfigError, ModelLoadError, UnsupportedContentType
+from serving.errors import (
+    BadRequest,
+    ConfigError,
+    ModelLoadError,
+    UnsupportedContentType,
+    client_message,
+)
 from serving.readiness import ReadyTable, SlotBook
-from serving.runtime import Runtime, client_message
+from serving.runtime import Runtime
 
 # The request timeout uses SIGALRM in this process, which pytest-timeout's signal method uses
 # too: time the tests from a thread instead.
@@ -343,3 +349,15 @@ def test_load_handler_installs_requirements_before_importing(tmp_path: Path) -> 
     (code / "requirements.txt").unlink()
     with pytest.raises(ModelLoadError, match=r"importing .*inference\.py raised AssertionError"):
         usercode.load_handler(cfg)
+
+
+def test_ready_table_remembers_that_every_worker_was_ready_once() -> None:
+    # serve's exit status after a stop signal depends on it: 128+N only if never ready.
+    table = ReadyTable(2)
+    table.mark_ready(0, 11)
+    assert not table.was_ready()
+    table.mark_ready(1, 12)
+    assert table.was_ready()
+    table.clear(0)  # a worker died: not ready now, but the server did serve
+    assert not table.all_ready() and table.was_ready()
+    assert table.ready_pids() == [0, 12]
