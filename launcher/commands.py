@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 from launcher import console, gpus, plan, settings
 from launcher.app import Result, RunOptions, execute, finish, free_port, guarded
 from launcher.containment import Containment
-from launcher.errors import LauncherError
+from launcher.errors import LauncherError, StopRequested
 from launcher.plan import Backend, HostSlots, JobSpec, LaunchPlan, World
 
 if TYPE_CHECKING:
@@ -59,7 +59,7 @@ def train(args: argparse.Namespace, environ: dict[str, str], base: Path) -> int:
     with guarded(dry_run=args.dry_run, environ=environ, host=host, grace_s=chosen.grace_s) as scope:
         env = job.user_environment(cfg, num_gpus=len(found), environ=environ)
         if not args.dry_run:
-            job.install(entry, {**environ, **env}, scope)
+            job.install(entry, plan.without_secrets({**environ, **env}), scope)
         error_dir = "" if args.dry_run else _error_dir(chosen.log_dir)
         try:
             prepared = Prepared(cfg, chosen, sources, entry, env, backend, slots, multi)
@@ -119,6 +119,44 @@ def _train_job(
             plan_extra=extra,
         )
         world, member = meet(request, events, free_port())
+    try:
+        return _run_world(
+            args,
+            prepared,
+            spec=spec,
+            world=world,
+            member=member,
+            keys=keys,
+            hvd=hvd,
+            events=events,
+            scope=scope,
+        )
+    except StopRequested as e:  # stopped after the meeting, before the ranks ran
+        if member is not None:
+            member.stopped(e.signum)  # the other hosts learn it now, not at a timeout
+        raise
+
+
+def _run_world(
+    args: argparse.Namespace,
+    prepared: Prepared,
+    *,
+    spec: JobSpec,
+    world: World,
+    member: Member | None,
+    keys: SshKeys | None,
+    hvd: HorovodServer | None,
+    events: queue.SimpleQueue[object],
+    scope: Containment,
+) -> int:
+    """Plan this host's ranks in the agreed world, run them, agree on the job's result."""
+    cfg, chosen, sources, backend = (
+        prepared.cfg,
+        prepared.chosen,
+        prepared.sources,
+        prepared.backend,
+    )
+    environ = dict(sources.environ)
     if hvd is not None:
         world = hvd.attach(world)
     launch = plan.build(spec, world, environ, os.cpu_count() or 1)

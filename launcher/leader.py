@@ -2,10 +2,13 @@
 
 See `rendezvous` for the protocol. The leader accepts connections on the control port; a
 connection counts as a host only after a valid HELLO from an expected host name (the frames are
-already authenticated under the job token), which must arrive within `HELLO_TIMEOUT_S` of the
-connect. Rogue connections (garbage, wrong token, oversized frames, silence) lose only
-themselves: at most `MAX_PENDING` may be unauthenticated at once, and a new one evicts the
-oldest, so a flood of idle connections can delay a real host by one retry but never lock it out.
+already authenticated under the job token and bound to this connection's challenge), which
+must arrive within `HELLO_TIMEOUT_S` of the connect. Rogue connections (garbage, wrong token,
+oversized or replayed frames, silence) lose only themselves: at most `MAX_PENDING` may be
+unauthenticated at once, and a new one evicts the oldest, so a flood of idle connections can
+delay a real host by one retry but never lock it out. Refusals are logged through `Refusals`:
+the first one in detail, then at most one summary line every `REFUSAL_LOG_EVERY_S` with counts
+by kind and by peer address, so a flood of thousands costs a few lines.
 
 Until every host has arrived the membership is open: a host whose connection drops (or falls
 silent) before the plan is simply missing again and may reconnect. Once the last host is in, the
@@ -14,16 +17,33 @@ membership is frozen: from then on a lost host aborts the job.
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import logging
 import socket
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from launcher import wire
 from launcher.channel import Connection, Message
-from launcher.errors import EXIT_FAILURE, PeersUnreachable
-from launcher.rendezvous import Member, Peer, PeerMessage, message_code
+from launcher.errors import (
+    EXIT_FAILURE,
+    JobAborted,
+    PeersUnreachable,
+    signal_exit_code,
+    signal_name,
+)
+from launcher.rendezvous import (
+    STOP_LINGER_S,
+    Member,
+    Peer,
+    PeerMessage,
+    abort_message,
+    message_code,
+    stop_reason,
+)
 from launcher.supervise import RemoteAbort
 
 log = logging.getLogger("launcher")
@@ -31,7 +51,61 @@ log = logging.getLogger("launcher")
 PROGRESS_EVERY_S = 5.0
 HELLO_TIMEOUT_S = 10.0  # an unauthenticated connection must say HELLO within this, in total
 MAX_PENDING = 64  # unauthenticated connections at once; a new one evicts the oldest
-REFUSAL_LOG_EVERY_S = 1.0  # a flood is summarised, not logged connection by connection
+REFUSAL_LOG_EVERY_S = 5.0  # after the first refusal, at most one summary line per this
+SUMMARY_PEERS = 5  # peer addresses named in a summary line; the rest are counted
+
+
+class Refusals:
+    """The leader's log of refused control connections, rate-limited.
+
+    `record(kind, peer, detail)` logs `detail` at once when nothing was logged for
+    `every` seconds; otherwise it only counts. `flush()` (every heartbeat tick, and at close)
+    logs one summary of what was counted once `every` seconds have passed since the last
+    line (always, with `force`): how many, by kind and by peer address. Thread-safe.
+    """
+
+    def __init__(
+        self, every: float = REFUSAL_LOG_EVERY_S, clock: Callable[[], float] = time.monotonic
+    ) -> None:
+        self._every = every
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._last: float | None = None  # when the last line was logged
+        self._kinds: collections.Counter[str] = collections.Counter()
+        self._peers: collections.Counter[str] = collections.Counter()
+
+    def record(self, kind: str, peer: str, detail: str) -> None:
+        now = self._clock()
+        with self._lock:
+            if self._last is None or (now - self._last >= self._every and not self._kinds):
+                self._last = now
+                log.warning("%s", detail)
+                return
+            self._kinds[kind] += 1
+            self._peers[peer] += 1
+        self.flush()
+
+    def flush(self, *, force: bool = False) -> None:
+        now = self._clock()
+        with self._lock:
+            if not self._kinds:
+                return
+            if not force and self._last is not None and now - self._last < self._every:
+                return
+            since = now - self._last if self._last is not None else 0.0
+            kinds, peers = self._kinds, self._peers
+            self._kinds, self._peers = collections.Counter(), collections.Counter()
+            self._last = now
+        top = peers.most_common(SUMMARY_PEERS)
+        others = len(peers) - len(top)
+        log.warning(
+            "refused %d more control connection(s) in %.1f s: %s; from %s%s",
+            kinds.total(),
+            since,
+            ", ".join(f"{n} {kind}" for kind, n in kinds.most_common()),
+            ", ".join(f"{peer} ({n})" for peer, n in top),
+            f" and {others} other address(es)" if others else "",
+        )
 
 
 @dataclass
@@ -40,6 +114,7 @@ class Leader(Member):
 
     expected: tuple[str, ...] = ()  # every host of the world in node order, this one included
     port: int = 0
+    bind: str = ""  # the address to listen on: "" for every interface, IPv6 too
     _server: socket.socket | None = None
     _conns: dict[str, Connection] = field(default_factory=dict)
     _hellos: dict[str, Peer] = field(default_factory=dict)
@@ -47,8 +122,7 @@ class Leader(Member):
     _done: set[str] = field(default_factory=set)
     _unauth: dict[Connection, None] = field(default_factory=dict)  # oldest first
     _frozen: bool = False  # every host arrived: from now on a lost host aborts the job
-    _evicted: int = 0
-    _evicted_logged: float = 0.0
+    _refusals: Refusals = field(default_factory=Refusals)
     _started: float = field(default_factory=time.monotonic)
     _lock: threading.Lock = field(default_factory=threading.Lock)
     _changed: threading.Condition = field(init=False)
@@ -57,12 +131,16 @@ class Leader(Member):
         self._changed = threading.Condition(self._lock)
 
     def start(self) -> int:
-        """Listen on the control port (all interfaces, IPv6 too where available); the port.
+        """Listen on the control port; the port. On `bind` when set (e.g. 127.0.0.1: only this
+        machine can connect), else on every interface, IPv6 too where available.
 
         Raises OSError when the port is taken. Heartbeats to joined hosts start at once, so a
         follower waiting for the plan knows the leader is alive.
         """
-        if socket.has_dualstack_ipv6():
+        if self.bind:
+            family = socket.AF_INET6 if ":" in self.bind else socket.AF_INET
+            server = socket.create_server((self.bind, self.port), family=family, backlog=256)
+        elif socket.has_dualstack_ipv6():
             server = socket.create_server(
                 ("", self.port), family=socket.AF_INET6, dualstack_ipv6=True, backlog=256
             )
@@ -82,7 +160,8 @@ class Leader(Member):
             except OSError:
                 return
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            conn = Connection(sock, self.key, self._on_message, self._on_close, peer=addr[0])
+            peer = str(addr[0]).removeprefix("::ffff:")  # an IPv4 peer on the dual-stack socket
+            conn = Connection(sock, self.key, self._on_message, self._on_close, peer=peer)
             conn.deadline = time.monotonic() + HELLO_TIMEOUT_S
             with self._lock:
                 evict = next(iter(self._unauth)) if len(self._unauth) >= MAX_PENDING else None
@@ -90,48 +169,46 @@ class Leader(Member):
                     del self._unauth[evict]
                 self._unauth[conn] = None
             if evict is not None:
-                self._log_eviction(evict)
+                self._refusals.record(
+                    "evicted",
+                    evict.peer,
+                    f"more than {MAX_PENDING} control connections without a hello: dropped the"
+                    f" oldest, from {evict.peer} (a flood, or hosts of another job?)",
+                )
                 evict.close("evicted: too many connections without a hello")
             conn.start()
-
-    def _log_eviction(self, conn: Connection) -> None:
-        self._evicted += 1
-        now = time.monotonic()
-        if now - self._evicted_logged >= REFUSAL_LOG_EVERY_S:
-            log.warning(
-                "more than %d control connections without a hello: dropped %d, the latest from"
-                " %s (a flood, or hosts of another job?)",
-                MAX_PENDING,
-                self._evicted,
-                conn.peer,
-            )
-            self._evicted, self._evicted_logged = 0, now
 
     def wait_for_peers(self, deadline: float, my_slots: int, my_addr: str = "") -> list[Peer]:
         """Block until every expected host said HELLO; the peers in node order.
 
         Freezes the membership on success. Raises `PeersUnreachable` at the deadline, after
-        telling the hosts that did come (ABORT with exit code 3).
+        telling the hosts that did come (ABORT with exit code 3); `JobAborted` when a host
+        failed meanwhile (e.g. a follower stopped by a signal: the others were told); `Stopped`
+        as soon as a signal is posted to `interrupt` (the caller then calls `stopped`).
         """
         followers = [h for h in self.expected if h != self.host]
         last_progress = time.monotonic()
-        with self._lock:
-            while missing := [h for h in followers if h not in self._hellos]:
-                now = time.monotonic()
-                if now >= deadline:
+        while True:
+            with self._lock:
+                missing = [h for h in followers if h not in self._hellos]
+                if not missing and not self.decision.decided:
+                    self._frozen = True
+                    peers = dict(self._hellos)
                     break
-                if now - last_progress >= PROGRESS_EVERY_S:
-                    log.info("waiting for %d host(s): %s", len(missing), ", ".join(missing))
-                    last_progress = now
-                self._changed.wait(min(deadline - now, PROGRESS_EVERY_S))
-            else:
-                self._frozen = True
-            peers = dict(self._hellos)
-        if missing:
-            error = PeersUnreachable(missing, time.monotonic() - self._started, what="hosts")
-            self.decision.decide(error.exit_code, str(error))
-            self._broadcast({"type": "abort", "reason": str(error), "code": error.exit_code})
-            raise error
+            if self.decision.decided:
+                raise JobAborted(
+                    self.decision.reason, exit_code=self.decision.exit_code or EXIT_FAILURE
+                )
+            now = time.monotonic()
+            if now >= deadline:
+                error = PeersUnreachable(missing, now - self._started, what="hosts")
+                self.decision.decide(error.exit_code, str(error))
+                self._broadcast(abort_message(error.exit_code, str(error)))
+                raise error
+            if now - last_progress >= PROGRESS_EVERY_S:
+                log.info("waiting for %d host(s): %s", len(missing), ", ".join(missing))
+                last_progress = now
+            self.interrupt.wait(min(deadline - now, PROGRESS_EVERY_S))
         me = Peer(self.host, my_slots, my_addr or self._my_addr())
         return [me if h == self.host else peers[h] for h in self.expected]
 
@@ -148,9 +225,13 @@ class Leader(Member):
             self._seen = {h: max(t, now) for h, t in self._seen.items()}
         self._broadcast({"type": "plan", **plan})
 
-    def _broadcast(self, message: Message) -> None:
+    def _broadcast(self, message: Message, *, pending_too: bool = False) -> None:
+        """To every joined host; with `pending_too`, also to connections that proved they hold
+        the job key (their challenge authenticated) but have not said HELLO yet."""
         with self._lock:
             conns = list(self._conns.values())
+            if pending_too:
+                conns += [c for c in self._unauth if c.bound]
         for conn in conns:
             conn.send(message)
 
@@ -160,17 +241,23 @@ class Leader(Member):
             self._hello(conn, message)
             return
         if conn in self._unauth:
+            conn.error_kind = "no hello"
             conn.close(f"{kind!r:.40} before hello")
             return
         host = conn.peer
         with self._lock:
             self._seen[host] = time.monotonic()
         if kind == "failed":
-            reason, code = str(message.get("reason", "")), message_code(message, EXIT_FAILURE)
+            reason = wire.clip(str(message.get("reason", "")))
+            code = message_code(message, EXIT_FAILURE)
+            sig = message.get("signal")  # a stop signal's name, when that was the cause
             if self.decision.decide(code, reason):
                 log.error("host %s failed: %s", host, reason)
-                self._broadcast({"type": "abort", "reason": reason, "code": code})
+                named = wire.clip(sig, 40) if isinstance(sig, str) else ""
+                # Hosts not yet joined are told too: they would wait out the peer timeout.
+                self._broadcast(abort_message(code, reason, host, named), pending_too=True)
                 self.events.put(RemoteAbort(reason, code))
+            self.interrupt.nudge()
         elif kind == "done":
             with self._changed:
                 self._done.add(host)
@@ -196,7 +283,9 @@ class Leader(Member):
                 else ""
             )
         if problem:
-            log.warning("refused a hello from %s (%s): %.200r", conn.peer, problem, message)
+            detail = f"refused a hello from {conn.peer} ({problem}): {message!r:.200}"
+            self._refusals.record("invalid hello", conn.peer, detail)
+            conn.error_kind = "refused"  # logged already
             conn.close(f"invalid hello: {problem}")
             return
         assert isinstance(host, str) and isinstance(slots, int)
@@ -210,6 +299,7 @@ class Leader(Member):
             self._hellos[host] = Peer(host, slots, addr)
             self._seen[host] = time.monotonic()
             self._changed.notify_all()
+        self.interrupt.nudge()
         log.info("host %s joined with %d slot(s)", host, slots)
 
     def _on_close(self, conn: Connection, why: str) -> None:
@@ -217,32 +307,47 @@ class Leader(Member):
         with self._changed:
             if conn in self._unauth:
                 del self._unauth[conn]
-                log.warning("dropped a control connection from %s: %s", host, why)
-                return
-            if self._conns.get(host) is not conn:
+                pending = True
+            elif self._conns.get(host) is conn:
+                del self._conns[host]
+                pending = False
+                done, frozen = host in self._done, self._frozen
+                if not frozen:
+                    del self._hellos[host]
+                    self._seen.pop(host, None)
+                self._changed.notify_all()
+            else:
                 return  # refused or evicted: already logged
-            del self._conns[host]
-            done, frozen = host in self._done, self._frozen
-            if not frozen:
-                del self._hellos[host]
-                self._seen.pop(host, None)
-            self._changed.notify_all()
-        if self._stop.is_set() or done:
+        if pending:
+            self._refused(conn, why)
+            return
+        self.interrupt.nudge()
+        if self._stop.is_set() or done or self.decision.decided:  # over: nothing to wait for
             return
         if frozen:
             self._lost(host, why)
         else:
             log.warning("host %s left before the job started (%s); waiting for it", host, why)
 
+    def _refused(self, conn: Connection, why: str) -> None:
+        """A connection ended before a valid HELLO: one more refusal for the summary."""
+        if self._stop.is_set() or conn.error_kind == "refused":  # job over, or logged already
+            return
+        kind = conn.error_kind or ("silent" if why.startswith("timed out") else "no hello")
+        self._refusals.record(
+            kind, conn.peer, f"dropped a control connection from {conn.peer}: {why}"
+        )
+
     def _lost(self, host: str, why: str) -> None:
         reason = f"host {host} was lost ({why})"
         if self.decision.decide(EXIT_FAILURE, reason):
             log.error("%s: aborting the job", reason)
-            self._broadcast({"type": "abort", "reason": reason, "code": EXIT_FAILURE})
+            self._broadcast(abort_message(EXIT_FAILURE, reason))
             self.events.put(RemoteAbort(reason, EXIT_FAILURE))
 
     def _heartbeats(self) -> None:
         while not self._stop.wait(self.heartbeat_every):
+            self._refusals.flush()
             self._broadcast({"type": "heartbeat"})
             now = time.monotonic()
             with self._lock:
@@ -256,9 +361,20 @@ class Leader(Member):
                 conn.close(f"no heartbeat for {self.heartbeat_timeout_s:g} s")
 
     def failed(self, exit_code: int, reason: str) -> None:
-        """This host's ranks failed: abort every follower with this root cause."""
+        """This host's ranks failed: abort every follower with this root cause (clipped to
+        `wire.MAX_TEXT` bytes on the wire; the local decision keeps it whole)."""
         if self.decision.decide(exit_code, reason):
-            self._broadcast({"type": "abort", "reason": reason, "code": exit_code})
+            self._broadcast(abort_message(exit_code, reason))
+
+    def stopped(self, signum: int) -> None:
+        """Stopped while meeting: ABORT {128+N, reason, host, signal} to every connected host
+        (joined or not yet), then close, waiting at most `STOP_LINGER_S` for them to leave."""
+        code, reason = signal_exit_code(signum), stop_reason(signum, self.host)
+        if self.decision.decide(code, reason):
+            log.error("%s: telling the other hosts", reason)
+            message = abort_message(code, reason, self.host, signal_name(signum))
+            self._broadcast(message, pending_too=True)
+        self.close(linger=STOP_LINGER_S)
 
     def conclude(self) -> tuple[int, str]:
         """The leader alone saw the whole job end well (MPI: mpirun's exit covers every host):
@@ -277,7 +393,9 @@ class Leader(Member):
             self._broadcast({"type": "result", "code": 0})
         return self.decision.exit_code, self.decision.reason
 
-    def close(self) -> None:
+    def close(self, linger: float = 0.0) -> None:
+        """Stop listening and close every connection. With `linger`, first let each peer read
+        what it was sent: wait (at most `linger` seconds in all) for the peers to close."""
         self._stop.set()
         if self._server is not None:
             # close() alone does not wake a thread blocked in accept() on Linux; shutdown does.
@@ -286,5 +404,14 @@ class Leader(Member):
             self._server.close()
         with self._lock:
             conns = [*self._conns.values(), *self._unauth]
+        if linger > 0:
+            peers = [c for c in conns if c.bound]  # a rogue without the key is told nothing
+            for conn in peers:
+                with contextlib.suppress(OSError):
+                    conn.sock.shutdown(socket.SHUT_WR)
+            end = time.monotonic() + linger
+            for conn in peers:
+                conn.wait_closed(max(end - time.monotonic(), 0.0))
         for conn in conns:
             conn.close("job over")
+        self._refusals.flush(force=True)

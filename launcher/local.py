@@ -112,12 +112,20 @@ def create(
     return LocalJob(folder, hosts)
 
 
+LOOPBACK = "127.0.0.1"
+
+
 def host_env(job: LocalJob, host: str, control_port: int, token: str) -> dict[str, str]:
-    """What each simulated host's `train` gets on top of this environment."""
+    """What each simulated host's `train` gets on top of this environment.
+
+    The hosts reach the leader at 127.0.0.1, so the leader listens there only
+    (`meet.listen_address`): no other machine can connect to a local job's control port.
+    `LAUNCHER_JOB_TOKEN` is for the host launchers alone; the ranks must never inherit it
+    (`plan.build` must leave it out of their environment)."""
     return {
         "SAGEMAKER_BASE_DIR": str(job.tree(host)),
         "LAUNCHER_CONTROL_PORT": str(control_port),
-        "LAUNCHER_LEADER_ADDR": "127.0.0.1",
+        "LAUNCHER_LEADER_ADDR": LOOPBACK,
         "LAUNCHER_JOB_TOKEN": token,
         "LAUNCHER_LOG_DIR": str(job.log_dir),
         "SM_STUDIO_LOCAL_MODE": "true",

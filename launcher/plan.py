@@ -95,8 +95,20 @@ class LaunchPlan:
         return {**self.base_env, **spec.env}
 
 
+# The launcher's own secrets: read from its environment, never passed on to what it starts.
+CONTROL_SECRETS = frozenset({"LAUNCHER_JOB_TOKEN"})
+
+
+def without_secrets(environ: Mapping[str, str]) -> dict[str, str]:
+    """`environ` less the launcher's secrets (`CONTROL_SECRETS`), for every child process."""
+    return {k: v for k, v in environ.items() if k not in CONTROL_SECRETS}
+
+
 def build(job: JobSpec, world: World, base_env: Mapping[str, str], cpu_count: int) -> LaunchPlan:
-    """One RankSpec per slot of this host. Raises ValueError on an inconsistent world."""
+    """One RankSpec per slot of this host. Raises ValueError on an inconsistent world.
+
+    The ranks inherit `base_env` less `CONTROL_SECRETS`: the job token authenticates the
+    launchers to each other and is no business of the user's code."""
     if not 0 <= world.node_rank < len(world.hosts):
         raise ValueError(f"node rank {world.node_rank} outside {len(world.hosts)} hosts")
     host = world.host
@@ -116,7 +128,7 @@ def build(job: JobSpec, world: World, base_env: Mapping[str, str], cpu_count: in
             addr, port = world.horovod_rendezvous
             env.update(slots[rank].env(addr, port, job.interface or None))
         ranks.append(RankSpec(rank, local_rank, host.name, job.command, job.cwd, env, error_file))
-    return LaunchPlan(job, world, tuple(ranks), dict(base_env))
+    return LaunchPlan(job, world, tuple(ranks), without_secrets(base_env))
 
 
 def _rank_env(

@@ -14,11 +14,20 @@ that same cause; a lost follower or a failing leader does the same; a lost leade
 follower on its own. On success followers report DONE and wait at the exit barrier for the
 leader's RESULT, so no host leaves while others still train.
 
-Aborts reach the local supervisor as `supervise.RemoteAbort` events on its queue.
+Aborts reach the local supervisor as `supervise.RemoteAbort` events on its queue. Free text
+(root causes) is clipped to `wire.MAX_TEXT` bytes with a marker before it is sent.
+
+Stop signals while the hosts meet: the thread that waits in `meet` waits on an `Interrupt`,
+which a signal handler may post to (`Interrupt.post` is reentrant). The wait then raises
+`Stopped`, and the member tells the others before leaving (`Member.stopped`): the leader sends
+ABORT {code 128+N, reason, host, signal} to every connected host, a follower sends FAILED with
+the same fields to the leader, which aborts everyone else; `meet` raises `MeetStopped`. So no
+host waits out the peer timeout for one that was stopped.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import queue
 import socket
@@ -26,13 +35,82 @@ import threading
 import time
 from dataclasses import dataclass, field
 
+from launcher import wire
 from launcher.channel import Connection, Decision, Message
-from launcher.errors import EXIT_FAILURE, JobAborted, PeersUnreachable
+from launcher.errors import (
+    EXIT_FAILURE,
+    JobAborted,
+    PeersUnreachable,
+    StopRequested,
+    signal_exit_code,
+    signal_name,
+)
 from launcher.supervise import RemoteAbort
 
 log = logging.getLogger("launcher")
 
 PROGRESS_EVERY_S = 5.0
+STOP_LINGER_S = 2.0  # a stopped host waits at most this for its last words to be read
+CONNECT_TIMEOUT_S = 2.0  # one connect attempt; a stop signal is seen between attempts
+
+
+class Stopped(Exception):
+    """Raised out of a member's wait when a stop signal was posted to its `Interrupt`."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signal_name(signum))
+        self.signum = signum
+
+
+class MeetStopped(StopRequested):
+    """This launcher was stopped by signal `signum` while the hosts were meeting; the other
+    hosts have been told (as far as they could be reached). Exit code 128+N; the message is
+    the root cause every host reports (`stop_reason`)."""
+
+    def __init__(self, signum: int, host: str) -> None:
+        super().__init__(signum, host)
+        self.message = stop_reason(signum, host)
+        self.args = (self.message,)
+        self.host = host
+
+
+def stop_reason(signum: int, host: str) -> str:
+    """The root cause a stop signal during the meeting gives, on every host."""
+    return f"the job was stopped by {signal_name(signum)} on {host} while the hosts were meeting"
+
+
+class Interrupt:
+    """Wakes the thread waiting in `meet` when a stop signal arrives, or when its state changes.
+
+    `post(signum)` may be called from a signal handler (or any thread): it only assigns an
+    attribute and puts on a `queue.SimpleQueue`, whose `put` is reentrant; it takes no lock the
+    interrupted thread could hold. The first signal posted is the one reported. `wait` returns
+    after a `nudge` or the timeout, and raises `Stopped` once a signal was posted, whether it
+    came before or during the wait.
+    """
+
+    def __init__(self) -> None:
+        self._queue: queue.SimpleQueue[int | None] = queue.SimpleQueue()
+        self.signum: int | None = None
+
+    def post(self, signum: int) -> None:
+        if self.signum is None:
+            self.signum = signum
+        self._queue.put(signum)
+
+    def nudge(self) -> None:
+        """Something the waiter watches changed: let it look again."""
+        self._queue.put(None)
+
+    def check(self) -> None:
+        if self.signum is not None:
+            raise Stopped(self.signum)
+
+    def wait(self, timeout: float) -> None:
+        self.check()
+        with contextlib.suppress(queue.Empty):
+            self._queue.get(timeout=max(timeout, 0.0))
+        self.check()
 
 
 @dataclass(frozen=True, slots=True)
@@ -51,6 +129,16 @@ class PeerMessage:
     message: Message
 
 
+def abort_message(code: int, reason: str, host: str = "", signal: str = "") -> Message:
+    """An ABORT; `host` is where the job was stopped and `signal` the stop signal, if any."""
+    message: Message = {"type": "abort", "code": code, "reason": wire.clip(reason)}
+    if host:
+        message["host"] = host
+    if signal:
+        message["signal"] = signal
+    return message
+
+
 def message_code(message: Message, default: int) -> int:
     """The exit code a message carries, when it is a plausible one (1..255), else `default`."""
     code = message.get("code")
@@ -64,6 +152,8 @@ class Member:
     heartbeat_timeout_s: float
     events: queue.SimpleQueue[object]
     decision: Decision = field(default_factory=Decision)
+    # What the thread in `meet` waits on; the caller's signal handler posts to it.
+    interrupt: Interrupt = field(default_factory=Interrupt)
     _stop: threading.Event = field(default_factory=threading.Event)
 
     @property
@@ -72,6 +162,13 @@ class Member:
 
     def failed(self, exit_code: int, reason: str) -> None:
         """This host stopped the job (a rank failed, or a stop signal): tell the others."""
+        raise NotImplementedError
+
+    def stopped(self, signum: int) -> None:
+        """This host was stopped by `signum` while meeting: tell the others, then close.
+
+        Decides the job's result (128+N, `stop_reason`) unless it was already decided. Blocks
+        at most `STOP_LINGER_S` for the words to be read."""
         raise NotImplementedError
 
     def barrier(self) -> tuple[int, str]:
@@ -85,6 +182,7 @@ class Member:
         if self.decision.decide(exit_code, reason):
             log.error("aborting the job: %s", reason)
             self.events.put(RemoteAbort(reason, exit_code))
+        self.interrupt.nudge()
 
 
 def resolve(host: str, port: int) -> list[tuple[int, tuple[str, int]]]:
@@ -102,7 +200,7 @@ class Follower(Member):
     _conn: Connection | None = None
     _plan: Message | None = None
     _dropped: str = ""  # why the current connection ended before the plan
-    _wake: threading.Condition = field(default_factory=threading.Condition)
+    _wake: threading.Lock = field(default_factory=threading.Lock)
     _seen: float = field(default_factory=time.monotonic)
 
     def join(self, deadline: float, slots: int) -> tuple[Message, str]:
@@ -111,7 +209,8 @@ class Follower(Member):
         Raises `PeersUnreachable` when the leader cannot be reached by the deadline, and
         `JobAborted` (with the leader's exit code: 3 when hosts never came) when the leader
         refuses the job. Once connected it waits for the leader's verdict past `deadline`,
-        for as long as the leader's heartbeats arrive.
+        for as long as the leader's heartbeats arrive. Raises `Stopped` as soon as a signal is
+        posted to `interrupt` (the caller then calls `stopped`).
         """
         start = time.monotonic()
         beating = False
@@ -121,7 +220,7 @@ class Follower(Member):
             with self._wake:
                 self._conn, self._dropped, self._seen = conn, "", time.monotonic()
             conn.start()
-            conn.send({"type": "hello", "host": self.host, "slots": slots})
+            conn.send({"type": "hello", "host": self.host, "slots": slots})  # after the challenge
             if not beating:
                 threading.Thread(target=self._heartbeats, daemon=True, name="control-hb").start()
                 beating = True
@@ -136,27 +235,28 @@ class Follower(Member):
             if time.monotonic() >= deadline:
                 raise PeersUnreachable([self.leader], time.monotonic() - start, what="the leader")
             log.warning("lost the leader %s before the plan (%s); reconnecting", self.leader, why)
-            time.sleep(min(0.2, max(deadline - time.monotonic(), 0)))
+            self.interrupt.wait(min(0.2, max(deadline - time.monotonic(), 0)))
 
     def _await_plan(self) -> str:
         """Wait for PLAN, ABORT or the end of this connection; why it ended ("" if it did not)."""
         last_progress = time.monotonic()
-        with self._wake:
-            while self._plan is None and not self.decision.decided and not self._dropped:
-                if time.monotonic() - last_progress >= PROGRESS_EVERY_S:
-                    log.info("joined %s; waiting for the other hosts", self.leader)
-                    last_progress = time.monotonic()
-                self._wake.wait(PROGRESS_EVERY_S)
-            return self._dropped
+        while self._plan is None and not self.decision.decided and not self._dropped:
+            if time.monotonic() - last_progress >= PROGRESS_EVERY_S:
+                log.info("joined %s; waiting for the other hosts", self.leader)
+                last_progress = time.monotonic()
+            self.interrupt.wait(PROGRESS_EVERY_S)
+        return self._dropped
 
     def _connect(self, deadline: float, start: float) -> tuple[socket.socket, str]:
         delay, last_progress, why = 0.05, start, ""
         while True:
             try:
                 for family, sockaddr in resolve(self.leader, self.port):
+                    self.interrupt.check()
                     sock = socket.socket(family, socket.SOCK_STREAM)
                     try:
-                        sock.settimeout(max(0.5, min(5.0, deadline - time.monotonic())))
+                        left = deadline - time.monotonic()
+                        sock.settimeout(max(0.5, min(CONNECT_TIMEOUT_S, left)))
                         sock.connect(sockaddr)
                     except OSError as e:
                         sock.close()
@@ -173,7 +273,7 @@ class Follower(Member):
             if now - last_progress >= PROGRESS_EVERY_S:
                 log.info("waiting for the leader %s:%d (%s)", self.leader, self.port, why)
                 last_progress = now
-            time.sleep(min(delay, max(deadline - now, 0)))
+            self.interrupt.wait(min(delay, max(deadline - now, 0)))
             delay = min(delay * 2, 1.0)
 
     def _on_message(self, conn: Connection, message: Message) -> None:
@@ -182,12 +282,10 @@ class Follower(Member):
         if kind == "plan":
             with self._wake:
                 self._plan = message
-                self._wake.notify_all()
+            self.interrupt.nudge()
         elif kind == "abort":
             code = message_code(message, EXIT_FAILURE) or EXIT_FAILURE
             self._abort_locally(code, str(message.get("reason", "")))
-            with self._wake:
-                self._wake.notify_all()
         elif kind == "result":
             self.decision.decide(message_code(message, 0), str(message.get("reason", "")))
         elif kind != "heartbeat":
@@ -199,7 +297,7 @@ class Follower(Member):
                 return
             if self._plan is None:  # not a failure yet: join() reconnects
                 self._dropped = why or "closed"
-                self._wake.notify_all()
+                self.interrupt.nudge()
                 return
         self._abort_locally(EXIT_FAILURE, f"lost the leader {self.leader} ({why})")
 
@@ -223,9 +321,24 @@ class Follower(Member):
         return conn is not None and conn.send(message)
 
     def failed(self, exit_code: int, reason: str) -> None:
-        """This host's ranks failed: tell the leader, which aborts everyone else."""
+        """This host's ranks failed: tell the leader, which aborts everyone else. `reason` is
+        clipped to `wire.MAX_TEXT` bytes on the wire (the local decision keeps it whole)."""
         if self.decision.decide(exit_code, reason) and self._conn is not None:
-            self._conn.send({"type": "failed", "code": exit_code, "reason": reason})
+            self._conn.send({"type": "failed", "code": exit_code, "reason": wire.clip(reason)})
+
+    def stopped(self, signum: int) -> None:
+        """Stopped while meeting: FAILED {128+N, reason, host, signal} to the leader (which
+        aborts every other host), then wait (at most `STOP_LINGER_S`) for the leader to close
+        the connection, so the words are read before this host leaves; then close."""
+        code, reason = signal_exit_code(signum), stop_reason(signum, self.host)
+        self._stop.set()  # from now on a closed connection is this host leaving, not a loss
+        conn = self._conn
+        if self.decision.decide(code, reason) and conn is not None and not conn.closed:
+            log.error("%s: telling the leader", reason)
+            message = {"type": "failed", "code": code, "reason": reason, "host": self.host}
+            conn.send({**message, "signal": signal_name(signum)})
+            conn.finish(STOP_LINGER_S)
+        self.close()
 
     def barrier(self) -> tuple[int, str]:
         """After local success: report DONE and wait for the job's result."""

@@ -9,24 +9,34 @@ finish the job with exit 0. After every test no channel thread may be left runni
 from __future__ import annotations
 
 import contextlib
+import hashlib
+import hmac
+import json
 import logging
+import os
 import queue
+import re
+import signal
 import socket
 import struct
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import pytest
 
 from launcher import leader as leader_mod
-from launcher import rendezvous, wire
+from launcher import local, rendezvous, wire
 from launcher.channel import Message
-from launcher.errors import JobAborted, PeersUnreachable
+from launcher.errors import JobAborted, PeersUnreachable, StopRequested
 from launcher.leader import Leader
-from launcher.rendezvous import Follower, Peer
+from launcher.meet import Interrupt, MeetRequest, MeetStopped, listen_address, meet
+from launcher.rendezvous import Follower, Peer, PeerMessage
 from launcher.supervise import RemoteAbort
 
 pytestmark = pytest.mark.timeout(60)
@@ -111,9 +121,12 @@ class Job:
             port=self.port if port is None else port,
         )
 
-    def join(self, host: str, deadline_s: float = WAIT_S, slots: int = 2) -> Follower:
-        """Start a follower's join() in a thread, as its launcher would."""
-        member = self.followers[host] = self.follower(host, port=self.leader.port)
+    def join(
+        self, host: str, deadline_s: float = WAIT_S, slots: int = 2, port: int | None = None
+    ) -> Follower:
+        """Start a follower's join() in a thread, as its launcher would (through `port`, e.g.
+        a `Tap`, when given)."""
+        member = self.followers[host] = self.follower(host, port=port)
 
         def run() -> None:
             try:
@@ -145,8 +158,8 @@ class Job:
         self.leader.close()
 
 
-@pytest.fixture
-def job() -> Iterator[Job]:
+def make_leader() -> Leader:
+    """A started leader for HOSTS on an ephemeral port."""
     leader = Leader(
         key=KEY,
         host="algo-1",
@@ -156,7 +169,20 @@ def job() -> Iterator[Job]:
         port=0,
     )
     leader.start()
-    running = Job(leader)
+    return leader
+
+
+def wait_until(condition: Callable[[], bool], timeout: float = WAIT_S) -> None:
+    """Poll with a deadline (never a fixed sleep)."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.01)
+
+
+@pytest.fixture
+def job() -> Iterator[Job]:
+    running = Job(make_leader())
     yield running
     running.close()
 
@@ -165,6 +191,162 @@ def rogue(port: int) -> socket.socket:
     sock = socket.create_connection(("127.0.0.1", port), timeout=WAIT_S)
     sock.settimeout(WAIT_S)
     return sock
+
+
+class RawEnd:
+    """One end of a control connection scripted by hand over a raw socket, speaking the wire
+    protocol exactly: it sends its challenge at once, binds its frames to the peer's once that
+    arrives, and checks what it reads. A fake leader, or a follower that says only what the
+    test wants (it holds the job key)."""
+
+    def __init__(self, sock: socket.socket, key: bytes = KEY) -> None:
+        self.sock = sock
+        self.key = key
+        self.nonce = wire.new_nonce()
+        self.reader = wire.FrameReader(key, self.nonce)
+        self.writer: wire.FrameWriter | None = None
+        self.inbox: list[Message] = []
+        self.sent = bytearray()  # every byte this end sent, for replays
+        self.raw_send(wire.challenge(self.nonce, key))
+
+    @classmethod
+    def connect(cls, port: int, key: bytes = KEY) -> RawEnd:
+        end = cls(rogue(port), key)
+        end.open()
+        return end
+
+    def raw_send(self, data: bytes) -> None:
+        self.sent += data
+        self.sock.sendall(data)
+
+    def _read(self) -> bool:
+        data = self.sock.recv(65536)
+        for message in self.reader.feed(data):
+            if message["type"] == wire.CHALLENGE:
+                self.writer = wire.FrameWriter(self.key, message["nonce"])
+            else:
+                self.inbox.append(message)
+        return bool(data)
+
+    def open(self) -> None:
+        """Read until the peer's challenge is in."""
+        while self.writer is None:
+            assert self._read(), "the peer closed before its challenge"
+
+    def receive(self) -> list[Message]:
+        """The messages read so far and at least one more; [] at EOF."""
+        while not self.inbox and self._read():
+            pass
+        got, self.inbox = self.inbox, []
+        return got
+
+    def send(self, message: Message) -> None:
+        assert self.writer is not None, "open() first"
+        self.raw_send(self.writer.encode(message))
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+def frames(data: bytes) -> list[bytes]:
+    """Recorded bytes cut into frames."""
+    out, i = [], 0
+    while i + 4 <= len(data):
+        (length,) = struct.unpack_from(">I", data, i)
+        out.append(data[i : i + 4 + length])
+        i += 4 + length
+    return out
+
+
+def complete(frame: bytes) -> bool:
+    return len(frame) >= 4 and len(frame) == 4 + struct.unpack_from(">I", frame)[0]
+
+
+def frame_type(frame: bytes) -> str:
+    return str(json.loads(frame[36:])["type"])
+
+
+class Tap:
+    """A relay on loopback between followers and the leader: records every byte each way
+    (`up`: follower to leader, `down`: leader to follower) per connection, and can inject
+    bytes into the upstream of the live one, as an attacker on the path could."""
+
+    def __init__(self, port: int) -> None:
+        self.server = socket.create_server(("127.0.0.1", 0))
+        self.port = int(self.server.getsockname()[1])
+        self.up: list[bytearray] = []
+        self.down: list[bytearray] = []
+        self._upstreams: list[socket.socket] = []
+        self._socks: list[socket.socket] = []
+        self._threads: list[threading.Thread] = []
+        self._lock = threading.Lock()
+        self._spawn(self._serve, port)
+
+    def _spawn(self, target: Callable[..., None], *args: object) -> None:
+        thread = threading.Thread(target=target, args=args, daemon=True, name="test-tap")
+        thread.start()
+        self._threads.append(thread)
+
+    def _serve(self, port: int) -> None:
+        while True:
+            try:
+                client, _ = self.server.accept()
+            except OSError:
+                return
+            upstream = socket.create_connection(("127.0.0.1", port))
+            self._socks += [client, upstream]
+            self._upstreams.append(upstream)
+            self.up.append(bytearray())
+            self.down.append(bytearray())
+            self._spawn(self._pump, client, upstream, self.up[-1])
+            self._spawn(self._pump, upstream, client, self.down[-1])
+
+    def _pump(self, src: socket.socket, dst: socket.socket, record: bytearray) -> None:
+        """Relay whole frames only, under the lock `inject` takes: an injected frame always
+        lands between two frames, never inside one."""
+        pending = bytearray()
+        with contextlib.suppress(OSError):
+            while data := src.recv(65536):
+                record += data
+                pending += data
+                whole = len(b"".join(f for f in frames(bytes(pending)) if complete(f)))
+                if whole:
+                    with self._lock:
+                        dst.sendall(pending[:whole])
+                    del pending[:whole]
+        with contextlib.suppress(OSError):
+            dst.shutdown(socket.SHUT_WR)
+
+    def inject(self, data: bytes) -> None:
+        """Bytes into the live connection's upstream, between two of the follower's frames."""
+        with self._lock:
+            self._upstreams[-1].sendall(data)
+
+    def close(self) -> None:
+        with contextlib.suppress(OSError):
+            self.server.shutdown(socket.SHUT_RDWR)
+        self.server.close()
+        for sock in self._socks:
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
+            sock.close()
+        for thread in self._threads:
+            thread.join(WAIT_S)
+
+
+def closed_by_leader(sock: socket.socket) -> bool:
+    """Whether the leader has closed this connection already (it sent its challenge first)."""
+    sock.settimeout(0.01)
+    try:
+        while sock.recv(4096):
+            pass
+    except TimeoutError:
+        return False
+    except ConnectionResetError:
+        pass
+    finally:
+        sock.close()
+    return True
 
 
 def refused(sock: socket.socket) -> bool:
@@ -218,7 +400,7 @@ def test_hosts_meet_get_one_plan_and_leave_together(job: Job, logs: Records) -> 
     for host in ("algo-2", "algo-3"):
         plan, addr = results[host]
         assert plan["hosts"] == [["algo-1", 1], ["algo-2", 2], ["algo-3", 4]]
-        assert (plan["master_port"], plan["run_id"], plan["v"]) == (29500, "r1", 1)
+        assert (plan["master_port"], plan["run_id"], plan["v"]) == (29500, "r1", 2)
         assert addr in ("127.0.0.1", "::1")
     logs.wait_for("host algo-2 joined with 2 slot(s)")
     finish(job)
@@ -350,9 +532,9 @@ def test_a_follower_that_disconnects_after_the_plan_is_lost(job: Job) -> None:
 
 def hello_then_silence(port: int, host: str) -> socket.socket:
     """An authenticated follower that says HELLO and then never speaks again (a hung host)."""
-    sock = rogue(port)
-    sock.sendall(wire.encode({"type": "hello", "host": host, "slots": 1}, KEY))
-    return sock
+    end = RawEnd.connect(port)
+    end.send({"type": "hello", "host": host, "slots": 1})
+    return end.sock
 
 
 def test_a_silent_follower_is_lost_after_the_heartbeat_timeout(job: Job, logs: Records) -> None:
@@ -392,10 +574,9 @@ def test_a_silent_leader_is_lost_by_its_followers() -> None:
     def fake_leader() -> None:
         conn, _ = server.accept()
         accepted.append(conn)
-        reader = wire.FrameReader(KEY)
-        while not reader.feed(conn.recv(4096)):
-            pass
-        conn.sendall(wire.encode({"type": "plan", "hosts": [], "master_port": 1}, KEY))
+        end = RawEnd(conn)
+        assert end.receive()[0]["type"] == "hello"
+        end.send({"type": "plan", "hosts": [], "master_port": 1})
 
     thread = threading.Thread(target=fake_leader, daemon=True)
     thread.start()
@@ -432,14 +613,12 @@ def test_a_connection_dropped_before_the_plan_is_retried_not_fatal(logs: Records
         for attempt in range(2):
             conn, _ = server.accept()
             with conn:
-                reader = wire.FrameReader(KEY)
-                got: list[Message] = []
-                while not got:
-                    got = reader.feed(conn.recv(4096))
-                hellos.extend(got)
+                end = RawEnd(conn)
+                hellos.extend(end.receive())
                 if attempt == 1:
-                    conn.sendall(wire.encode({"type": "plan", "hosts": [["algo-1", 1]]}, KEY))
-                    conn.recv(4096)  # until the follower closes
+                    end.send({"type": "plan", "hosts": [["algo-1", 1]]})
+                    while end.receive():  # until the follower closes
+                        pass
 
     thread = threading.Thread(target=fake_leader, daemon=True)
     thread.start()
@@ -482,10 +661,7 @@ Rogue = Callable[[int], socket.socket]
 
 
 def wrong_token(port: int) -> socket.socket:
-    sock = rogue(port)
-    other = wire.job_key("another job")
-    sock.sendall(wire.encode({"type": "hello", "host": "algo-2", "slots": 1}, other))
-    return sock
+    return RawEnd(rogue(port), wire.job_key("another job")).sock
 
 
 def garbage(port: int) -> socket.socket:
@@ -500,27 +676,29 @@ def oversized(port: int) -> socket.socket:
     return sock
 
 
-def unknown_host(port: int) -> socket.socket:
+def saying(message: Message) -> Rogue:
+    """A rogue that holds the job key and sends `message` first."""
+
+    def make(port: int) -> socket.socket:
+        end = RawEnd.connect(port)
+        end.send(message)
+        return end.sock
+
+    return make
+
+
+def version_1(port: int) -> socket.socket:
+    """A launcher of the previous protocol: a v1 HELLO, no challenge."""
     sock = rogue(port)
-    sock.sendall(wire.encode({"type": "hello", "host": "algo-9", "slots": 1}, KEY))
+    payload = json.dumps({"v": 1, "type": "hello", "host": "algo-2", "slots": 1}).encode()
+    tag = hmac.new(KEY, payload, hashlib.sha256).digest()
+    sock.sendall(struct.pack(">I", len(tag + payload)) + tag + payload)
     return sock
 
 
-def bad_slots(port: int) -> socket.socket:
+def frame_before_challenge(port: int) -> socket.socket:
     sock = rogue(port)
-    sock.sendall(wire.encode({"type": "hello", "host": "algo-3", "slots": True}, KEY))
-    return sock
-
-
-def failed_before_hello(port: int) -> socket.socket:
-    sock = rogue(port)
-    sock.sendall(wire.encode({"type": "failed", "code": 1, "reason": "forged"}, KEY))
-    return sock
-
-
-def leader_name(port: int) -> socket.socket:
-    sock = rogue(port)
-    sock.sendall(wire.encode({"type": "hello", "host": "algo-1", "slots": 1}, KEY))
+    sock.sendall(wire.FrameWriter(KEY, wire.new_nonce()).encode({"type": "hello"}))
     return sock
 
 
@@ -528,10 +706,15 @@ ROGUES: dict[str, tuple[Rogue, str]] = {
     "wrong token": (wrong_token, "bad authentication tag"),
     "garbage": (garbage, "frame length 1195725856 outside"),  # b"GET " as a length
     "oversized frame": (oversized, f"frame length {wire.MAX_FRAME + 1} outside"),
-    "unknown host": (unknown_host, "not a host of this job"),
-    "bad slot count": (bad_slots, "bad slot count"),
-    "message before hello": (failed_before_hello, "'failed' before hello"),
-    "the leader's own name": (leader_name, "not a host of this job"),
+    "unknown host": (saying({"type": "hello", "host": "algo-9", "slots": 1}), "not a host"),
+    "bad slot count": (saying({"type": "hello", "host": "algo-3", "slots": True}), "bad slot"),
+    "message before hello": (saying({"type": "failed", "code": 1}), "'failed' before hello"),
+    "the leader's own name": (
+        saying({"type": "hello", "host": "algo-1", "slots": 1}),
+        "not a host of this job",
+    ),
+    "the previous protocol": (version_1, "protocol version 1, expected 2"),
+    "no challenge": (frame_before_challenge, "'hello' frame before the peer's challenge"),
 }
 
 
@@ -572,7 +755,7 @@ def test_half_open_and_trickling_connections_are_dropped_at_the_hello_deadline(
     start = time.monotonic()
     silent = rogue(job.port)
     trickle = rogue(job.port)
-    frame = wire.encode({"type": "hello", "host": "algo-2", "slots": 1}, KEY)
+    frame = wire.challenge(wire.new_nonce(), KEY)
 
     def drip() -> None:  # one byte every 0.1 s: each recv succeeds, the frame never completes
         with contextlib.suppress(OSError):
@@ -604,16 +787,615 @@ def test_a_flood_beyond_max_pending_cannot_lock_out_a_real_host(job: Job, logs: 
     # Not after the 10 s HELLO timeout of the idle connections: new ones evict the oldest.
     assert time.monotonic() - start < 3.0
     assert all(isinstance(r, tuple) for r in job.joined().values())
-    evicted = 0
-    for sock in flood:
-        sock.settimeout(0.01)
-        try:
-            evicted += sock.recv(1) == b""
-        except TimeoutError:
-            pass
-        except ConnectionResetError:
-            evicted += 1
-        sock.close()
+    evicted = sum(closed_by_leader(sock) for sock in flood)
     assert evicted >= 36
     finish(job)
     assert not events(job.leader.events)
+
+
+# --- replays (issue 12, point 5) --------------------------------------------------------------
+
+
+def test_a_hello_recorded_on_another_connection_is_refused_and_logged(
+    job: Job, logs: Records
+) -> None:
+    """A HELLO (with its connection's opening) recorded and sent again on a new connection,
+    while the host's place is free: before, the replayer took the host's place."""
+    genuine = RawEnd.connect(job.port)
+    genuine.send({"type": "hello", "host": "algo-2", "slots": 1})
+    logs.wait_for("host algo-2 joined")
+    genuine.close()
+    logs.wait_for("host algo-2 left before the job started")
+    replayer = rogue(job.port)
+    replayer.sendall(bytes(genuine.sent))
+    assert refused(replayer)
+    logs.wait_for("dropped a control connection", "'hello' frame bound to another connection")
+    assert sum("host algo-2 joined" in line for line in logs.lines) == 1  # the genuine one only
+    job.join("algo-2")
+    job.join("algo-3")
+    job.meet()
+    assert all(isinstance(r, tuple) for r in job.joined().values())
+    finish(job)
+    assert not events(job.leader.events)
+
+
+def test_a_whole_job_replayed_to_the_next_job_with_the_same_token_gets_nowhere(
+    logs: Records,
+) -> None:
+    """Followers' real streams (challenge, HELLO, heartbeats, DONE) recorded on the path and
+    replayed to a later job that shares the token (a derived token: same job name, same
+    hosts): nothing of them is accepted, and that job's real hosts are not disturbed."""
+    taps: dict[str, Tap] = {}
+    first = Job(make_leader())
+    try:
+        for host in ("algo-2", "algo-3"):
+            taps[host] = Tap(first.port)
+            first.join(host, port=taps[host].port)
+        first.meet()
+        first.joined()
+        finish(first)
+    finally:
+        first.close()
+        for tap in taps.values():
+            tap.close()
+    recorded = bytes(taps["algo-2"].up[0])
+    assert [frame_type(f) for f in frames(recorded)][:2] == ["challenge", "hello"]
+    assert "done" in [frame_type(f) for f in frames(recorded)]
+    second = Job(make_leader())
+    try:
+        replayer = rogue(second.port)
+        replayer.sendall(recorded)
+        assert refused(replayer)
+        logs.wait_for("'hello' frame bound to another connection (replayed?)")
+        second.join("algo-2")
+        second.join("algo-3")
+        second.meet()
+        assert all(isinstance(r, tuple) for r in second.joined().values())
+        finish(second)
+        assert not events(second.leader.events)
+    finally:
+        second.close()
+
+
+@pytest.mark.parametrize("kind", ["hello", "heartbeat"])
+def test_a_frame_replayed_within_its_connection_is_refused_and_logged(
+    job: Job, logs: Records, kind: str
+) -> None:
+    """An attacker on the path repeats one of a joined follower's own frames: refused, and
+    since the stream can no longer be trusted the host is lost (the job aborts loudly)."""
+    tap = Tap(job.port)
+    try:
+        job.join("algo-2", port=tap.port)
+        job.join("algo-3")
+        job.meet()
+        job.joined()
+        wait_until(lambda: kind in [frame_type(f) for f in frames(bytes(tap.up[0]))])
+        copy = next(f for f in frames(bytes(tap.up[0])) if frame_type(f) == kind)
+        tap.inject(copy)
+        event = wait_event(job.leader.events)
+        assert isinstance(event, RemoteAbort)
+        assert event.reason.startswith(f"host algo-2 was lost (protocol error: '{kind}' frame")
+        assert "(replayed?)" in event.reason
+    finally:
+        tap.close()
+
+
+def test_a_leaders_frames_replayed_to_a_follower_are_refused(job: Job, logs: Records) -> None:
+    """The other direction: what a leader sent on one connection (its PLAN among it), played
+    to a follower by a fake leader, is bound to another follower nonce: no plan is taken."""
+    tap = Tap(job.port)
+    try:
+        job.join("algo-2", port=tap.port)
+        job.join("algo-3")
+        job.meet()
+        job.joined()
+        finish(job)
+    finally:
+        job.close()
+        tap.close()
+    recorded = bytes(tap.down[0])
+    assert "plan" in [frame_type(f) for f in frames(recorded)]
+    server = socket.create_server(("127.0.0.1", 0))
+    member = Follower(
+        key=KEY,
+        host="algo-2",
+        heartbeat_timeout_s=HEARTBEAT_S,
+        events=queue.SimpleQueue(),
+        leader="127.0.0.1",
+        port=int(server.getsockname()[1]),
+    )
+
+    def fake_leader() -> None:
+        with contextlib.suppress(OSError):
+            conn, _ = server.accept()
+            with conn:
+                conn.sendall(recorded)
+                with contextlib.suppress(OSError):
+                    while conn.recv(4096):
+                        pass
+
+    thread = threading.Thread(target=fake_leader, daemon=True)
+    thread.start()
+    try:
+        with pytest.raises(PeersUnreachable):
+            member.join(time.monotonic() + 1.5, 1)
+    finally:
+        member.close()
+        server.close()
+        thread.join(WAIT_S)
+    assert member.plan == {}
+    logs.wait_for("lost the leader 127.0.0.1 before the plan", "bound to another connection")
+
+
+# --- free text of any size (issue 12, point 5) ------------------------------------------------
+
+HUGE = "ValueError: " + "x" * 10_000_000  # a 10 MB root cause
+
+
+def test_a_10_mb_root_cause_from_a_follower_reaches_every_host_clipped(job: Job) -> None:
+    job.join("algo-2")
+    job.join("algo-3")
+    job.meet()
+    job.joined()
+    job.followers["algo-3"].failed(7, HUGE)  # before: ValueError out of failed()
+    event = wait_event(job.leader.events)
+    assert isinstance(event, RemoteAbort) and event.exit_code == 7
+    assert event.reason == wire.clip(HUGE)
+    assert len(event.reason.encode()) <= wire.MAX_TEXT
+    assert event.reason.startswith("ValueError: xxx")
+    assert event.reason.endswith(" bytes]") and "... [truncated " in event.reason
+    assert wait_event(job.followers["algo-2"].events) == event
+    # No connection was lost: the barrier still reports the job's result to everyone.
+    job.followers["algo-3"].close()
+    assert job.followers["algo-2"].barrier() == (7, event.reason)
+    assert job.leader.barrier() == (7, wire.clip(HUGE))
+
+
+def test_a_10_mb_root_cause_from_the_leader_reaches_every_follower_clipped(job: Job) -> None:
+    job.join("algo-2")
+    job.join("algo-3")
+    job.meet()
+    job.joined()
+    job.leader.failed(1, HUGE)
+    for host in ("algo-2", "algo-3"):
+        assert wait_event(job.followers[host].events) == RemoteAbort(wire.clip(HUGE), 1)
+    assert job.leader.decision.reason == HUGE  # the local decision keeps it whole
+
+
+def test_a_message_too_large_for_a_frame_is_dropped_not_the_connection(
+    job: Job, logs: Records
+) -> None:
+    job.join("algo-2")
+    job.join("algo-3")
+    job.meet()
+    job.joined()
+    assert job.followers["algo-2"].send({"type": "sshd", "blob": "x" * wire.MAX_FRAME}) is False
+    logs.wait_for("control message 'sshd' to localhost not sent", "exceeds")
+    assert job.followers["algo-2"].send({"type": "sshd", "blob": "small"}) is True
+    event = wait_event(job.leader.events)
+    assert isinstance(event, PeerMessage) and event.message["blob"] == "small"
+    finish(job)
+
+
+# --- rogue floods are summarised (issue 12, point 5) ------------------------------------------
+
+
+def refusal_lines(logs: Records) -> list[str]:
+    starts = ("refused", "dropped a control connection", "more than ")
+    return [line for line in logs.lines if line.startswith(starts)]
+
+
+def test_a_flood_of_rogue_connections_is_logged_as_a_few_summary_lines(
+    job: Job, logs: Records
+) -> None:
+    """300 rogues of five kinds in a burst: the first is logged in full, the rest are counted
+    into at most one summary line per REFUSAL_LOG_EVERY_S (and one at close), by kind and peer.
+    Before, each one was a line of its own."""
+    makers: list[Rogue] = [
+        wrong_token,
+        garbage,
+        oversized,
+        frame_before_challenge,
+        saying({"type": "hello", "host": "algo-9", "slots": 1}),
+    ]
+    start = time.monotonic()
+    for i in range(300):
+        assert refused(makers[i % len(makers)](job.port))
+    elapsed = time.monotonic() - start
+    assert elapsed < 30
+    job.join("algo-2")
+    job.join("algo-3")
+    job.meet()
+    finish(job)
+    during = refusal_lines(logs)
+    assert 1 <= len(during) <= 1 + elapsed / leader_mod.REFUSAL_LOG_EVERY_S + 1, during
+    job.leader.close()  # flushes what was counted since the last line
+    lines = refusal_lines(logs)
+    assert len(lines) <= len(during) + 1
+    summaries = [re.match(r"refused (\d+) more control connection\(s\) in", x) for x in lines]
+    counted = sum(int(m[1]) for m in summaries if m)
+    assert counted + (len(lines) - sum(1 for m in summaries if m)) == 300
+    last = lines[-1]
+    assert "from 127.0.0.1 (" in last
+    for kind in ("bad token", "bad length", "no challenge", "invalid hello"):
+        assert kind in " ".join(lines)
+
+
+def test_refusals_are_counted_by_kind_and_peer_between_lines(logs: Records) -> None:
+    now = [0.0]
+    refusals = leader_mod.Refusals(every=5.0, clock=lambda: now[0])
+    refusals.record("bad token", "10.0.0.1", "first: in full")
+    for i in range(20):
+        refusals.record("bad token" if i % 2 else "garbage", f"10.0.0.{i % 7 + 1}", "detail")
+    assert logs.lines == ["first: in full"]
+    now[0] = 5.0
+    refusals.flush()
+    assert len(logs.lines) == 2
+    assert logs.lines[1].startswith("refused 20 more control connection(s) in 5.0 s: ")
+    assert (
+        "10 bad token, 10 garbage" in logs.lines[1] or "10 garbage, 10 bad token" in logs.lines[1]
+    )
+    assert "and 2 other address(es)" in logs.lines[1]  # 7 peers, 5 named
+    now[0] = 11.0
+    refusals.record("silent", "10.0.0.9", "a quiet minute later: in full again")
+    assert logs.lines[-1] == "a quiet minute later: in full again"
+    refusals.flush(force=True)
+    assert len(logs.lines) == 3  # nothing counted since
+
+
+# --- the control port on loopback (issue 12, point 5) -----------------------------------------
+
+
+def free_tcp_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def meet_request(host: str, hosts: tuple[str, ...], port: int, **kw: Any) -> MeetRequest:
+    return MeetRequest(
+        host=host,
+        hosts=hosts,
+        slots=1,
+        control_port=port,
+        master_port=29500,
+        peer_timeout_s=kw.pop("peer_timeout_s", 30.0),
+        heartbeat_timeout_s=HEARTBEAT_S,
+        job_name="meet-test",
+        token=TOKEN,
+        leader_addr=kw.pop("leader_addr", "127.0.0.1"),
+        **kw,
+    )
+
+
+@pytest.mark.parametrize(
+    ("addr", "bound"),
+    [
+        ("127.0.0.1", "127.0.0.1"),
+        ("127.0.0.2", "127.0.0.2"),
+        ("::1", "::1"),
+        ("", ""),
+        ("10.1.2.3", ""),
+        ("algo-1", ""),
+        ("localhost", ""),
+    ],
+)
+def test_the_leader_listens_on_loopback_only_when_the_hosts_reach_it_there(
+    addr: str, bound: str
+) -> None:
+    assert listen_address(meet_request("algo-1", HOSTS, 1, leader_addr=addr)) == bound
+
+
+def test_launcher_local_hosts_reach_the_leader_at_loopback(tmp_path: Path) -> None:
+    job = local.LocalJob(tmp_path, ("algo-1", "algo-2"))
+    env = local.host_env(job, "algo-2", 7787, "secret")
+    addr = env["LAUNCHER_LEADER_ADDR"]
+    assert listen_address(meet_request("algo-1", HOSTS, 7787, leader_addr=addr)) == "127.0.0.1"
+
+
+def test_a_leader_reached_at_127_0_0_1_listens_there_only() -> None:
+    leader = Leader(
+        key=KEY,
+        host="algo-1",
+        heartbeat_timeout_s=HEARTBEAT_S,
+        events=queue.SimpleQueue(),
+        expected=HOSTS,
+        bind=listen_address(meet_request("algo-1", HOSTS, 0)),
+    )
+    leader.start()
+    try:
+        assert leader._server is not None
+        assert leader._server.getsockname()[0] == "127.0.0.1"
+        assert leader._server.family == socket.AF_INET
+    finally:
+        leader.close()
+
+
+# --- a stop signal while the hosts meet (issue 12, point 3) -----------------------------------
+
+
+@dataclass
+class Meeting:
+    """`meet` of several hosts, each in a thread, with its own `Interrupt`."""
+
+    hosts: tuple[str, ...]
+    port: int = field(default_factory=free_tcp_port)
+    interrupts: dict[str, Interrupt] = field(default_factory=dict)
+    results: dict[str, Any] = field(default_factory=dict)  # host -> (world, member) | error
+    ended: dict[str, float] = field(default_factory=dict)
+    threads: list[threading.Thread] = field(default_factory=list)
+
+    def start(self, host: str) -> None:
+        interrupt = self.interrupts[host] = Interrupt()
+
+        def run() -> None:
+            try:
+                self.results[host] = meet(
+                    meet_request(host, self.hosts, self.port), queue.SimpleQueue(), 29500, interrupt
+                )
+            except Exception as e:  # the test inspects it
+                self.results[host] = e
+            self.ended[host] = time.monotonic()
+
+        thread = threading.Thread(target=run, name=f"test-meet-{host}", daemon=True)
+        thread.start()
+        self.threads.append(thread)
+
+    def wait(self) -> dict[str, Any]:
+        for thread in self.threads:
+            thread.join(WAIT_S)
+            assert not thread.is_alive(), f"{thread.name} still meeting"
+        return self.results
+
+    def close(self) -> None:
+        for result in self.results.values():
+            if isinstance(result, tuple):
+                result[1].close()
+
+
+@pytest.fixture
+def meeting() -> Iterator[Callable[[tuple[str, ...]], Meeting]]:
+    made: list[Meeting] = []
+
+    def make(hosts: tuple[str, ...]) -> Meeting:
+        made.append(Meeting(hosts))
+        return made[-1]
+
+    yield make
+    for m in made:
+        for interrupt in m.interrupts.values():  # nobody may be left waiting
+            interrupt.post(signal.SIGKILL)
+        m.wait()
+        m.close()
+
+
+FOUR = ("algo-1", "algo-2", "algo-3", "algo-4")  # algo-4 never comes: the others meet on
+
+
+def test_a_follower_stopped_while_meeting_stops_every_host_at_once(
+    meeting: Callable[[tuple[str, ...]], Meeting], logs: Records
+) -> None:
+    m = meeting(FOUR)
+    for host in FOUR[:3]:
+        m.start(host)
+    logs.wait_for("host algo-2 joined")
+    logs.wait_for("host algo-3 joined")
+    stopped = time.monotonic()
+    m.interrupts["algo-2"].post(signal.SIGTERM)
+    results = m.wait()
+    cause = "the job was stopped by SIGTERM on algo-2 while the hosts were meeting"
+    mine = results["algo-2"]
+    assert isinstance(mine, MeetStopped) and isinstance(mine, StopRequested)
+    assert (mine.exit_code, mine.signum, str(mine)) == (143, signal.SIGTERM, cause)
+    for host in ("algo-1", "algo-3"):
+        error = results[host]
+        assert isinstance(error, JobAborted), error
+        assert (error.exit_code, str(error)) == (143, cause)
+    # Not the 30 s peer timeout: everyone knew at once.
+    assert max(m.ended.values()) - stopped < 5.0
+    logs.wait_for("host algo-2 failed: " + cause)
+
+
+def test_the_leader_stopped_while_meeting_stops_every_host_at_once(
+    meeting: Callable[[tuple[str, ...]], Meeting], logs: Records
+) -> None:
+    m = meeting(FOUR)
+    for host in FOUR[:3]:
+        m.start(host)
+    logs.wait_for("host algo-2 joined")
+    logs.wait_for("host algo-3 joined")
+    stopped = time.monotonic()
+    m.interrupts["algo-1"].post(signal.SIGINT)
+    results = m.wait()
+    cause = "the job was stopped by SIGINT on algo-1 while the hosts were meeting"
+    mine = results["algo-1"]
+    assert isinstance(mine, MeetStopped) and (mine.exit_code, str(mine)) == (130, cause)
+    for host in ("algo-2", "algo-3"):
+        error = results[host]
+        assert isinstance(error, JobAborted), error
+        assert (error.exit_code, str(error)) == (130, cause)
+    assert max(m.ended.values()) - stopped < 5.0
+
+
+def test_the_leaders_abort_names_the_host_and_the_signal(logs: Records) -> None:
+    """What a follower receives on the wire when the leader is stopped."""
+    port = free_tcp_port()
+    interrupt = Interrupt()
+    outcome: list[object] = []
+
+    def lead() -> None:
+        try:
+            meet(meet_request("algo-1", HOSTS, port), queue.SimpleQueue(), 29500, interrupt)
+        except MeetStopped as e:
+            outcome.append(e)
+
+    thread = threading.Thread(target=lead, daemon=True)
+    thread.start()
+    end = None
+    deadline = time.monotonic() + WAIT_S
+    while end is None:
+        try:
+            end = RawEnd.connect(port)
+        except ConnectionRefusedError:
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+    end.send({"type": "hello", "host": "algo-2", "slots": 1})
+    logs.wait_for("host algo-2 joined")
+    interrupt.post(signal.SIGTERM)
+    got = [m for m in end.receive() if m["type"] != "heartbeat"]
+    assert got[0]["type"] == "abort"
+    assert (got[0]["code"], got[0]["host"], got[0]["signal"]) == (143, "algo-1", "SIGTERM")
+    end.close()
+    thread.join(WAIT_S)
+    assert len(outcome) == 1
+
+
+def sigterm_once_joined(logs: Records, host: str) -> None:
+    """SIGTERM to this process (its main thread is in `meet`) once `host` has joined."""
+    logs.wait_for(f"host {host} joined")
+    os.kill(os.getpid(), signal.SIGTERM)
+
+
+def test_a_real_sigterm_while_the_follower_waits_for_the_plan(
+    meeting: Callable[[tuple[str, ...]], Meeting], logs: Records
+) -> None:
+    """The signal handler posts to the Interrupt while `meet` blocks in this (the main)
+    thread: the handler takes no lock, the wait wakes at once."""
+    m = meeting(("algo-1", "algo-2", "algo-3"))
+    m.start("algo-1")
+    interrupt = Interrupt()
+    previous = signal.signal(signal.SIGTERM, lambda signum, frame: interrupt.post(signum))
+    killer = threading.Thread(target=sigterm_once_joined, args=(logs, "algo-2"), daemon=True)
+    try:
+        killer.start()
+        with pytest.raises(MeetStopped) as stopped:
+            meet(meet_request("algo-2", m.hosts, m.port), queue.SimpleQueue(), 29500, interrupt)
+        killed = time.monotonic()
+    finally:
+        killer.join(WAIT_S)
+        signal.signal(signal.SIGTERM, previous)
+    assert stopped.value.exit_code == 143
+    error = m.wait()["algo-1"]
+    assert isinstance(error, JobAborted) and error.exit_code == 143
+    assert m.ended["algo-1"] - killed < 5.0
+
+
+def test_a_stop_raised_by_a_signal_handler_inside_meet_is_told_to_the_others_too(
+    meeting: Callable[[tuple[str, ...]], Meeting], logs: Records
+) -> None:
+    """A handler that raises `StopRequested` in the waiting thread (as the launcher's
+    `raising_signals` does) instead of posting to the Interrupt: the others learn it as well."""
+    m = meeting(("algo-1", "algo-2", "algo-3"))
+    m.start("algo-1")
+
+    def raising(signum: int, frame: object) -> None:
+        raise StopRequested(signum, "algo-2")
+
+    previous = signal.signal(signal.SIGTERM, raising)
+    killer = threading.Thread(target=sigterm_once_joined, args=(logs, "algo-2"), daemon=True)
+    try:
+        killer.start()
+        with pytest.raises(MeetStopped) as stopped:
+            meet(meet_request("algo-2", m.hosts, m.port), queue.SimpleQueue(), 29500)
+        killed = time.monotonic()
+    finally:
+        killer.join(WAIT_S)
+        signal.signal(signal.SIGTERM, previous)
+    assert stopped.value.exit_code == 143
+    error = m.wait()["algo-1"]
+    assert isinstance(error, JobAborted) and error.exit_code == 143
+    assert str(error) == "the job was stopped by SIGTERM on algo-2 while the hosts were meeting"
+    assert m.ended["algo-1"] - killed < 5.0
+
+
+def test_a_follower_stopped_before_it_reached_the_leader_just_leaves(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    port = free_tcp_port()  # nobody listens
+    interrupt = Interrupt()
+    done: list[BaseException] = []
+    attempts: list[str] = []
+    real_resolve = rendezvous.resolve
+
+    def counting_resolve(host: str, port: int) -> list[tuple[int, tuple[str, int]]]:
+        attempts.append(host)
+        return real_resolve(host, port)
+
+    monkeypatch.setattr(rendezvous, "resolve", counting_resolve)
+
+    def follow() -> None:
+        try:
+            meet(meet_request("algo-2", HOSTS, port), queue.SimpleQueue(), 29500, interrupt)
+        except MeetStopped as e:
+            done.append(e)
+
+    thread = threading.Thread(target=follow, daemon=True)
+    thread.start()
+    wait_until(lambda: len(attempts) >= 3)  # refused a few times: backing off between tries
+    posted = time.monotonic()
+    interrupt.post(signal.SIGHUP)
+    thread.join(WAIT_S)
+    assert time.monotonic() - posted < 3.0
+    assert len(done) == 1 and isinstance(done[0], MeetStopped) and done[0].exit_code == 129
+
+
+# --- `launcher local`: the control port and the job token (issue 12, point 5) -----------------
+
+LAUNCHER = str(Path(sys.executable).with_name("launcher"))
+
+# Each rank records whether it sees the job token, and every listening socket its launcher
+# ancestors hold (the leader's control port among them, while the job runs).
+INSPECT = r"""
+import json, os, sys
+from pathlib import Path
+import psutil
+
+listening = []
+for ancestor in psutil.Process().parents():
+    try:
+        found = ancestor.net_connections(kind="inet")
+    except psutil.Error:  # init and other processes outside the job
+        continue
+    for c in found:
+        if c.status == psutil.CONN_LISTEN:
+            listening.append([ancestor.pid, c.laddr.ip, c.laddr.port])
+out = Path(sys.argv[sys.argv.index("--dir") + 1]) / f"rank-{os.environ['RANK']}.json"
+out.write_text(json.dumps({
+    "host": os.environ["SM_CURRENT_HOST"],
+    "token": os.environ.get("LAUNCHER_JOB_TOKEN"),
+    "listening": listening,
+}))
+"""
+
+
+@pytest.fixture
+def local_job(tmp_path: Path, no_leaks: object) -> dict[int, dict[str, Any]]:
+    """A real `launcher local --hosts 2` job of one rank per host running INSPECT; what each
+    rank saw, by rank."""
+    code = tmp_path / "code"
+    code.mkdir()
+    (code / "inspect_rank.py").write_text(INSPECT)
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    argv = [LAUNCHER, "local", "--hosts", "2", "--procs-per-host", "1"]
+    argv += ["--job-dir", str(tmp_path / "jobs"), str(code / "inspect_rank.py")]
+    argv += ["--dir", str(shared)]
+    env = {k: v for k, v in os.environ.items() if k != "LAUNCHER_JOB_TOKEN"}
+    proc = subprocess.run(argv, capture_output=True, text=True, timeout=60, check=False, env=env)
+    assert proc.returncode == 0, proc.stderr
+    return {int(p.stem.split("-")[1]): json.loads(p.read_text()) for p in shared.glob("rank-*")}
+
+
+def test_launcher_local_listens_on_loopback_only(local_job: dict[int, dict[str, Any]]) -> None:
+    """Before, the leader of a local job listened on every interface (::)."""
+    assert sorted(local_job) == [0, 1]
+    leader_side = local_job[0]["listening"]  # rank 0 runs under algo-1, the leader
+    assert leader_side, "the leader's control port was not found among its sockets"
+    assert {ip for _, ip, _ in leader_side} == {"127.0.0.1"}, leader_side
+
+
+def test_launcher_local_ranks_never_see_the_job_token(
+    local_job: dict[int, dict[str, Any]],
+) -> None:
+    assert sorted(local_job) == [0, 1]
+    assert [r["token"] for r in local_job.values()] == [None, None]

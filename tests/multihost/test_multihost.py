@@ -417,3 +417,38 @@ def test_sigterm_to_every_launcher_reaches_every_rank_and_exits_143(
     for launcher in job.launchers.values():
         assert "SIGTERM" in first_line(launcher.failure())
     job.assert_nothing_left()
+
+
+# --- a stop signal while the hosts meet (issue 12, point 3) --------------------------------------
+
+
+@pytest.mark.parametrize("stopped", ["algo-1", "algo-2"])
+def test_a_launcher_stopped_while_the_hosts_meet_stops_every_host_at_once(
+    cluster_factory: ClusterFactory, tmp_path: Path, stopped: str
+) -> None:
+    """algo-3 never comes, so algo-1 and algo-2 are meeting (peer timeout 30 s) when one of
+    them gets SIGTERM: it tells the other over the channel and both exit 143 at once, each
+    with the same root cause naming the host and the signal."""
+    cluster = cluster_factory(3)
+    job = Job(cluster, tmp_path, mode="noop")
+    job.start("algo-1")
+    job.start("algo-2")
+    leader = job.launchers["algo-1"]
+    deadline = time.monotonic() + 30
+    while "host algo-2 joined" not in leader.output():
+        assert time.monotonic() < deadline, job.report("algo-2 never joined")
+        assert all(launcher.proc.poll() is None for launcher in job.launchers.values())
+        time.sleep(0.05)
+    sent = time.monotonic()
+    job.launchers[stopped].proc.send_signal(signal.SIGTERM)
+    codes = job.wait_exits(15)
+    assert codes == {"algo-1": 143, "algo-2": 143}, job.report("expected 143 on both")
+    cause = f"the job was stopped by SIGTERM on {stopped} while the hosts were meeting"
+    for launcher in job.launchers.values():
+        assert first_line(launcher.failure()) == cause, job.report("root cause")
+        assert not launcher.succeeded
+        # Not the 30 s peer timeout: the other host learnt it over the channel.
+        assert launcher.exited_at is not None and launcher.exited_at - sent < 5
+    assert "Traceback" not in leader.output() + job.launchers["algo-2"].output()
+    assert not list(job.shared.glob("ready-*"))  # no rank started anywhere
+    job.assert_nothing_left()

@@ -147,3 +147,13 @@ def test_every_layout_gives_a_consistent_world(slots: list[int], cpus: int) -> N
     assert sorted(seen) == list(range(total))
     # Contiguous per host, in node order.
     assert seen == list(range(total))
+
+
+def test_the_job_token_never_reaches_a_rank() -> None:
+    job = JobSpec(("prog",), "/", Backend.TORCH)
+    world = World((HostSlots("h", 2, "127.0.0.1"),), 0, "127.0.0.1", 1234)
+    launch = plan.build(job, world, {"LAUNCHER_JOB_TOKEN": "s3cret", "PATH": "/bin"}, 2)
+    for spec in launch.ranks:
+        env = launch.full_env(spec)
+        assert "LAUNCHER_JOB_TOKEN" not in env
+        assert env["PATH"] == "/bin"

@@ -1,9 +1,10 @@
 """The control channel's frame format: what `FrameReader` accepts, and that nothing else gets in.
 
 The fuzz tests state the parser's whole contract: whatever bytes arrive, in whatever pieces,
-`feed` only ever returns valid messages of this job (authenticated, version 1, a JSON object
-with a string `type`) or raises `FrameError`; it never raises anything else and never buffers
-more than one maximal frame.
+`feed` only ever returns valid messages of this job and this connection (authenticated,
+version 2, a JSON object with a string `type`, the peer's challenge first, then frames bound
+to this end's nonce and numbered 1, 2, 3...) or raises `FrameError`; it never raises anything
+else, never buffers more than one maximal frame, and never delivers a frame twice.
 """
 
 from __future__ import annotations
@@ -23,6 +24,9 @@ from launcher import wire
 
 KEY = wire.job_key("job-token")
 OTHER_KEY = wire.job_key("another-job")
+MINE = "0" * 32  # the nonce of the reading end's challenge
+PEER = "f" * 32  # the nonce of the writing end's challenge
+OPENING = wire.challenge(PEER, KEY)  # what the writing end sends first
 
 
 def raw_frame(payload: bytes, key: bytes = KEY, length: int | None = None) -> bytes:
@@ -30,6 +34,34 @@ def raw_frame(payload: bytes, key: bytes = KEY, length: int | None = None) -> by
     tag = hmac.new(key, payload, hashlib.sha256).digest()
     body = tag + payload
     return struct.pack(">I", len(body) if length is None else length) + body
+
+
+def bound(payload: dict[str, Any], seq: int = 1, ch: str = MINE) -> bytes:
+    """A correctly tagged frame of version 2 with this binding and number."""
+    return raw_frame(json.dumps({"v": 2, "ch": ch, "seq": seq, **payload}).encode())
+
+
+def reader(max_frame: int = wire.MAX_FRAME) -> wire.FrameReader:
+    return wire.FrameReader(KEY, MINE, max_frame)
+
+
+def opened(max_frame: int = wire.MAX_FRAME) -> wire.FrameReader:
+    """A reader that has taken the peer's challenge."""
+    r = reader(max_frame)
+    assert r.feed(OPENING) == [{"v": 2, "type": "challenge", "seq": 0, "nonce": PEER}]
+    return r
+
+
+def stream(messages: list[dict[str, Any]], key: bytes = KEY) -> bytes:
+    """The writing end's bytes: its challenge, then `messages` bound to MINE."""
+    writer = wire.FrameWriter(key, MINE)
+    return wire.challenge(PEER, key) + b"".join(writer.encode(m) for m in messages)
+
+
+def sent(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """What the reading end gets for `stream(messages)`, the challenge first."""
+    opening: dict[str, Any] = {"v": 2, "type": "challenge", "seq": 0, "nonce": PEER}
+    return [opening] + [{**m, "v": 2, "ch": MINE, "seq": i} for i, m in enumerate(messages, 1)]
 
 
 def feed_all(reader: wire.FrameReader, chunks: list[bytes]) -> list[dict[str, Any]]:
@@ -49,15 +81,20 @@ def assert_valid(message: dict[str, Any]) -> None:
     assert isinstance(message, dict)
     assert message["v"] == wire.VERSION and type(message["v"]) is int
     assert isinstance(message["type"], str)
+    assert type(message["seq"]) is int
+
+
+FUZZ_TEXT = settings(max_examples=200, deadline=None)
 
 
 # --- examples ---------------------------------------------------------------------------------
 
 
-def test_round_trip_adds_the_version_and_keeps_every_field() -> None:
+def test_round_trip_adds_the_envelope_and_keeps_every_field() -> None:
     message: dict[str, Any] = {"type": "hello", "host": "algo-2", "slots": 8, "note": "ünïcode ✓"}
-    frame = wire.encode(message, KEY)
-    assert wire.FrameReader(KEY).feed(frame) == [{"v": wire.VERSION, **message}]
+    frame = wire.FrameWriter(KEY, MINE).encode(message)
+    assert opened().feed(frame) == [{**message, "v": wire.VERSION, "ch": MINE, "seq": 1}]
+    assert wire.VERSION == 2
 
 
 def test_frames_split_at_every_byte_and_batched_arrive_whole_and_in_order() -> None:
@@ -66,18 +103,21 @@ def test_frames_split_at_every_byte_and_batched_arrive_whole_and_in_order() -> N
         {"type": "plan", "hosts": [["algo-1", 2]]},
         {"type": "x"},
     ]
-    stream = b"".join(wire.encode(m, KEY) for m in messages)
-    expected = [{"v": 1, **m} for m in messages]
-    for cut in range(len(stream) + 1):
-        assert feed_all(wire.FrameReader(KEY), [stream[:cut], stream[cut:]]) == expected
-    assert feed_all(wire.FrameReader(KEY), [bytes([b]) for b in stream]) == expected
-    assert wire.FrameReader(KEY).feed(stream) == expected
+    data = stream(messages)
+    expected = sent(messages)
+    for cut in range(len(data) + 1):
+        assert feed_all(reader(), [data[:cut], data[cut:]]) == expected
+    assert feed_all(reader(), [bytes([b]) for b in data]) == expected
+    assert reader().feed(data) == expected
 
 
 def test_a_frame_under_another_jobs_token_is_refused() -> None:
-    frame = wire.encode({"type": "hello", "host": "algo-2", "slots": 1}, OTHER_KEY)
+    with pytest.raises(wire.FrameError, match="authentication") as error:
+        reader().feed(wire.challenge(PEER, OTHER_KEY))
+    assert error.value.kind == "bad token"
+    frame = wire.FrameWriter(OTHER_KEY, MINE).encode({"type": "hello", "host": "algo-2"})
     with pytest.raises(wire.FrameError, match="authentication"):
-        wire.FrameReader(KEY).feed(frame)
+        opened().feed(frame)
 
 
 def test_job_keys_differ_per_token_and_are_stable() -> None:
@@ -85,69 +125,213 @@ def test_job_keys_differ_per_token_and_are_stable() -> None:
     assert len(wire.job_key("")) == 32
 
 
+def test_nonces_are_fresh_128_bit_hex() -> None:
+    nonces = {wire.new_nonce() for _ in range(100)}
+    assert len(nonces) == 100
+    assert all(len(n) == 32 and int(n, 16) >= 0 for n in nonces)
+
+
 @pytest.mark.parametrize("position", [4, 20, 36, 40])  # in the tag, and in the payload
 def test_one_flipped_bit_anywhere_after_the_header_is_refused(position: int) -> None:
-    frame = bytearray(wire.encode({"type": "failed", "code": 1, "reason": "x"}, KEY))
+    frame = bytearray(wire.FrameWriter(KEY, MINE).encode({"type": "failed", "code": 1}))
     frame[position] ^= 0x01
     with pytest.raises(wire.FrameError, match="authentication"):
-        wire.FrameReader(KEY).feed(bytes(frame))
+        opened().feed(bytes(frame))
 
 
 def test_an_oversized_length_is_refused_from_the_header_alone() -> None:
-    reader = wire.FrameReader(KEY, max_frame=1000)
-    with pytest.raises(wire.FrameError, match="outside"):
-        reader.feed(struct.pack(">I", 1001))  # nothing of the body needs to arrive
+    with pytest.raises(wire.FrameError, match="outside") as error:
+        reader(max_frame=1000).feed(struct.pack(">I", 1001))  # no body needs to arrive
+    assert error.value.kind == "bad length"
     with pytest.raises(wire.FrameError, match="4294967295"):
-        wire.FrameReader(KEY).feed(b"\xff\xff\xff\xff")
+        reader().feed(b"\xff\xff\xff\xff")
 
 
 @pytest.mark.parametrize("length", [0, 1, 33])
 def test_a_frame_too_short_for_tag_and_object_is_refused(length: int) -> None:
     with pytest.raises(wire.FrameError, match="outside"):
-        wire.FrameReader(KEY).feed(struct.pack(">I", length) + b"\0" * length)
+        reader().feed(struct.pack(">I", length) + b"\0" * length)
 
 
 def test_a_frame_of_exactly_the_limit_is_accepted_and_one_more_byte_is_not() -> None:
     message = {"type": "plan", "pad": ""}
-    overhead = len(wire.encode(message, KEY)) - 4
+    overhead = len(wire.FrameWriter(KEY, MINE).encode(message)) - 4
     message["pad"] = "x" * (wire.MAX_FRAME - overhead)
-    frame = wire.encode(message, KEY)
+    frame = wire.FrameWriter(KEY, MINE).encode(message)
     assert len(frame) == 4 + wire.MAX_FRAME
-    assert wire.FrameReader(KEY).feed(frame)[0]["pad"] == message["pad"]
+    assert opened().feed(frame)[0]["pad"] == message["pad"]
     message["pad"] += "x"
     with pytest.raises(ValueError, match="exceeds"):
-        wire.encode(message, KEY)
+        wire.FrameWriter(KEY, MINE).encode(message)
+
+
+def test_a_frame_too_large_to_encode_uses_up_no_number() -> None:
+    writer = wire.FrameWriter(KEY, MINE)
+    with pytest.raises(ValueError, match="exceeds"):
+        writer.encode({"type": "failed", "reason": "x" * wire.MAX_FRAME})
+    assert opened().feed(writer.encode({"type": "heartbeat"}))[0]["seq"] == 1
+
+
+@pytest.mark.parametrize("field", ["v", "ch", "seq"])
+def test_a_message_cannot_set_its_own_envelope(field: str) -> None:
+    with pytest.raises(ValueError, match="envelope"):
+        wire.FrameWriter(KEY, MINE).encode({"type": "hello", field: 1})
 
 
 @pytest.mark.parametrize(
     ("payload", "match"),
     [
-        (b'{"v": 2, "type": "hello"}', "version 2"),
+        (b'{"v": 1, "type": "challenge", "seq": 0}', "version 1"),  # the old protocol
+        (b'{"v": 3, "type": "hello"}', "version 3"),
         (b'{"v": true, "type": "hello"}', "version True"),  # true == 1 in Python
-        (b'{"v": 1.0, "type": "hello"}', "version 1.0"),
-        (b'{"v": "1", "type": "hello"}', "version '1'"),
+        (b'{"v": 2.0, "type": "hello"}', "version 2.0"),
+        (b'{"v": "2", "type": "hello"}', "version '2'"),
         (b'{"type": "hello"}', "version None"),
-        (b'{"v": 1}', "no type"),
-        (b'{"v": 1, "type": 7}', "no type"),
+        (b'{"v": 2}', "no type"),
+        (b'{"v": 2, "type": 7}', "no type"),
         (b'[1, "hello"]', "not a JSON object"),
         (b'"hello"', "not a JSON object"),
         (b"\xff\xfe{}", "not JSON"),
-        (b'{"v": 1, "type": "hello"', "not JSON"),
+        (b'{"v": 2, "type": "hello"', "not JSON"),
         (b"[" * 100_000 + b"]" * 100_000, "not JSON"),  # recursion depth
-        (b'{"v": 1, "type": "x", "n": ' + b"9" * 5000 + b"}", "not JSON"),  # int digit limit
+        (b'{"v": 2, "type": "x", "n": ' + b"9" * 5000 + b"}", "not JSON"),  # int digit limit
+        (b'{"v": 2, "type": "challenge"}', "number None"),
+        (b'{"v": 2, "type": "challenge", "seq": false}', "number False"),
+        (b'{"v": 2, "type": "challenge", "seq": 0}', "without a valid nonce"),
+        (b'{"v": 2, "type": "challenge", "seq": 0, "nonce": "ab"}', "without a valid nonce"),
+        (b'{"v": 2, "type": "challenge", "seq": 0, "nonce": 7}', "without a valid nonce"),
+        (b'{"v": 2, "type": "challenge", "seq": 1, "nonce": "' + b"a" * 32 + b'"}', "before"),
+        (b'{"v": 2, "type": "hello", "seq": 0, "nonce": "' + b"a" * 32 + b'"}', "before"),
     ],
 )
 def test_authenticated_but_malformed_payloads_are_refused(payload: bytes, match: str) -> None:
     with pytest.raises(wire.FrameError, match=match):
-        wire.FrameReader(KEY).feed(raw_frame(payload))
+        reader().feed(raw_frame(payload))
 
 
 def test_messages_before_a_bad_frame_are_delivered_by_the_call_that_completes_them() -> None:
-    good = wire.encode({"type": "heartbeat"}, KEY)
-    reader = wire.FrameReader(KEY)
-    assert reader.feed(good) == [{"v": 1, "type": "heartbeat"}]
+    r = opened()
+    assert r.feed(wire.FrameWriter(KEY, MINE).encode({"type": "heartbeat"}))[0]["seq"] == 1
     with pytest.raises(wire.FrameError):
-        reader.feed(raw_frame(b'{"v": 1, "type": "x"}', OTHER_KEY))
+        r.feed(raw_frame(b'{"v": 2, "type": "x"}', OTHER_KEY))
+
+
+# --- replays ----------------------------------------------------------------------------------
+
+
+def test_nothing_but_the_challenge_may_open_a_connection() -> None:
+    """A frame recorded after some other connection's challenge cannot start this one."""
+    with pytest.raises(wire.FrameError, match="'hello' frame before the peer's challenge") as e:
+        reader().feed(bound({"type": "hello", "host": "algo-2", "slots": 1}))
+    assert e.value.kind == "no challenge"
+
+
+@pytest.mark.parametrize(
+    "message",
+    [
+        {"type": "hello", "host": "algo-2", "slots": 1},
+        {"type": "done"},
+        {"type": "failed", "code": 1, "reason": "x"},
+        {"type": "heartbeat"},
+        {"type": "abort", "code": 143, "reason": "stopped"},
+        {"type": "plan", "hosts": [["algo-1", 1]]},
+        {"type": "result", "code": 0},
+    ],
+)
+def test_a_frame_recorded_on_another_connection_is_refused(message: dict[str, Any]) -> None:
+    """The same job (same key), another connection: its frames carry another nonce."""
+    recorded = wire.challenge(PEER, KEY) + wire.FrameWriter(KEY, "1" * 32).encode(message)
+    with pytest.raises(wire.FrameError, match="bound to another connection") as error:
+        reader().feed(recorded)
+    assert error.value.kind == "replayed"
+
+
+@pytest.mark.parametrize("kind", ["hello", "done", "failed", "heartbeat"])
+def test_a_frame_replayed_on_the_same_connection_is_refused(kind: str) -> None:
+    writer = wire.FrameWriter(KEY, MINE)
+    frame = writer.encode({"type": kind})
+    r = opened()
+    assert [m["type"] for m in r.feed(frame)] == [kind]
+    with pytest.raises(wire.FrameError, match=f"'{kind}' frame number 1 after 1") as error:
+        r.feed(frame)
+    assert error.value.kind == "replayed"
+
+
+def test_frames_out_of_order_or_skipped_are_refused() -> None:
+    writer = wire.FrameWriter(KEY, MINE)
+    first, second, third = (writer.encode({"type": "heartbeat"}) for _ in range(3))
+    with pytest.raises(wire.FrameError, match="number 2 after 0"):
+        opened().feed(second)
+    r = opened()
+    r.feed(first + second)
+    with pytest.raises(wire.FrameError, match="number 2 after 2"):
+        r.feed(second + third)
+
+
+def test_a_replayed_challenge_is_refused_once_the_connection_is_open() -> None:
+    r = opened()
+    with pytest.raises(wire.FrameError, match="'challenge' frame bound to another"):
+        r.feed(OPENING)
+
+
+def test_a_frame_reflected_back_to_its_sender_is_refused() -> None:
+    """What this end sent is bound to the peer's nonce, not to its own."""
+    mine_out = wire.FrameWriter(KEY, PEER).encode({"type": "failed", "code": 1})
+    with pytest.raises(wire.FrameError, match="bound to another connection"):
+        opened().feed(mine_out)
+
+
+# --- free text ----------------------------------------------------------------------------------
+
+
+def test_short_text_is_not_clipped() -> None:
+    assert wire.clip("boom") == "boom"
+    text = "é" * (wire.MAX_TEXT // 2)  # exactly the limit in UTF-8
+    assert wire.clip(text) == text
+
+
+def test_a_10_mb_root_cause_is_clipped_with_a_marker_and_fits_a_frame() -> None:
+    text = "ValueError: " + "x" * 10_000_000
+    clipped = wire.clip(text)
+    assert len(clipped.encode()) <= wire.MAX_TEXT
+    assert clipped.startswith("ValueError: xxx")
+    kept = len(clipped.encode()) - len(f"... [truncated {len(text) - 16300} bytes]")
+    assert clipped.endswith(f"... [truncated {len(text) - kept} bytes]")
+    frame = wire.FrameWriter(KEY, MINE).encode({"type": "failed", "reason": clipped})
+    assert opened().feed(frame)[0]["reason"] == clipped
+
+
+def test_clipping_cuts_on_a_character_boundary_and_counts_bytes() -> None:
+    text = "€" * 12  # 3 bytes each: 36 bytes
+    clipped = wire.clip(text, limit=31)  # 24 for the marker; 7 bytes of room: 2 whole euros
+    assert clipped == "€€... [truncated 30 bytes]"
+    assert len(clipped.encode()) <= 31
+
+
+@FUZZ_TEXT
+@given(text=st.text(max_size=300), limit=st.integers(min_value=0, max_value=400))
+def test_fuzz_clip_never_exceeds_its_limit_and_keeps_a_prefix(text: str, limit: int) -> None:
+    clipped = wire.clip(text, limit)
+    size = len(text.encode("utf-8", "surrogatepass"))
+    if size <= limit:
+        assert clipped == text
+        return
+    head, sep, marker = clipped.rpartition("... [truncated ")
+    assert sep and text.startswith(head)
+    dropped = size - len(head.encode("utf-8", "surrogatepass"))
+    assert marker == f"{dropped} bytes]"
+    # The marker alone may exceed a tiny limit; any useful limit is respected.
+    if limit >= len(f"... [truncated {size} bytes]"):
+        assert len(clipped.encode("utf-8", "surrogatepass")) <= limit
+
+
+@FUZZ_TEXT
+@given(unit=st.sampled_from(["\x00", "\x1f", '"', "\\", "é", "€", "😀", "\u2028"]))
+def test_fuzz_any_clipped_text_fits_one_frame_even_after_json_escaping(unit: str) -> None:
+    text = unit * (wire.MAX_TEXT * 2)  # the worst escapes: \u0000, surrogate pairs
+    frame = wire.FrameWriter(KEY, MINE).encode({"type": "abort", "reason": wire.clip(text)})
+    assert len(frame) - 4 <= wire.MAX_FRAME
+    assert opened().feed(frame)[0]["reason"] == wire.clip(text)
 
 
 # --- fuzz -------------------------------------------------------------------------------------
@@ -188,11 +372,13 @@ def run_reader(reader: wire.FrameReader, chunks: list[bytes]) -> tuple[list[dict
     data=st.binary(max_size=4096),
     cuts=st.lists(st.integers(min_value=0), max_size=8),
     max_frame=st.sampled_from([34, 100, 4096, wire.MAX_FRAME]),
+    challenged=st.booleans(),
 )
 def test_fuzz_arbitrary_bytes_yield_only_valid_messages_or_frame_error(
-    data: bytes, cuts: list[int], max_frame: int
+    data: bytes, cuts: list[int], max_frame: int, challenged: bool
 ) -> None:
-    out, _ = run_reader(wire.FrameReader(KEY, max_frame), split(data, cuts))
+    r = opened(max_frame) if challenged and max_frame >= len(OPENING) else reader(max_frame)
+    out, _ = run_reader(r, split(data, cuts))
     # Random bytes cannot carry a valid tag under the job key.
     assert out == []
 
@@ -207,10 +393,12 @@ def test_fuzz_arbitrary_bytes_yield_only_valid_messages_or_frame_error(
 def test_fuzz_tagged_arbitrary_payloads_and_lying_lengths(
     payloads: list[bytes], lengths: list[int | None], key: bytes, cuts: list[int]
 ) -> None:
-    stream = b"".join(raw_frame(p, key, n) for p, n in zip(payloads, lengths, strict=False))
-    out, _ = run_reader(wire.FrameReader(KEY, max_frame=4096), split(stream, cuts))
+    data = b"".join(raw_frame(p, key, n) for p, n in zip(payloads, lengths, strict=False))
+    out, _ = run_reader(reader(max_frame=4096), split(data, cuts))
     if key is OTHER_KEY:
         assert out == []
+    # Arbitrary payloads are never bound to this connection: at most a challenge gets in.
+    assert all(m["type"] == wire.CHALLENGE for m in out) and len(out) <= 1
 
 
 @settings(FUZZ, max_examples=150)
@@ -226,29 +414,47 @@ def test_fuzz_valid_streams_survive_any_split_and_corruption_only_truncates(
     flip: tuple[int, int] | None,
     tail: bytes,
 ) -> None:
-    sent = [{"v": 1, **m} for m in batch]
-    stream = bytearray(b"".join(wire.encode(m, KEY) for m in batch))
+    expected = sent(batch)
+    data = bytearray(stream(batch))
     if flip is not None:
-        stream[flip[0] % len(stream)] ^= flip[1]
-    out, failed = run_reader(wire.FrameReader(KEY), split(bytes(stream) + tail, cuts))
+        data[flip[0] % len(data)] ^= flip[1]
+    out, failed = run_reader(reader(), split(bytes(data) + tail, cuts))
     # Corruption or a garbage tail can end the stream early (a FrameError drops the messages
     # completed by the same `feed` call: the connection is closed anyway), but never alter,
     # reorder or invent a message.
-    assert out == sent[: len(out)]
+    assert out == expected[: len(out)]
     if flip is None and not failed:
-        assert out == sent
+        assert out == expected
     if flip is not None:
-        assert len(out) < len(sent)  # the corrupted frame itself never gets through
+        assert len(out) < len(expected)  # the corrupted frame itself never gets through
+
+
+@settings(FUZZ, max_examples=150)
+@given(
+    batch=st.lists(messages, min_size=2, max_size=6),
+    picks=st.lists(st.integers(min_value=0), min_size=1, max_size=8),
+)
+def test_fuzz_a_recorded_stream_reshuffled_or_repeated_never_gets_a_frame_twice_or_out_of_order(
+    batch: list[dict[str, Any]], picks: list[int]
+) -> None:
+    """An attacker who recorded every frame of a connection (the challenge included) and
+    sends any selection of them, in any order, with repeats: whatever gets through is a
+    prefix of what was sent, each frame at most once."""
+    writer = wire.FrameWriter(KEY, MINE)
+    frames = [wire.challenge(PEER, KEY)] + [writer.encode(m) for m in batch]
+    replay = b"".join(frames[i % len(frames)] for i in picks)
+    out, _ = run_reader(reader(), [replay])
+    assert out == sent(batch)[: len(out)]
 
 
 @FUZZ
 @given(length=st.integers(min_value=wire.MAX_FRAME + 1, max_value=2**32 - 1), junk=st.binary())
 def test_fuzz_any_oversized_header_is_refused_before_its_body(length: int, junk: bytes) -> None:
     with pytest.raises(wire.FrameError, match="outside"):
-        wire.FrameReader(KEY).feed(struct.pack(">I", length) + junk[:100])
+        reader().feed(struct.pack(">I", length) + junk[:100])
 
 
 def test_encoded_frames_are_compact_json() -> None:
-    frame = wire.encode({"type": "heartbeat"}, KEY)
-    assert json.loads(frame[36:]) == {"v": 1, "type": "heartbeat"}
+    frame = wire.FrameWriter(KEY, MINE).encode({"type": "heartbeat"})
+    assert json.loads(frame[36:]) == {"type": "heartbeat", "v": 2, "ch": MINE, "seq": 1}
     assert b" " not in frame[36:]
