@@ -7,6 +7,10 @@ an argument), never writes, and does nothing at import time.
 
 Failure behaviour: any problem raises `ConfigError` naming the file and the key, with one line
 of text that tells the user what is wrong (exit code 2 in the CLI). Nothing is half-loaded.
+No other exception leaves `load` for any content of the three files or of the environment:
+values nest at most `MAX_NESTING` levels, and the SM_* variables and user arguments that the
+job will be given are measured here, so that a value too large for `execve` is refused now,
+naming its key, instead of failing every rank's start with E2BIG.
 """
 
 from __future__ import annotations
@@ -14,13 +18,16 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
+from launcher import smenv
 from launcher.errors import ConfigError
 from launcher.tree import (
     DEFAULT_BASE_DIR,
     DEFAULT_LOG_LEVEL,
     DISTRIBUTION_FLAGS,
     MAX_CONFIG_BYTES,
+    MAX_NESTING,
     RESERVED_HYPERPARAMETERS,
     Hyperparameters,
     InstanceGroup,
@@ -32,6 +39,7 @@ from launcher.treefiles import (
     decode_hyperparameter,
     hyperparameters,
     input_data,
+    key_text,
     read_object,
     resources,
     str_hp,
@@ -39,6 +47,7 @@ from launcher.treefiles import (
 
 __all__ = [
     "MAX_CONFIG_BYTES",
+    "MAX_NESTING",
     "RESERVED_HYPERPARAMETERS",
     "Hyperparameters",
     "InstanceGroup",
@@ -79,7 +88,7 @@ def load(base_dir: Path, environ: Mapping[str, str]) -> JobConfig:
         )
     region = str_hp(hps_path, hps, "sagemaker_region") or _default_region(environ)
     groups = _distribution_groups(hps_path, hps, cluster)
-    return JobConfig(
+    job = JobConfig(
         paths=paths,
         resources=cluster,
         hyperparameters=hps,
@@ -94,6 +103,101 @@ def load(base_dir: Path, environ: Mapping[str, str]) -> JobConfig:
         distribution_instance_groups=groups,
         distribution_hosts=_distribution_hosts(cluster, groups),
     )
+    _check_sizes(job, environ)
+    return job
+
+
+_TOO_LARGE_HINT = (
+    "execve cannot pass it to the job: keep hyperparameters short and pass data through an"
+    " input channel or a file in the code"
+)
+
+
+def _check_sizes(job: JobConfig, environ: Mapping[str, str]) -> None:
+    """Refuse a job whose SM_* variables or user arguments `execve` would refuse (E2BIG).
+
+    Measures what `smenv` will build (with zero GPUs and CPUs: the real counts add a few
+    digits, covered by the slack). A hyperparameter too large for its own SM_HP_* variable or
+    argument is named; otherwise the source that takes most of the variable (or of the total)
+    that is too large is named: a file and, when one key takes most of it, that key, or an
+    environment variable.
+    """
+    slack = 256
+    string_limit = smenv.MAX_STRING_BYTES - slack
+    hps_path = job.paths.input_config_dir / "hyperparameters.json"
+    user = job.hyperparameters.user
+    argv = smenv.user_args(user)
+    for i, key in enumerate(sorted(user)):  # user_args gives `--key value` in sorted key order
+        variable = f"SM_HP_{key.upper()}"
+        sizes = {
+            _short(variable): smenv.exec_bytes(smenv.encode_value(user[key]), variable),
+            "its argument": max(smenv.exec_bytes(argv[2 * i]), smenv.exec_bytes(argv[2 * i + 1])),
+        }
+        what, size = max(sizes.items(), key=lambda item: item[1])
+        if size > string_limit:
+            raise ConfigError(
+                hps_path,
+                key_text(key),
+                f"is too large: {what} would be {size} bytes, over the {string_limit} allowed",
+                hint=_TOO_LARGE_HINT,
+            )
+    env = smenv.sm_environment(job, num_gpus=0, num_cpus=0, environ=environ)
+    sizes = {name: smenv.exec_bytes(value, name) for name, value in env.items()}
+    name = max(sizes, key=sizes.__getitem__)
+    size, value = sizes[name], env[name]
+    if size > string_limit:
+        raise ConfigError(
+            *_main_source(job, environ, [value]),
+            f"is too large: {_short(name)}, which holds it, would be {size} bytes,"
+            f" over the {string_limit} allowed",
+            hint=_TOO_LARGE_HINT,
+        )
+    total = sum(sizes.values()) + sum(smenv.exec_bytes(a) for a in argv)
+    if total > smenv.MAX_TOTAL_BYTES:
+        raise ConfigError(
+            *_main_source(job, environ, [*env.values(), *argv]),
+            f"is too large: the SM_* variables and arguments would take {total} bytes,"
+            f" over the {smenv.MAX_TOTAL_BYTES} allowed",
+            hint=_TOO_LARGE_HINT,
+        )
+
+
+def _short(name: str) -> str:
+    return name if len(name) <= 40 else f"{name[:37]}..."
+
+
+def _main_source(
+    job: JobConfig, environ: Mapping[str, str], texts: list[str]
+) -> tuple[str, str | None]:
+    """The source that takes most of `texts` (only computed when they are too large): a file,
+    with the key that takes most of that file's share when one does, or an environment
+    variable. An estimate: a file's share is the encoded size of its entries."""
+    config_dir = job.paths.input_config_dir
+    files: dict[Path, list[Mapping[str, Any]]] = {
+        config_dir / "hyperparameters.json": [
+            job.hyperparameters.user,
+            job.hyperparameters.sagemaker,
+        ],
+        config_dir / "resourceconfig.json": [job.resources.raw],
+        config_dir / "inputdataconfig.json": [job.input_data_config],
+    }
+    shares: list[tuple[int, str, str | None]] = []
+    for path, mappings in files.items():
+        entries = [
+            (len(key) + len(smenv.encode_value(value)), key)
+            for mapping in mappings
+            for key, value in mapping.items()
+        ]
+        total = sum(size for size, _ in entries)
+        biggest, name = max(entries, default=(0, ""))
+        shares.append((total, str(path), key_text(name) if 2 * biggest > total else None))
+    for variable in ("SAGEMAKER_BASE_DIR", "SAGEMAKER_PROGRAM", "TRAINING_JOB_NAME"):
+        text = environ.get(variable, "")
+        if len(text) >= 16:  # short values are common substrings, and never the problem
+            count = sum(t.count(text) for t in texts)
+            shares.append((len(text) * count, "environment", variable))
+    _, where, main_key = max(shares, key=lambda share: share[0])
+    return where, main_key
 
 
 def _distribution_groups(

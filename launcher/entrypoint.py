@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from launcher.errors import ConfigError
+from launcher.treefiles import shown
 
 _NAME = re.compile(r"^[A-Za-z0-9._][A-Za-z0-9._+-]*(/[A-Za-z0-9._+-]+)*$")
 # Runs a COMMAND entry point: `$0` is `./<name>`, `$@` the arguments; no user text inside.
@@ -49,9 +50,24 @@ def resolve(name: str, code_dir: Path, source: str) -> EntryPoint:
 
     Raises `ConfigError` when the name is empty, has characters outside the toolkit's set,
     has `.`/`..` segments, does not exist in the code directory, resolves outside it, or is
-    a directory (unless a `.py` directory with `__main__.py`, which Python runs).
+    a directory (unless a `.py` directory with `__main__.py`, which Python runs), and when the
+    file system cannot answer (a name too long for it, a directory we may not search, a
+    symlink loop): nothing but `ConfigError` leaves for any name.
     """
     file, _, key = source.partition(": ")
+    try:
+        return _resolve(name, code_dir, file, key)
+    except (OSError, RuntimeError) as e:  # RuntimeError: pathlib's "Symlink loop from ..."
+        reason = e.strerror if isinstance(e, OSError) and e.strerror else str(e)
+        raise ConfigError(
+            file,
+            key or None,
+            f"entry point {shown(name)} cannot be checked in {code_dir}: {reason}",
+            hint="use a short name of a file that exists in the code directory",
+        ) from None
+
+
+def _resolve(name: str, code_dir: Path, file: str, key: str) -> EntryPoint:
     if not name:
         raise ConfigError(
             file,
@@ -65,7 +81,7 @@ def resolve(name: str, code_dir: Path, source: str) -> EntryPoint:
         raise ConfigError(
             file,
             key or None,
-            f"entry point {name!r} is not a relative path inside the code directory{detail}",
+            f"entry point {shown(name)} is not a relative path inside the code directory{detail}",
             hint="use a name like train.py or bin/train.sh",
         )
     kind = _kind(name, code_dir)
@@ -76,7 +92,7 @@ def resolve(name: str, code_dir: Path, source: str) -> EntryPoint:
         raise ConfigError(
             file,
             key or None,
-            f"entry point {name!r} does not exist in {code_dir}",
+            f"entry point {shown(name)} does not exist in {code_dir}",
             hint="check the name, or the code in sagemaker_submit_directory",
         )
     real_code = code_dir.resolve()
@@ -84,7 +100,7 @@ def resolve(name: str, code_dir: Path, source: str) -> EntryPoint:
         raise ConfigError(
             file,
             key or None,
-            f"entry point {name!r} resolves outside {code_dir}",
+            f"entry point {shown(name)} resolves outside {code_dir}",
             hint="ship the file itself, not a link that leaves the code directory",
         )
     # `python -- dir` runs dir/__main__.py, as under the toolkit; nothing else runs a directory.
@@ -93,7 +109,7 @@ def resolve(name: str, code_dir: Path, source: str) -> EntryPoint:
         raise ConfigError(
             file,
             key or None,
-            f"entry point {name!r} is a directory, not a file",
+            f"entry point {shown(name)} is a directory, not a file",
             hint="name the script inside it, e.g. NAME/train.py",
         )
     return EntryPoint(name, kind, code_dir)

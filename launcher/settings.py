@@ -3,11 +3,19 @@
 CLI flag > `LAUNCHER_*` environment variable > SageMaker hyperparameter > default
 (DESIGN.md decision 11). Every value is validated here; a bad one raises `ConfigError` naming
 where it came from (`command line: --grace-period`, `environment: LAUNCHER_BACKEND`,
-`.../hyperparameters.json: sagemaker_mpi_num_of_processes_per_host`).
+`.../hyperparameters.json: sagemaker_mpi_num_of_processes_per_host`), and nothing else
+escapes `resolve` for any value from any source.
+
+Numbers are finite and bounded: durations are seconds in [0 or above, `MAX_SECONDS`], counts
+whole numbers in [1, `MAX_PROCS_PER_HOST`], ports whole numbers in [0 or 1, 65535]. `inf`,
+`nan`, `1e999`, booleans, fractions where a count is meant and numbers beyond the bounds
+are refused, whatever their form (`"inf"` in a variable, `Infinity` or `"NaN"` in a
+hyperparameter). Whole numbers may be written `4`, `"4"`, `4.0` or `"4.0"`.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,6 +30,23 @@ DEFAULT_GRACE_S = 30.0
 DEFAULT_PEER_TIMEOUT_S = 600.0
 DEFAULT_HEARTBEAT_TIMEOUT_S = 10.0
 DEFAULT_CONTROL_PORT = 7787  # the leader's control channel; every other port is picked free
+# The longest any duration may be: SageMaker's longest training job (28 days). It also keeps
+# every timeout far below threading.TIMEOUT_MAX (about 9.2e9 s), past which a wait raises
+# OverflowError.
+MAX_SECONDS = 28 * 24 * 3600
+# Heartbeats go out every max(timeout / 4, 0.05) s: a timeout under two of those periods
+# declares every host lost, so it cannot be meant.
+MIN_HEARTBEAT_TIMEOUT_S = 0.1
+# Far beyond any host (8-16 GPUs, at most a few hundred cores) and small enough that a typo
+# such as 1e9 is refused instead of starting processes until the host falls over.
+MAX_PROCS_PER_HOST = 1024
+# The same for a whole job's processes (`mpirun -np`).
+MAX_PROCESSES = 1 << 20
+# Rank numbers (the console filter) are 32-bit in every framework the launcher serves.
+MAX_RANK = 2**31 - 1
+# Any setting a parser returns (here or in `mpijob`) stays within this: a safety net behind
+# each parser's own bounds.
+_MAX_ANY_INT = 2**31 - 1
 
 
 @dataclass(frozen=True, slots=True)
@@ -34,6 +59,14 @@ class Sources:
     hps_file: str = "hyperparameters.json"
 
     def pick(self, flag: str, env: str, hp: str | None, parse: Callable[[Any], T], default: T) -> T:
+        """The first source that sets the value, parsed; `default` when none does.
+
+        `parse` raises ValueError, TypeError or ArithmeticError (OverflowError) for a bad
+        value: that becomes a `ConfigError` naming the source and key, with the value shown
+        shortened. A parsed float that is not finite, or an integer beyond 2**31 - 1, is
+        refused here too, whatever the parser (the safety net for parsers outside this
+        module). An empty variable counts as unset.
+        """
         for where, key, value in (
             ("command line", f"--{flag}", self.cli.get(flag.replace("-", "_"))),
             ("environment", env, self.environ.get(env) or None),
@@ -42,15 +75,43 @@ class Sources:
             if value is None or key is None:
                 continue
             try:
-                return parse(value)
-            except (ValueError, TypeError) as e:
+                return _checked(parse(value))
+            except (ValueError, TypeError, ArithmeticError) as e:
                 raise ConfigError(
                     where,
                     key,
-                    f"{value!r} is invalid: {e}",
+                    f"{_shown(value)} is invalid: {_reason(e)}",
                     hint="docs/usage.md lists the valid values",
                 ) from None
         return default
+
+
+def _shown(value: Any) -> str:
+    # Only on the error path: `launcher run` never reads a tree and need not import its parser.
+    from launcher.treefiles import shown  # noqa: PLC0415
+
+    return shown(value)
+
+
+_KINDS = {bool: "a boolean", list: "a list", dict: "an object", int: "a number", str: "a string"}
+
+
+def _kind(value: Any) -> str:
+    return _KINDS.get(type(value), type(value).__name__)
+
+
+def _checked(result: T) -> T:
+    if isinstance(result, float) and not math.isfinite(result):
+        raise ValueError("must be a finite number")
+    if isinstance(result, int) and not isinstance(result, bool) and abs(result) > _MAX_ANY_INT:
+        raise ValueError(f"must be at most {_MAX_ANY_INT}")
+    return result
+
+
+def _reason(error: Exception) -> str:
+    # Our parsers' messages are short; a foreign parser's may quote the whole value.
+    text = " ".join(str(error).split()) or type(error).__name__
+    return text if len(text) <= 120 else f"{text[:117]}..."
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,48 +126,136 @@ class Settings:
     control_port: int
     master_port: int
     job_token: str | None
+    # The `mpi` backend's: read only when the backend is `mpi`, else these defaults.
+    mpi_num_processes: int | None = None  # -np; None: every slot of every host
+    ssh_port: int = 0  # each follower's sshd; 0: a free port
+
+
+def number(value: Any) -> float:
+    """A finite number from an int, a float or its text. Raises ValueError otherwise."""
+    if isinstance(value, bool):  # a bool is an int to Python, never a number to a user
+        raise ValueError(f"must be a number, not {_kind(value)}")
+    if isinstance(value, str):
+        try:
+            result = float(value.strip())
+        except ValueError:
+            raise ValueError("must be a number") from None
+    elif isinstance(value, int | float):
+        try:
+            result = float(value)
+        except OverflowError:  # an int beyond the float range
+            raise ValueError("is far too large") from None
+    else:
+        raise ValueError(f"must be a number, not {_kind(value)}")
+    if not math.isfinite(result):
+        raise ValueError("must be a finite number")
+    return result
+
+
+def whole(value: Any) -> int:
+    """A whole number from an int, an integral float, or their text. Raises ValueError."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        return value
+    if isinstance(value, str):
+        try:
+            return int(value.strip())  # exact for long digit strings, which float would round
+        except ValueError:
+            pass  # "4.0", "1e3", or not a number: number() says which
+    result = number(value)
+    if not result.is_integer():
+        raise ValueError("must be a whole number")
+    return int(result)
+
+
+def seconds(value: Any, *, minimum: float = 0.0, above: bool = False) -> float:
+    """Seconds, finite, at least `minimum` (above it with `above`) and at most `MAX_SECONDS`."""
+    result = number(value)
+    low = result > minimum if above else result >= minimum
+    if not low or result > MAX_SECONDS:
+        bound = f"above {minimum:g}" if above else f"at least {minimum:g}"
+        raise ValueError(f"must be a number of seconds {bound} and at most {MAX_SECONDS}")
+    return result
+
+
+def count(value: Any, maximum: int = MAX_PROCS_PER_HOST) -> int:
+    """A count of processes: a whole number from 1 to `maximum`."""
+    result = whole(value)
+    if not 1 <= result <= maximum:
+        raise ValueError(f"must be a count from 1 to {maximum}")
+    return result
+
+
+def port(value: Any, *, zero: bool = True) -> int:
+    """A TCP port: a whole number up to 65535; 0 ("pick a free one") only with `zero`."""
+    result = whole(value)
+    low = 0 if zero else 1
+    if not low <= result <= 65535:
+        raise ValueError(f"must be a port number {low}-65535")
+    return result
 
 
 def _positive_float(value: Any) -> float:
-    number = float(value)
-    if not number >= 0:
-        raise ValueError("must be a number of seconds >= 0")
-    return number
+    return seconds(value)
 
 
 def _port(value: Any) -> int:
-    number = int(value)
-    if not 0 <= number <= 65535:
-        raise ValueError("must be a port number 0-65535")
-    return number
+    return port(value)
+
+
+def _control_port(value: Any) -> int:
+    # Every host connects to the leader on this port: 0 (any free port) could not be found.
+    return port(value, zero=False)
+
+
+def _peer_timeout(value: Any) -> float:
+    return seconds(value, above=True)  # 0 s: no host could ever arrive
+
+
+def _heartbeat_timeout(value: Any) -> float:
+    return seconds(value, minimum=MIN_HEARTBEAT_TIMEOUT_S)
 
 
 _GPU: int | str = "gpu"
 
 
 def procs_per_host(value: Any) -> int | str:
-    if isinstance(value, str) and value in ("gpu", "auto"):
-        return value
-    if isinstance(value, bool):
-        raise ValueError("must be a count, 'gpu' or 'auto'")
-    number = int(value)
-    if number < 1:
-        raise ValueError("must be at least 1")
-    return number
+    if isinstance(value, str) and value.strip() in ("gpu", "auto"):
+        return value.strip()
+    try:
+        return count(value)
+    except ValueError:
+        raise ValueError(
+            f"must be a count from 1 to {MAX_PROCS_PER_HOST}, 'gpu' or 'auto'"
+        ) from None
+
+
+def _mpi_processes(value: Any) -> int:
+    return count(value, MAX_PROCESSES)
 
 
 def _ranks(value: Any) -> frozenset[int]:
-    ranks = frozenset(int(r) for r in str(value).split(",") if r.strip())
-    if not ranks or min(ranks) < 0:
+    if not isinstance(value, str):
+        raise TypeError(f"must be a comma-separated list of ranks, not {_kind(value)}")
+    try:
+        ranks = frozenset(whole(r) for r in value.split(",") if r.strip())
+    except ValueError:
+        ranks = frozenset()
+    if not ranks or min(ranks) < 0 or max(ranks) > MAX_RANK:
         raise ValueError("must be a comma-separated list of ranks, e.g. 0,3")
     return ranks
 
 
 def _backend(value: Any) -> Backend:
     try:
-        return Backend(str(value).lower())
+        return Backend(str(value).strip().lower())
     except ValueError:
         raise ValueError(f"must be one of {', '.join(b.value for b in Backend)}") from None
+
+
+def _log_dir(value: Any) -> Path:
+    if not isinstance(value, str) or not value.strip() or "\0" in value:
+        raise ValueError("must be a directory path")
+    return Path(value)
 
 
 def sagemaker_backend(hps: Mapping[str, Any]) -> Backend | None:
@@ -119,11 +268,19 @@ def sagemaker_backend(hps: Mapping[str, Any]) -> Backend | None:
 
 
 def resolve(sources: Sources, *, default_backend: Backend) -> Settings:
+    """Every setting from `sources`. Raises `ConfigError` naming the source and key of the
+    first bad value; nothing else escapes, whatever the values.
+
+    The `mpi` backend's numbers (`LAUNCHER_MPI_NUM_PROCESSES` / `sagemaker_mpi_num_processes`,
+    `LAUNCHER_SSH_PORT`) are checked here too when the backend is `mpi`, so that a bad one
+    stops `train` before anything starts or any host waits for this one.
+    """
     hp_backend = sagemaker_backend(sources.hps)
     backend = sources.pick(
         "backend", "LAUNCHER_BACKEND", None, _backend, hp_backend or default_backend
     )
-    log_dir = sources.pick("log-dir", "LAUNCHER_LOG_DIR", None, lambda v: Path(str(v)), None)
+    log_dir = sources.pick("log-dir", "LAUNCHER_LOG_DIR", None, _log_dir, None)
+    mpi = backend is Backend.MPI
     return Settings(
         backend=backend,
         procs_per_host=sources.pick(
@@ -139,20 +296,30 @@ def resolve(sources: Sources, *, default_backend: Backend) -> Settings:
         log_dir=log_dir,
         show_ranks=sources.pick("ranks", "LAUNCHER_RANKS", None, _ranks, None),
         peer_timeout_s=sources.pick(
-            "peer-timeout", "LAUNCHER_PEER_TIMEOUT", None, _positive_float, DEFAULT_PEER_TIMEOUT_S
+            "peer-timeout", "LAUNCHER_PEER_TIMEOUT", None, _peer_timeout, DEFAULT_PEER_TIMEOUT_S
         ),
         heartbeat_timeout_s=sources.pick(
             "heartbeat-timeout",
             "LAUNCHER_HEARTBEAT_TIMEOUT",
             None,
-            _positive_float,
+            _heartbeat_timeout,
             DEFAULT_HEARTBEAT_TIMEOUT_S,
         ),
         control_port=sources.pick(
-            "control-port", "LAUNCHER_CONTROL_PORT", None, _port, DEFAULT_CONTROL_PORT
+            "control-port", "LAUNCHER_CONTROL_PORT", None, _control_port, DEFAULT_CONTROL_PORT
         ),
         master_port=sources.pick("master-port", "LAUNCHER_MASTER_PORT", None, _port, 0),
         job_token=sources.environ.get("LAUNCHER_JOB_TOKEN") or None,
+        mpi_num_processes=sources.pick(
+            "mpi-num-processes",
+            "LAUNCHER_MPI_NUM_PROCESSES",
+            "sagemaker_mpi_num_processes",
+            _mpi_processes,
+            None,
+        )
+        if mpi
+        else None,
+        ssh_port=sources.pick("ssh-port", "LAUNCHER_SSH_PORT", None, _port, 0) if mpi else 0,
     )
 
 

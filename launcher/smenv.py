@@ -4,16 +4,38 @@ Pure functions of a `JobConfig` plus the host facts (GPU and CPU counts) that th
 already discovered. The encodings follow `sagemaker_training.mapping` (sagemaker-contract
 §5-§6): names are `SM_` + upper-cased key with no sanitising (hyphens kept), strings pass
 unchanged, `None` is empty, everything else is compact sorted ASCII JSON.
+
+Every value reaching here comes from `config.load`, which bounds how deeply it nests
+(`tree.MAX_NESTING`), so the JSON encoding and `str` of a value cannot exhaust the recursion
+limit, and which checks with `exec_bytes` that the variables and arguments fit what `execve`
+accepts.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import shutil
 from collections.abc import Mapping
 from typing import Any
 
-from launcher.config import JobConfig
+from launcher.tree import JobConfig
+
+# Linux refuses execve with E2BIG when one argument or environment string, its NUL included, is
+# longer than MAX_ARG_STRLEN (32 pages: 131072 bytes), or when all of them together exceed
+# ARG_MAX (a quarter of the stack limit: 2 MiB under the usual 8 MiB).
+MAX_STRING_BYTES = 131072
+# The share of ARG_MAX that the SM_* variables and the user's arguments may take together; the
+# rest is for the environment `train` inherits and the variables the launcher adds per rank.
+MAX_TOTAL_BYTES = 1024 * 1024
+
+
+def exec_bytes(text: str, name: str = "") -> int:
+    """What one argv string, or the environment string `name=text`, costs execve in bytes."""
+    size = len(text) if text.isascii() else len(os.fsencode(text))  # the common case first
+    if name:
+        size += (len(name) if name.isascii() else len(os.fsencode(name))) + 1
+    return size + 1
 
 
 def encode_value(value: Any) -> str:

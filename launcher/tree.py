@@ -19,6 +19,11 @@ DEFAULT_LOG_LEVEL = 20
 # SageMaker's own limits keep these files to kilobytes; anything this large is a broken tree,
 # and refusing it early beats decoding hundreds of megabytes of JSON.
 MAX_CONFIG_BYTES = 4 * 1024 * 1024
+# How deeply a value may nest lists and objects, counted from the value of a top-level key (or
+# of a JSON-encoded hyperparameter string once decoded). SageMaker's own files nest four levels;
+# the bound keeps every recursive step after loading (json.dumps into SM_TRAINING_ENV, which
+# adds three levels, repr, our own checks) far below Python's recursion limit of 1000.
+MAX_NESTING = 64
 
 # Reserved besides the `sagemaker_` prefix (the toolkit's params.SAGEMAKER_HYPERPARAMETERS).
 RESERVED_HYPERPARAMETERS = frozenset(

@@ -3,13 +3,25 @@
 Every check raises `ConfigError` naming the file and the key, with a hint. Files are read only
 when they are regular files under a size cap (a FIFO or /dev/zero must not hang `train`), must
 be UTF-8 JSON objects without duplicate keys, and every value the launcher relies on is
-type-checked. Hyperparameters are decoded exactly as sagemaker-training 5.1.4 does.
+type-checked. Hyperparameters are decoded exactly as sagemaker-training 5.1.4 does, except
+that a JSON-encoded string nesting deeper than `MAX_NESTING` is refused (the toolkit dies of a
+RecursionError on it).
+
+No value from a file nests deeper than `MAX_NESTING` levels once loaded, so every recursive
+step after loading (encoding into SM_* variables, repr, the checks here) stays far below
+Python's recursion limit. Nothing but `ConfigError` leaves this module for any file content:
+RecursionError and the interpreter's integer-digit limit are turned into one line that names
+the top-level key they occur under. Messages show keys and values shortened (`shown`,
+`key_text`), so that a huge or multi-line value still gives one short line.
 """
 
 from __future__ import annotations
 
 import json
+import re
+import reprlib
 import stat
+import sys
 from collections.abc import Mapping
 from pathlib import Path
 from types import MappingProxyType
@@ -21,6 +33,7 @@ from launcher.tree import (
     DEFAULT_INSTANCE_TYPE,
     DEFAULT_INTERFACE,
     MAX_CONFIG_BYTES,
+    MAX_NESTING,
     RESERVED_HYPERPARAMETERS,
     Hyperparameters,
     InstanceGroup,
@@ -80,7 +93,7 @@ def read_object(path: Path) -> dict[str, Any]:
         value = json.loads(text, object_pairs_hook=_no_duplicates)
     except _DuplicateKey as e:
         raise ConfigError(
-            path, str(e), "appears twice", hint="keep one of the two entries"
+            path, key_text(e.key), "appears twice", hint="keep one of the two entries"
         ) from None
     except json.JSONDecodeError as e:
         raise ConfigError(
@@ -89,8 +102,15 @@ def read_object(path: Path) -> dict[str, Any]:
             f"is not valid JSON: {e.msg} at line {e.lineno} column {e.colno}",
             hint="fix the JSON at that position (python -m json.tool FILE points at it)",
         ) from None
-    except RecursionError:
-        raise ConfigError(path, None, "nests too deeply", hint="flatten the value") from None
+    except RecursionError:  # about 1000 levels: the C decoder's own recursion check
+        raise _too_deep(path, _locate(text)) from None
+    except ValueError:  # an integer literal over the interpreter's digit limit (4300)
+        raise ConfigError(
+            path,
+            _locate(text, digits=True),
+            f"holds an integer of more than {sys.get_int_max_str_digits()} digits",
+            hint="write the number as a string, or in a shorter form",
+        ) from None
     if not isinstance(value, dict):
         raise ConfigError(
             path,
@@ -98,11 +118,101 @@ def read_object(path: Path) -> dict[str, Any]:
             f"must hold a JSON object, not {kind(value)}",
             hint='the file holds one JSON object, e.g. {"key": "value"}',
         )
+    for key, item in value.items():
+        if too_deep(item):
+            raise _too_deep(path, key_text(key))
     return value
 
 
+def _too_deep(path: Path, key: str | None) -> ConfigError:
+    return ConfigError(
+        path,
+        key,
+        f"nests too deeply (more than {MAX_NESTING} levels of lists and objects)",
+        hint="flatten the value",
+    )
+
+
+def too_deep(value: object, limit: int = MAX_NESTING) -> bool:
+    """Whether `value` nests lists and objects more than `limit` levels (`[]` is one level).
+
+    Iterative, so that it is safe at any depth: it is the check that makes recursion safe.
+    """
+    stack: list[tuple[object, int]] = [(value, 0)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, dict):
+            children: Any = item.values()
+        elif isinstance(item, list):
+            children = item
+        else:
+            continue
+        if depth + 1 > limit:
+            return True
+        stack.extend((child, depth + 1) for child in children)
+    return False
+
+
+# JSON tokens that matter for locating a problem: strings (keys when followed by a colon),
+# brackets, and integer literals (digits not part of a fraction or an exponent).
+_TOKENS = re.compile(r'"(?:[^"\\]|\\.)*"(\s*:)?|[\[\]{}]|(?<![\d.eE+-])-?\d+(?![\d.eE])')
+
+
+def _locate(text: str, *, digits: bool = False) -> str | None:
+    """The top-level key under which `text` first nests deeper than `MAX_NESTING` (or, with
+    `digits`, holds an integer over the digit limit), for the message; None if not found.
+
+    Runs only after `json.loads` failed, on text that parsed up to the problem.
+    """
+    limit = sys.get_int_max_str_digits() or sys.maxsize
+    depth = 0
+    key: str | None = None
+    for match in _TOKENS.finditer(text):
+        token = match.group()
+        if token[0] == '"':
+            if match.group(1) is not None and depth == 1:
+                key = key_text(_json_string(token[: match.start(1) - match.start()]))
+        elif token in ("[", "{"):
+            depth += 1
+            if not digits and depth > MAX_NESTING + 1:  # the file's own object is level 1
+                return key
+        elif token in ("]", "}"):
+            depth -= 1
+        elif digits and len(token.lstrip("-")) > limit:
+            return key
+    return None
+
+
+def _json_string(token: str) -> str:
+    try:
+        decoded = json.loads(token)
+    except ValueError:
+        return token
+    return decoded if isinstance(decoded, str) else token
+
+
+_SHORT = reprlib.Repr()
+_SHORT.maxstring = 40
+_SHORT.maxother = 40
+_SHORT.maxlong = 40
+_SHORT.maxlevel = 2
+_SHORT.maxlist = _SHORT.maxdict = 3
+
+
+def shown(value: object) -> str:
+    """`repr(value)` cut to a few dozen characters: for messages, which are one short line."""
+    return _SHORT.repr(value)
+
+
+def key_text(key: str) -> str:
+    """A key as a message shows it: as is when printable and short, else shortened `repr`."""
+    return key if key.isprintable() and len(key) <= 80 else shown(key)
+
+
 class _DuplicateKey(ValueError):
-    pass
+    def __init__(self, key: str) -> None:
+        super().__init__(key)
+        self.key = key
 
 
 def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
@@ -121,14 +231,29 @@ def kind(value: object) -> str:
     return names.get(type(value), "a number")
 
 
+class NestingError(Exception):
+    """A JSON-encoded hyperparameter nests deeper than `MAX_NESTING` levels once decoded."""
+
+
 def decode_hyperparameter(value: Any) -> Any:
-    """SageMaker's decoding: JSON-decode strings, keep the raw value when that fails."""
+    """SageMaker's decoding: JSON-decode strings, keep the raw value when that fails.
+
+    Raises `NestingError` when the decoded value would nest deeper than `MAX_NESTING`
+    levels, including strings too deep for `json.loads` itself (its RecursionError, which the
+    toolkit does not catch). A string that is not JSON, or holds an integer over the
+    interpreter's digit limit, is kept as it is (a ValueError, as under the toolkit).
+    """
     if not isinstance(value, str):
         return value  # the toolkit's json.loads raises TypeError and keeps it as is
     try:
-        return json.loads(value)
+        decoded = json.loads(value)
     except ValueError:
         return value
+    except RecursionError:
+        raise NestingError from None
+    if too_deep(decoded):
+        raise NestingError
+    return decoded
 
 
 def _unfit_for_environ(value: Any) -> str | None:
@@ -170,16 +295,19 @@ def hyperparameters(path: Path, raw: dict[str, Any]) -> Hyperparameters:
         if "=" in key:  # SM_HP_<KEY> would not be a valid environment variable name
             raise ConfigError(
                 path,
-                key,
+                key_text(key),
                 "hyperparameter names cannot contain '='",
                 hint="rename the hyperparameter",
             )
-        decoded = decode_hyperparameter(value)
+        try:
+            decoded = decode_hyperparameter(value)
+        except NestingError:
+            raise _too_deep(path, key_text(key)) from None
         problem = _unfit_for_environ(key) or _unfit_for_environ(decoded)
         if problem:
             raise ConfigError(
                 path,
-                key if key.isprintable() else repr(key),
+                key_text(key),
                 problem,
                 hint="no environment variable or argument can hold it: remove it from the value",
             )
@@ -219,25 +347,27 @@ def _host_list(path: Path, key: str, value: Any) -> tuple[str, ...]:
             raise ConfigError(
                 path,
                 key,
-                f"holds an invalid host name {host!r}",
+                f"holds an invalid host name {shown(host)}",
                 hint="use plain host names such as algo-1",
             )
         if any(c.isspace() for c in host):
             raise ConfigError(
                 path,
                 key,
-                f"host name {host!r} contains whitespace",
+                f"host name {shown(host)} contains whitespace",
                 hint="use plain host names such as algo-1",
             )
         if not host.isprintable() or _unfit_for_environ(host):
             raise ConfigError(
                 path,
                 key,
-                f"host name {host!r} contains control characters",
+                f"host name {shown(host)} contains control characters",
                 hint="use plain host names such as algo-1",
             )
         if host in seen:
-            raise ConfigError(path, key, f"names host {host!r} twice", hint="list each host once")
+            raise ConfigError(
+                path, key, f"names host {shown(host)} twice", hint="list each host once"
+            )
         seen.add(host)
     return tuple(value)
 
@@ -291,7 +421,7 @@ def resources(path: Path, raw: dict[str, Any]) -> ResourceConfig:
         raise ConfigError(
             path,
             "current_host",
-            f"{current!r} is not one of hosts {list(hosts)}",
+            f"{shown(current)} is not one of hosts {shown(list(hosts))}",
             hint="set current_host to this host's own entry in hosts",
         )
     groups_raw = raw.get("instance_groups", [])
@@ -317,7 +447,7 @@ def resources(path: Path, raw: dict[str, Any]) -> ResourceConfig:
             raise ConfigError(
                 path,
                 f"{key}.instance_group_name",
-                f"{name!r} is used twice",
+                f"{shown(name)} is used twice",
                 hint="give every group its own instance_group_name",
             )
         group_hosts = _host_list(path, f"{key}.hosts", group.get("hosts"))
@@ -326,7 +456,7 @@ def resources(path: Path, raw: dict[str, Any]) -> ResourceConfig:
             raise ConfigError(
                 path,
                 f"{key}.hosts",
-                f"{strangers} are not in hosts",
+                f"{shown(strangers)} are not in hosts",
                 hint="every group's hosts must also be listed in hosts",
             )
         itype = group.get("instance_type", DEFAULT_INSTANCE_TYPE)
@@ -358,14 +488,14 @@ def input_data(path: Path, raw: dict[str, Any]) -> Mapping[str, Any]:
         if bad or not name.isprintable() or _unfit_for_environ(name):
             raise ConfigError(
                 path,
-                repr(name),
+                shown(name),
                 "is not a valid channel name",
                 hint="rename the channel: no '/', '=', '.', '..' or control characters",
             )
         if not isinstance(spec, dict):
             raise ConfigError(
                 path,
-                name,
+                key_text(name),
                 f"must be an object, not {kind(spec)}",
                 hint='e.g. "training": {"TrainingInputMode": "File"}',
             )

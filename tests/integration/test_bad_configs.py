@@ -9,16 +9,19 @@ A case is a directory shaped like `/opt/ml` plus an `expected.txt`:
     key: current_host                        the key the message must name (optional)
     says: is not one of hosts                words the message must contain (optional)
     env: SAGEMAKER_PROGRAM=../x              extra environment for `train` (repeatable)
+    args: --grace-period inf                 `train`'s command line (split on spaces)
     make: fifo input/config/x.json           built at test time (repeatable), see `make`
 
 Things git cannot hold or that would be hostile to keep in the repository (FIFOs, symlinks,
 5 MiB files, tarballs with absolute member names) are made at test time by `make:` lines.
-`@BASE@` in the config files is replaced with the tree's base directory.
+`@BASE@` in the config files is replaced with the tree's base directory, and the other
+`@NAME@` placeholders of `PLACEHOLDERS` with generated text (100 000 levels of nesting, a
+200 KiB string, an integer of 5000 digits), inside a JSON string or as a raw value.
 
 For each case, `train` must exit 2; print exactly one line on stderr, naming the file and
 the key; print no Python traceback anywhere; write `output/failure` starting with that
-message; and change nothing else in the tree (every path, type, mode, size, content and link
-target is hashed before and after).
+message; change nothing else in the tree (every path, type, mode, size, content and link
+target is hashed before and after); and leave its TMPDIR empty.
 """
 
 from __future__ import annotations
@@ -54,6 +57,7 @@ class Case:
     key: str | None
     says: str | None
     env: dict[str, str] = field(default_factory=dict)
+    args: tuple[str, ...] = ()
     make: tuple[tuple[str, ...], ...] = ()
 
     @property
@@ -78,6 +82,7 @@ def load_case(path: Path) -> Case:
         key=fields.get("key", [None])[0],
         says=fields.get("says", [None])[0],
         env=dict(e.split("=", 1) for e in fields.get("env", [])),
+        args=tuple(fields.get("args", [""])[0].split()),
         make=tuple(tuple(m.split(" ")) for m in fields.get("make", [])),
     )
 
@@ -134,6 +139,20 @@ def _deep(path: Path) -> None:
     path.write_text("[" * 100_000 + "]" * 100_000)
 
 
+DEEP = 100_000
+# Generated text for the config files (see the module docstring). Those used inside a JSON
+# string (`"x": "@LISTS@"`) must not contain an unescaped quote.
+PLACEHOLDERS = {
+    "@LISTS@": "[" * DEEP + "]" * DEEP,
+    "@LISTS_65@": "[" * 65 + "]" * 65,  # one level over launcher.tree.MAX_NESTING
+    "@OBJECTS@": '{"a":' * DEEP + "1" + "}" * DEEP,
+    "@ESCAPED_OBJECTS@": '{\\"a\\":' * DEEP + "1" + "}" * DEEP,
+    "@200K@": "x" * 200 * 1024,
+    "@100K@": "x" * 100 * 1024,
+    "@DIGITS@": "1" * 5000,
+}
+
+
 def make(base: Path, args: tuple[str, ...], outside: Path) -> None:
     """Apply one `make:` line to the tree at `base`."""
     what, *rest = args
@@ -168,6 +187,8 @@ def build(case: Case, workdir: Path) -> Path:
     for config in (base / "input" / "config").glob("*.json"):
         if config.is_file():
             text = config.read_bytes().replace(b"@BASE@", str(base).encode())
+            for name, value in PLACEHOLDERS.items():
+                text = text.replace(name.encode(), value.encode())
             config.write_bytes(text)
     (base / "output").mkdir(exist_ok=True)
     (base / "code").mkdir(exist_ok=True)  # as SageMaker creates it; train must not need to
@@ -225,12 +246,17 @@ def test_bad_config_fails_cleanly(case: Case, workdir: Path, no_leaks: LeakWatch
         if shutil.which("setpriv") is None or not _nobody_can_run_train():
             pytest.skip("cannot run train as nobody here (root reads a mode-000 file anyway)")
         argv = ["setpriv", f"--reuid={NOBODY}", f"--regid={NOBODY}", "--clear-groups", *argv]
+    argv += case.args
+    tmp = workdir / "tmp"
+    tmp.mkdir(mode=0o777)
+    tmp.chmod(0o777)  # `unreadable` runs train as nobody
     before = fingerprint(base)
     env = {
         "PATH": "/usr/local/bin:/usr/bin:/bin",
         "HOME": str(workdir),
         "LANG": "C.UTF-8",
         "SAGEMAKER_BASE_DIR": str(base),
+        "TMPDIR": str(tmp),
         **no_leaks.env(),
         **case.env,
     }
@@ -258,3 +284,4 @@ def test_bad_config_fails_cleanly(case: Case, workdir: Path, no_leaks: LeakWatch
     after = fingerprint(base)
     after.pop("output/failure")
     assert after == before, "train changed the tree"
+    assert not list(tmp.iterdir()), f"train left temporary files: {list(tmp.iterdir())}"

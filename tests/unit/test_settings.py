@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Any
 
@@ -129,3 +130,193 @@ def test_rank_filter_log_dir_ports_and_token() -> None:
 )
 def test_local_slots(setting: int | str, gpus: int, slots: int) -> None:
     assert settings.local_slots(setting, gpus) == slots
+
+
+# --- every numeric setting, every source: non-finite, out of range, wrong type ------------
+
+HP_FILE = "/opt/ml/input/config/hp.json"
+# settings.MAX_SECONDS, MAX_PROCS_PER_HOST and MAX_PROCESSES, as literals: each test below must
+# fail on its own on a launcher without the bounds.
+MAX_SECONDS = 28 * 24 * 3600
+MAX_PROCS = 1024
+MAX_PROCESSES = 1 << 20
+
+
+def test_the_bounds() -> None:
+    assert (settings.MAX_SECONDS, settings.MAX_PROCS_PER_HOST) == (MAX_SECONDS, MAX_PROCS)
+    assert settings.MAX_PROCESSES == MAX_PROCESSES
+
+
+# (CLI attribute, flag, variable, hyperparameter, backend): the sources each setting has.
+NUMERIC = {
+    "grace": ("grace_period", "--grace-period", "LAUNCHER_GRACE_PERIOD", None, Backend.TORCH),
+    "peer": ("peer_timeout", "--peer-timeout", "LAUNCHER_PEER_TIMEOUT", None, Backend.TORCH),
+    "heartbeat": (
+        "heartbeat_timeout",
+        "--heartbeat-timeout",
+        "LAUNCHER_HEARTBEAT_TIMEOUT",
+        None,
+        Backend.TORCH,
+    ),
+    "control-port": (
+        "control_port",
+        "--control-port",
+        "LAUNCHER_CONTROL_PORT",
+        None,
+        Backend.TORCH,
+    ),
+    "master-port": ("master_port", "--master-port", "LAUNCHER_MASTER_PORT", None, Backend.TORCH),
+    "procs": (
+        "nproc_per_host",
+        "--nproc-per-host",
+        "LAUNCHER_PROCS_PER_HOST",
+        "sagemaker_mpi_num_of_processes_per_host",
+        Backend.TORCH,
+    ),
+    "mpi-procs": (
+        "mpi_num_processes",
+        "--mpi-num-processes",
+        "LAUNCHER_MPI_NUM_PROCESSES",
+        "sagemaker_mpi_num_processes",
+        Backend.MPI,
+    ),
+    "ssh-port": ("ssh_port", "--ssh-port", "LAUNCHER_SSH_PORT", None, Backend.MPI),
+}
+NON_FINITE_TEXT = ["inf", "-inf", "+inf", "nan", "NaN", "-nan", "Infinity", "INFINITY", "1e999",
+                   "-1e999", " inf ", "1" * 400]  # fmt: skip
+NON_FINITE = [math.inf, -math.inf, math.nan]
+BAD_EVERYWHERE = ["-1", "1e308", "99999999999999999999", "7" * 5000, "soon", "1,5", "0x10"]
+BAD_TYPES = [True, False, [1], {"a": 1}, 10**30, -(10**30), 10**400]
+ZERO_MEANINGLESS = {"peer", "heartbeat", "control-port", "procs", "mpi-procs"}
+WHOLE = {"control-port", "master-port", "procs", "mpi-procs", "ssh-port"}
+
+
+def _raises_naming(where: str, key: str, **sources: Any) -> None:
+    backend = sources.pop("backend")
+    with pytest.raises(ConfigError) as caught:
+        resolve(default_backend=backend, **sources)
+    text = str(caught.value)
+    assert text.startswith(f"{where}: {key}: "), text
+    assert "\n" not in text and len(text) < 300, text
+
+
+def _bad_values(name: str) -> list[Any]:
+    values: list[Any] = [*NON_FINITE_TEXT, *BAD_EVERYWHERE]
+    if name in ZERO_MEANINGLESS:
+        values += ["0", "0.0", "-0"]
+    if name in WHOLE:
+        values += ["1.5", "2.000001"]
+    if name == "mpi-procs":
+        values += [str(MAX_PROCESSES + 1)]
+    elif name in WHOLE:  # past every port, and past the processes of one host
+        values += ["65536", "1e5"]
+    else:
+        values += [str(MAX_SECONDS + 1), "1e7"]
+    if name == "heartbeat":
+        values += ["0.05", "1e-300"]
+    return values
+
+
+@pytest.mark.parametrize("name", list(NUMERIC))
+def test_bad_numbers_from_the_command_line_name_the_flag(name: str) -> None:
+    attr, flag, _, _, backend = NUMERIC[name]
+    for value in [*_bad_values(name), *NON_FINITE, *BAD_TYPES]:
+        _raises_naming("command line", flag, cli={attr: value}, backend=backend)
+
+
+@pytest.mark.parametrize("name", list(NUMERIC))
+def test_bad_numbers_from_the_environment_name_the_variable(name: str) -> None:
+    _, _, variable, _, backend = NUMERIC[name]
+    for value in _bad_values(name):
+        _raises_naming("environment", variable, environ={variable: value}, backend=backend)
+
+
+@pytest.mark.parametrize("name", [n for n, (_, _, _, hp, _) in NUMERIC.items() if hp])
+def test_bad_numbers_from_hyperparameters_name_the_key(name: str) -> None:
+    _, _, _, hp, backend = NUMERIC[name]
+    assert hp is not None
+    # Decoded values (Infinity, NaN, 1e999 decode to floats) and strings json.loads kept.
+    for value in [*NON_FINITE, *BAD_TYPES, *_bad_values(name), 1.5, 0.5, -1, 0]:
+        _raises_naming(HP_FILE, hp, hps={hp: value}, backend=backend)
+
+
+@pytest.mark.parametrize(
+    ("name", "value", "expected"),
+    [
+        ("grace", "0", 0.0),
+        ("grace", " 2.5 ", 2.5),
+        ("grace", "1e3", 1000.0),
+        ("grace", 7, 7.0),
+        ("peer", "0.5", 0.5),
+        ("peer", str(MAX_SECONDS), float(MAX_SECONDS)),
+        ("heartbeat", "0.1", 0.1),
+        ("control-port", "1", 1),
+        ("control-port", "65535", 65535),
+        ("master-port", "0", 0),
+        ("master-port", "29500.0", 29500),
+        ("procs", "4.0", 4),
+        ("procs", 2.0, 2),
+        ("procs", " 8 ", 8),
+        ("procs", str(MAX_PROCS), MAX_PROCS),
+        ("mpi-procs", "16", 16),
+        ("ssh-port", "0", 0),
+        ("ssh-port", "2222", 2222),
+    ],
+)
+def test_good_numbers_in_every_form(name: str, value: Any, expected: float) -> None:
+    attr, _, variable, _, backend = NUMERIC[name]
+    field = {
+        "grace": "grace_s",
+        "peer": "peer_timeout_s",
+        "heartbeat": "heartbeat_timeout_s",
+        "procs": "procs_per_host",
+        "mpi-procs": "mpi_num_processes",
+    }.get(name, attr)
+    got = getattr(resolve(cli={attr: value}, default_backend=backend), field)
+    assert got == expected and type(got) is type(expected)
+    if isinstance(value, str):
+        got = getattr(resolve(environ={variable: value}, default_backend=backend), field)
+        assert got == expected
+
+
+def test_mpi_numbers_are_read_only_for_the_mpi_backend() -> None:
+    environ = {"LAUNCHER_SSH_PORT": "inf", "LAUNCHER_MPI_NUM_PROCESSES": "nan"}
+    got = resolve(environ=environ, default_backend=Backend.TORCH)
+    assert (got.mpi_num_processes, got.ssh_port) == (None, 0)
+    got = resolve(hps={"sagemaker_mpi_enabled": True, "sagemaker_mpi_num_processes": 4})
+    assert (got.backend, got.mpi_num_processes, got.ssh_port) == (Backend.MPI, 4, 0)
+
+
+def test_a_parser_from_elsewhere_cannot_let_a_non_finite_or_huge_number_through() -> None:
+    """`mpijob` and others call `pick` with their own parsers (e.g. `int`, `float`)."""
+    sources = Sources({}, {}, {"sagemaker_x": math.inf}, HP_FILE)
+    with pytest.raises(ConfigError, match=r"^/opt/ml/input/config/hp\.json: sagemaker_x: inf"):
+        sources.pick("x", "LAUNCHER_X", "sagemaker_x", int, 0)  # int(inf): OverflowError
+    for value in ("1e999", "nan"):
+        with pytest.raises(ConfigError, match=r"^environment: LAUNCHER_X: .*finite"):
+            Sources({}, {"LAUNCHER_X": value}, {}).pick("x", "LAUNCHER_X", None, float, 0.0)
+    with pytest.raises(ConfigError, match=r"^command line: --x: "):
+        Sources({"x": str(10**30)}, {}, {}).pick("x", "LAUNCHER_X", None, int, 0)
+
+
+def test_messages_show_long_values_shortened() -> None:
+    with pytest.raises(ConfigError) as caught:
+        resolve(environ={"LAUNCHER_GRACE_PERIOD": "9" * 100_000})
+    assert len(str(caught.value)) < 350
+    with pytest.raises(ConfigError) as caught:
+        resolve(hps={"sagemaker_mpi_num_of_processes_per_host": ["x" * 100_000] * 100})
+    assert len(str(caught.value)) < 350
+
+
+@pytest.mark.parametrize(
+    ("cli", "where"),
+    [
+        ({"ranks": "99999999999999999999"}, "command line: --ranks: "),
+        ({"log_dir": ""}, "command line: --log-dir: "),
+        ({"log_dir": "a\0b"}, "command line: --log-dir: "),
+    ],
+)
+def test_other_bad_values_name_their_source(cli: dict[str, Any], where: str) -> None:
+    with pytest.raises(ConfigError) as caught:
+        resolve(cli=cli)
+    assert str(caught.value).startswith(where)

@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 
 from launcher import config, smenv
+from launcher.errors import ConfigError
 from tests.oracle.trees import WORKED_ARGV, WORKED_EXAMPLE, WORKED_SM_HP
 
 P4D = "ml.p4d.24xlarge"
@@ -251,3 +252,56 @@ def test_hetero_example_variables(tmp_path: Path) -> None:
     training_env = json.loads(env["SM_TRAINING_ENV"])
     assert training_env["distribution_hosts"] == ["algo-3", "algo-2"]
     assert training_env["master_hostname"] == "algo-3" and training_env["is_master"] is False
+
+
+# --- values at the edges: deep nesting and execve's limits -------------------------------
+
+
+def _with_headroom(frames: int, call: Any) -> Any:
+    """Run `call` with only about `frames` frames left before the recursion limit, as it
+    would be deep inside a caller's stack."""
+    import inspect
+    import sys
+
+    used = len(inspect.stack(0))
+    depth = sys.getrecursionlimit() - used - frames
+
+    def descend(n: int) -> Any:
+        return call() if n <= 0 else descend(n - 1)
+
+    return descend(depth)
+
+
+@pytest.mark.parametrize("depth", [64, 65, 200, 400, 900])
+@pytest.mark.parametrize("shape", ["lists", "objects"])
+def test_whatever_load_accepts_encodes_even_deep_in_a_stack(
+    tmp_path: Path, depth: int, shape: str
+) -> None:
+    """A value nesting `depth` levels, raw and JSON-encoded, in every file: either `load`
+    refuses it, or every SM_* variable and argument can be built with 150 frames to spare."""
+    text = "[" * depth + "]" * depth if shape == "lists" else '{"a":' * depth + "1" + "}" * depth
+    cfg = tmp_path / "input" / "config"
+    cfg.mkdir(parents=True)
+    (cfg / "hyperparameters.json").write_text(f'{{"raw": {text}, "encoded": {json.dumps(text)}}}')
+    (cfg / "resourceconfig.json").write_text(
+        f'{{"current_host": "a", "hosts": ["a"], "topology": [{text}]}}'
+    )
+    (cfg / "inputdataconfig.json").write_text(f'{{"train": {{"x": {text}}}}}')
+    try:
+        job = config.load(tmp_path, {})
+    except ConfigError as e:
+        assert "nests too deeply" in str(e)
+        return
+    env = _with_headroom(
+        150, lambda: smenv.sm_environment(job, num_gpus=8, num_cpus=96, environ={})
+    )
+    assert json.loads(env["SM_TRAINING_ENV"])["hyperparameters"]["raw"] == json.loads(text)
+    _with_headroom(150, lambda: smenv.user_args(job.hyperparameters.user))
+
+
+def test_exec_bytes_counts_what_execve_counts() -> None:
+    assert smenv.exec_bytes("abc") == 4  # the NUL
+    assert smenv.exec_bytes("v", "SM_X") == len(b"SM_X=v") + 1
+    assert smenv.exec_bytes("\u00e9") == 3  # UTF-8 bytes, not characters
+    assert smenv.exec_bytes("\udcff") == 2  # a byte the environment held, as it was
+    assert smenv.MAX_STRING_BYTES == 32 * 4096  # Linux's MAX_ARG_STRLEN

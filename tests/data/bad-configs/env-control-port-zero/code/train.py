@@ -1,0 +1,1 @@
+raise SystemExit("the entry point must not run for a broken tree")
