@@ -123,7 +123,8 @@ def train_main(argv: Sequence[str] | None = None) -> NoReturn:
     environ = dict(os.environ)
     base = config.base_dir_from(environ)
     # A failure file goes into an existing tree only: `train` never creates /opt/ml from nothing.
-    output = None if args.dry_run or not base.is_dir() else base / "output"
+    # os.path.isdir, not Path.is_dir: a path longer than PATH_MAX must not raise here.
+    output = None if args.dry_run or not os.path.isdir(base) else base / "output"  # noqa: PTH112
     _guard(lambda: _commands().train(args, environ, base), output)
 
 

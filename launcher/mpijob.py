@@ -27,7 +27,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from launcher import mpi, sshcheck, sshd
+from launcher import mpi, settings, sshcheck, sshd
 from launcher.app import Result, RunOptions, execute, finish
 from launcher.containment import Containment
 from launcher.errors import (
@@ -62,15 +62,11 @@ class MpiSettings:
 
 
 def _count(value: Any) -> int:
-    if isinstance(value, bool) or int(value) < 1:
-        raise ValueError("must be a count >= 1")
-    return int(value)
+    return settings.count(value, settings.MAX_PROCESSES)  # the same rules as `resolve`
 
 
 def _port(value: Any) -> int:
-    if not 0 <= int(value) <= 65535:
-        raise ValueError("must be a port number 0-65535")
-    return int(value)
+    return settings.port(value)
 
 
 def _absolute(program: Any) -> str:
