@@ -19,7 +19,7 @@ from types import ModuleType
 from typing import NoReturn
 
 from launcher import __version__, console
-from launcher.errors import EXIT_FAILURE, LauncherError
+from launcher.errors import EXIT_FAILURE, LauncherError, UsageError
 from launcher.plan import Backend
 
 log = logging.getLogger("launcher")
@@ -43,6 +43,14 @@ def _commands() -> ModuleType:
         gc.enable()
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse, with a bad command line raised as `UsageError` (one line, exit 2, and
+    output/failure for `train`) instead of a usage block and `sys.exit` from inside argparse."""
+
+    def error(self, message: str) -> NoReturn:
+        raise UsageError(f"command line: {message}", hint=f"see {self.prog} --help")
+
+
 def _add_run_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--backend", help="torch | horovod | mpi | none")
     parser.add_argument("--nproc-per-host", dest="nproc_per_host", metavar="N|gpu|auto")
@@ -55,7 +63,7 @@ def _add_run_options(parser: argparse.ArgumentParser) -> None:
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="launcher", description="Distributed training launcher")
+    parser = _Parser(prog="launcher", description="Distributed training launcher")
     parser.add_argument("--version", action="version", version=f"ml-launcher {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
     run = sub.add_parser("run", help="start ranks of a script on this host, like torchrun")
@@ -87,7 +95,7 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _train_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="train", description="Run the training job described by $SAGEMAKER_BASE_DIR"
     )
     parser.add_argument("--version", action="version", version=f"ml-launcher {__version__}")
@@ -114,18 +122,23 @@ def _guard(body: Callable[[], int], output_dir: Path | None = None) -> NoReturn:
     sys.exit(code)
 
 
+def _raise(error: LauncherError) -> int:
+    raise error
+
+
 def train_main(argv: Sequence[str] | None = None) -> NoReturn:
     """`train`: the SageMaker training entry point (DESIGN.md's pipeline, one host)."""
     from launcher import config  # noqa: PLC0415 - only train and plan read a SageMaker tree
 
     console.setup_logging()
-    args = _train_parser().parse_args(argv)
+    argv = list(sys.argv[1:] if argv is None else argv)
     environ = dict(os.environ)
     base = config.base_dir_from(environ)
     # A failure file goes into an existing tree only: `train` never creates /opt/ml from nothing.
     # os.path.isdir, not Path.is_dir: a path longer than PATH_MAX must not raise here.
-    output = None if args.dry_run or not os.path.isdir(base) else base / "output"  # noqa: PTH112
-    _guard(lambda: _commands().train(args, environ, base), output)
+    dry_run = "--dry-run" in argv
+    output = None if dry_run or not os.path.isdir(base) else base / "output"  # noqa: PTH112
+    _guard(lambda: _commands().train(_train_parser().parse_args(argv), environ, base), output)
 
 
 def main(argv: Sequence[str] | None = None) -> NoReturn:
@@ -134,7 +147,11 @@ def main(argv: Sequence[str] | None = None) -> NoReturn:
     if argv[:1] == ["train"]:
         train_main(argv[1:])
     console.setup_logging()
-    args = _parser().parse_args(argv)
+    try:
+        args = _parser().parse_args(argv)
+    except UsageError as e:
+        error = e  # `e` is unbound after the block; the lambda runs inside _guard
+        _guard(lambda: _raise(error))
     environ = dict(os.environ)
     if args.command == "local":
         _guard(lambda: _commands().local(args, environ))

@@ -156,3 +156,17 @@ def test_output_passes_through_byte_for_byte(launch: Launch, tmp_path: Path) -> 
     assert job.wait() == 0, job.err
     assert job.out_bytes == out
     assert err in job.err_path.read_bytes()
+
+
+@pytest.mark.parametrize("args", [["--grace-period"], ["--bogus"], ["--grace-period", "-inf"]])
+def test_a_bad_command_line_is_one_line_and_a_failure_file(
+    launch: Launch, tmp_path: Path, args: list[str]
+) -> None:
+    base = sm_tree(tmp_path / "ml", "print('never runs')\n")
+    job = launch(
+        command=[PYTHON, "-m", "launcher", "train", *args], env={"SAGEMAKER_BASE_DIR": str(base)}
+    )
+    assert job.wait() == 2
+    assert len(job.stderr_lines()) == 1, job.err
+    assert job.err.startswith("[launcher] error: command line: ")
+    assert (base / "output" / "failure").read_text().startswith("command line: ")
