@@ -20,10 +20,11 @@ from launcher import procs as processes
 from launcher import report
 from launcher.containment import Containment
 from launcher.errors import exit_code_for_rank, signal_exit_code, signal_name
+from launcher.events import Events, Outcome
 from launcher.logs import OutputPump
 from launcher.plan import LaunchPlan
 from launcher.procs import ProcessSet
-from launcher.supervise import Outcome, Supervisor, forwarding_signals, raising_signals
+from launcher.supervise import Supervisor, forwarding_signals, raising_signals
 from launcher.watchdog import Watchdog
 
 log = logging.getLogger("launcher")
@@ -86,7 +87,7 @@ def execute(
     options: RunOptions,
     scope: Containment,
     *,
-    events: queue.SimpleQueue[object] | None = None,
+    events: Events | None = None,
     on_stop: Callable[[int, str], None] | None = None,
 ) -> Result:
     """Start the plan's ranks, supervise them to the end, report. Never leaves a rank running."""

@@ -26,7 +26,7 @@ log = logging.getLogger("launcher")
 
 
 def preload() -> None:
-    """Import everything a command needs now (for `launcher.zygote`, before it forks)."""
+    """Import everything a command needs now (for `launcher.local.zygote`, before it forks)."""
     _commands()
 
 
@@ -128,7 +128,7 @@ def _raise(error: LauncherError) -> int:
 
 def train_main(argv: Sequence[str] | None = None) -> NoReturn:
     """`train`: the SageMaker training entry point (DESIGN.md's pipeline, one host)."""
-    from launcher import config  # noqa: PLC0415 - only train and plan read a SageMaker tree
+    from launcher.sagemaker import config  # noqa: PLC0415 - only train and plan read a SageMaker tree
 
     console.setup_logging()
     argv = list(sys.argv[1:] if argv is None else argv)
@@ -156,7 +156,7 @@ def main(argv: Sequence[str] | None = None) -> NoReturn:
     if args.command == "local":
         _guard(lambda: _commands().local(args, environ))
     if args.command == "plan":
-        from launcher import config  # noqa: PLC0415 - only train and plan read a SageMaker tree
+        from launcher.sagemaker import config  # noqa: PLC0415 - only train and plan read a SageMaker tree
 
         args.dry_run = True
         base = config.base_dir_from(environ)

@@ -23,20 +23,21 @@ from launcher import console, gpus, plan, settings
 from launcher.app import Result, RunOptions, execute, finish, free_port, guarded
 from launcher.containment import Containment
 from launcher.errors import LauncherError, StopRequested
+from launcher.events import Events
 from launcher.plan import Backend, HostSlots, JobSpec, LaunchPlan, World
 
 if TYPE_CHECKING:
-    from launcher.entrypoint import EntryPoint
+    from launcher.control.follower import Member
     from launcher.horovod import RendezvousHost as HorovodServer
-    from launcher.mpijob import SshKeys
-    from launcher.rendezvous import Member
-    from launcher.tree import JobConfig
+    from launcher.mpi.job import SshKeys
+    from launcher.sagemaker.entrypoint import EntryPoint
+    from launcher.sagemaker.tree import JobConfig
 
 log = logging.getLogger("launcher")
 
 
 def train(args: argparse.Namespace, environ: dict[str, str], base: Path) -> int:
-    from launcher import config, job  # noqa: PLC0415 - only train and plan read a tree
+    from launcher.sagemaker import config, job  # noqa: PLC0415 - only train and plan read a tree
 
     cfg = config.load(base, environ)
     if len(cfg.resources.hosts) > 1:
@@ -87,14 +88,14 @@ def _train_job(
     args: argparse.Namespace, prepared: Prepared, error_dir: str, scope: Containment
 ) -> int:
     """`train` once its code is in place: meet the hosts, plan, run, agree on the result."""
-    from launcher import job  # noqa: PLC0415 - only train and plan read a tree
+    from launcher.sagemaker import job  # noqa: PLC0415 - only train and plan read a tree
 
     cfg, chosen, sources = prepared.cfg, prepared.chosen, prepared.sources
     backend, slots, multi = prepared.backend, prepared.slots, prepared.multi
     environ = dict(sources.environ)
     entry, env = prepared.entry, prepared.env
     spec = job.spec(cfg, entry, backend, env, error_dir)
-    events: queue.SimpleQueue[object] = queue.SimpleQueue()
+    events: Events = queue.SimpleQueue()
     member: Member | None = None
     leads = not multi or cfg.resources.current_host == cfg.distribution_hosts[0]
     keys, hvd, extra = _backend_prepare(backend, multi, leads, args.dry_run, environ)
@@ -103,7 +104,7 @@ def _train_job(
     elif args.dry_run:
         world = _assumed_world(cfg.distribution_hosts, cfg.resources.current_host, slots)
     else:
-        from launcher.meet import MeetRequest, meet  # noqa: PLC0415 - multi-host jobs only
+        from launcher.control.meet import MeetRequest, meet  # noqa: PLC0415 - multi-host jobs only
 
         request = MeetRequest(
             host=cfg.resources.current_host,
@@ -146,7 +147,7 @@ def _run_world(
     member: Member | None,
     keys: SshKeys | None,
     hvd: HorovodServer | None,
-    events: queue.SimpleQueue[object],
+    events: Events,
     scope: Containment,
 ) -> int:
     """Plan this host's ranks in the agreed world, run them, agree on the job's result."""
@@ -193,7 +194,7 @@ def _run_world(
     return _finish(result if result.exit_code or not code else _failed(result, code, reason))
 
 
-# --- the mpi and horovod backends (launcher/mpijob.py, launcher/horovod.py) -------------------
+# --- the mpi and horovod backends (launcher/mpi/job.py, launcher/horovod.py) -------------------
 
 
 def _backend_prepare(
@@ -204,13 +205,13 @@ def _backend_prepare(
     if dry_run:
         return None, None, {}
     if backend is Backend.MPI and multi:
-        from launcher.mpijob import SshKeys  # noqa: PLC0415 - keeps `train` start-up light
+        from launcher.mpi.job import SshKeys  # noqa: PLC0415 - keeps `train` start-up light
 
         keys = SshKeys.create(leads, environ)
         return keys, None, keys.plan_extra() if leads else {}
     if backend is Backend.HOROVOD and leads:
+        from launcher.control.meet import HOROVOD_PORT_KEY  # noqa: PLC0415
         from launcher.horovod import RendezvousHost  # noqa: PLC0415
-        from launcher.meet import HOROVOD_PORT_KEY  # noqa: PLC0415
 
         server = RendezvousHost()
         return None, server, {HOROVOD_PORT_KEY: server.start()}
@@ -227,10 +228,10 @@ def _mpi(
     member: Member | None = None,
     keys: SshKeys | None = None,
     scope: Containment,
-    events: queue.SimpleQueue[object],
+    events: Events,
 ) -> int:
     """The `mpi` backend's `train`: mpirun on the leader, sshd on the followers."""
-    from launcher import mpijob  # noqa: PLC0415 - keeps `train` start-up light
+    from launcher.mpi import job as mpijob  # noqa: PLC0415 - keeps `train` start-up light
 
     chosen = settings.resolve(sources, default_backend=Backend.NONE)
     run = mpijob.MpiRun(
@@ -359,7 +360,7 @@ def run(args: argparse.Namespace, environ: dict[str, str]) -> int:
 
 
 def local(args: argparse.Namespace, environ: dict[str, str]) -> int:
-    from launcher import local  # noqa: PLC0415 - keeps `train` start-up light
+    from launcher.local import cluster as local  # noqa: PLC0415 - keeps `train` start-up light
 
     sources = settings.Sources(vars(args), environ, {})
     chosen = settings.resolve(sources, default_backend=Backend.TORCH)
@@ -391,6 +392,6 @@ def local(args: argparse.Namespace, environ: dict[str, str]) -> int:
 
 
 def doctor(args: argparse.Namespace, environ: dict[str, str]) -> int:
-    from launcher import doctor  # noqa: PLC0415 - keeps `train` start-up light
+    from launcher.doctor import checks as doctor  # noqa: PLC0415 - keeps `train` start-up light
 
     return doctor.main(environ, as_json=args.json, backend=args.backend)

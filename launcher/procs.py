@@ -23,13 +23,11 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-import queue
 import signal
 import subprocess
-import sys
 import threading
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
@@ -37,6 +35,7 @@ from typing import BinaryIO
 from launcher import containment
 from launcher.containment import Cgroup, Containment
 from launcher.errors import SpawnError
+from launcher.events import Events, RankExited
 from launcher.logs import OutputPump, Tail
 from launcher.plan import LaunchPlan, RankSpec
 
@@ -44,13 +43,6 @@ log = logging.getLogger("launcher")
 
 CAPTURE_DRAIN_S = 1.0
 HELPER_STOP_GRACE_S = 2.0
-
-
-@dataclass(frozen=True, slots=True)
-class RankExited:
-    rank: int
-    returncode: int  # negative: killed by that signal (subprocess's convention)
-    at: float  # time.monotonic() when the exit was seen
 
 
 class _Registry:
@@ -156,7 +148,7 @@ class ProcessSet:
     def __init__(
         self,
         plan: LaunchPlan,
-        events: queue.SimpleQueue[object],
+        events: Events,
         pump: OutputPump,
         *,
         scope: Containment | None = None,
@@ -487,49 +479,3 @@ def capture(
     finally:
         _REGISTRY.forget(popen.pid)
     return Captured(returncode, out.decode("utf-8", "replace"), err.decode("utf-8", "replace"))
-
-
-def fork_each(envs: list[dict[str, str]], body: Callable[[], int]) -> list[int]:
-    """Fork one child per environment; each applies its variables, runs `body`, exits with it.
-
-    For `launcher local`: its host launchers are forked from one process that has already
-    imported the pipeline, which saves every host the interpreter start and the imports
-    (about 60 ms of CPU each on 2 cores). The caller must not have started any thread. A
-    child restores the default signal dispositions first and never returns.
-    """
-    pids = []
-    for env in envs:
-        with _REGISTRY.spawning() as known:
-            pid = os.fork()
-            if pid != 0:
-                known.add(pid)
-        if pid == 0:
-            code = 1
-            try:
-                for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
-                    signal.signal(sig, signal.SIG_DFL)
-                os.environ.update(env)
-                code = body()
-            except SystemExit as e:
-                code = e.code if isinstance(e.code, int) else 1
-            finally:
-                with contextlib.suppress(Exception):
-                    sys.stdout.flush()
-                    sys.stderr.flush()
-                os._exit(code)
-        pids.append(pid)
-    return pids
-
-
-def wait_each(pids: list[int]) -> list[int]:
-    """Wait for every child of `fork_each`; their statuses as returncodes (-N: signal N)."""
-    codes = []
-    for pid in pids:
-        while True:
-            try:
-                _, status = os.waitpid(pid, 0)
-                break
-            except InterruptedError:
-                continue
-        codes.append(os.waitstatus_to_exitcode(status))
-    return codes

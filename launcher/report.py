@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from launcher.errors import exit_code_for_rank, signal_exit_code, signal_name
-from launcher.supervise import Outcome, RunState
+from launcher.events import Outcome, RunState
 
 _TRACEBACK = "Traceback (most recent call last):"
 _RANK_PREFIX = re.compile(r"^\[rank\d+\]: ?")

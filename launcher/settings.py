@@ -88,7 +88,7 @@ class Sources:
 
 def _shown(value: Any) -> str:
     # Only on the error path: `launcher run` never reads a tree and need not import its parser.
-    from launcher.treefiles import shown  # noqa: PLC0415
+    from launcher.sagemaker.files import shown  # noqa: PLC0415
 
     return shown(value)
 

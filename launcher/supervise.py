@@ -11,7 +11,6 @@ once, as users expect of Ctrl-C twice).
 
 from __future__ import annotations
 
-import enum
 import queue
 import signal
 import time
@@ -22,43 +21,19 @@ from types import FrameType
 from typing import Protocol
 
 from launcher.errors import StopRequested
-from launcher.procs import RankExited
+from launcher.events import (
+    Events,
+    Outcome,
+    RankExited,
+    RemoteAbort,
+    RunState,
+    SignalReceived,
+)
 
 FORWARDED = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGUSR1, signal.SIGUSR2)
 STOPPING = frozenset({signal.SIGTERM, signal.SIGINT, signal.SIGHUP})
 # After SIGKILL a rank in uninterruptible sleep (D state) may never be reaped; do not hang on it.
 KILL_WAIT_S = 10.0
-
-
-@dataclass(frozen=True, slots=True)
-class SignalReceived:
-    signum: int
-
-
-@dataclass(frozen=True, slots=True)
-class RemoteAbort:
-    """Another host failed or was lost; `reason` is the job's root cause as that host saw it."""
-
-    reason: str
-    exit_code: int
-
-
-class RunState(enum.Enum):
-    SUCCEEDED = "succeeded"
-    FAILED = "failed"
-    INTERRUPTED = "interrupted"
-    ABORTED = "aborted"
-
-
-@dataclass(frozen=True, slots=True)
-class Outcome:
-    state: RunState
-    exits: dict[int, RankExited]
-    root_cause: int | None  # the rank whose failure ended the job, when it is local
-    terminated: frozenset[int]  # ranks the launcher signalled before they exited
-    stop_signal: int | None = None
-    remote: RemoteAbort | None = None
-    duration_s: float = 0.0
 
 
 class Ranks(Protocol):
@@ -72,9 +47,7 @@ class Ranks(Protocol):
 
 
 @contextmanager
-def forwarding_signals(
-    events: queue.SimpleQueue[object], *, linger: bool = False
-) -> Iterator[None]:
+def forwarding_signals(events: Events, *, linger: bool = False) -> Iterator[None]:
     """Turn the forwarded signals into events for as long as the block runs.
 
     With `linger`, the block's end does not restore the old handlers but ignores these
@@ -123,7 +96,7 @@ def _late(signum: int, frame: FrameType | None) -> None:
 @dataclass
 class Supervisor:
     ranks: Ranks
-    events: queue.SimpleQueue[object]
+    events: Events
     grace_s: float
     on_event: Callable[[object], None] | None = None
     # Called once when this host decides to stop the job (root-cause rank, or stop signal), so

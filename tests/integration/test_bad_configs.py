@@ -144,7 +144,7 @@ DEEP = 100_000
 # string (`"x": "@LISTS@"`) must not contain an unescaped quote.
 PLACEHOLDERS = {
     "@LISTS@": "[" * DEEP + "]" * DEEP,
-    "@LISTS_65@": "[" * 65 + "]" * 65,  # one level over launcher.tree.MAX_NESTING
+    "@LISTS_65@": "[" * 65 + "]" * 65,  # one level over launcher.sagemaker.tree.MAX_NESTING
     "@OBJECTS@": '{"a":' * DEEP + "1" + "}" * DEEP,
     "@ESCAPED_OBJECTS@": '{\\"a\\":' * DEEP + "1" + "}" * DEEP,
     "@200K@": "x" * 200 * 1024,

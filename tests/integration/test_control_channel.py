@@ -30,14 +30,16 @@ from typing import Any
 
 import pytest
 
-from launcher import leader as leader_mod
-from launcher import local, rendezvous, wire
-from launcher.channel import Message
+from launcher.control import follower as rendezvous
+from launcher.control import leader as leader_mod
+from launcher.control import wire
+from launcher.control.connection import Message
+from launcher.control.follower import Follower, Peer
+from launcher.control.leader import Leader
+from launcher.control.meet import Interrupt, MeetRequest, MeetStopped, listen_address, meet
 from launcher.errors import JobAborted, PeersUnreachable, StopRequested
-from launcher.leader import Leader
-from launcher.meet import Interrupt, MeetRequest, MeetStopped, listen_address, meet
-from launcher.rendezvous import Follower, Peer, PeerMessage
-from launcher.supervise import RemoteAbort
+from launcher.events import PeerMessage, RemoteAbort
+from launcher.local import cluster as local
 
 pytestmark = pytest.mark.timeout(60)
 

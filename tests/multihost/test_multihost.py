@@ -88,6 +88,11 @@ if args.mode == "train":
     print("RESULT " + json.dumps({**me, "weights": weights}), flush=True)
     if rank == 0:
         torch.save(model.module.state_dict(), Path(os.environ["SM_MODEL_DIR"]) / "model.pt")
+    # DDP holds the process group: drop it first, so that destroying the group joins gloo's
+    # worker threads now. Left to interpreter exit, a worker that still owns a finished work
+    # object can need the GIL while Python finalizes, and torch aborts the rank (SIGABRT,
+    # "terminate called without an active exception"; docs/troubleshooting.md).
+    del model, opt
     dist.destroy_process_group()
 elif args.mode == "fail" and host == args.fail_host:
     everyone_ready()

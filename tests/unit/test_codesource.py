@@ -17,8 +17,8 @@ from typing import Any, Literal
 
 import pytest
 
-from launcher import codesource
 from launcher.errors import ConfigError
+from launcher.sagemaker import codesource
 
 HPS = Path("/opt/ml/input/config/hyperparameters.json")
 

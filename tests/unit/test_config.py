@@ -14,8 +14,8 @@ from typing import Any
 
 import pytest
 
-from launcher import config
 from launcher.errors import EXIT_USAGE, ConfigError
+from launcher.sagemaker import config
 
 ONE_HOST = {"current_host": "algo-1", "hosts": ["algo-1"]}
 
@@ -401,7 +401,7 @@ def test_deep_nesting_is_one_error_naming_file_and_key(
 
 @pytest.mark.parametrize("shape", ["lists", "objects"])
 def test_nesting_up_to_the_limit_loads_and_encodes(tmp_path: Path, shape: str) -> None:
-    from launcher import smenv
+    from launcher.sagemaker import smenv
 
     # The channel's own object is one level: the limit counts from the top-level key's value.
     base = tree(
@@ -419,7 +419,7 @@ def test_nesting_up_to_the_limit_loads_and_encodes(tmp_path: Path, shape: str) -
 
 
 def test_decode_hyperparameter_refuses_values_too_deep() -> None:
-    from launcher.treefiles import NestingError
+    from launcher.sagemaker.files import NestingError
 
     assert config.decode_hyperparameter(nested(MAX, "lists")) == json.loads(nested(MAX, "lists"))
     for depth in (MAX + 1, 100_000):
@@ -536,7 +536,7 @@ def test_values_too_large_for_execve_are_one_error_naming_the_source(
 
 
 def test_large_values_that_execve_accepts_load(tmp_path: Path) -> None:
-    from launcher import smenv
+    from launcher.sagemaker import smenv
 
     job = load(tree(tmp_path, {"a": "x" * 60 * KIB}, data={"train": {"x": "y" * 30 * KIB}}))
     env = smenv.sm_environment(job, num_gpus=8, num_cpus=96, environ={})
@@ -673,8 +673,10 @@ def _object(entries: dict[str, str]) -> str:
 
 def _front_half(base: Path, case: dict[str, Any]) -> None:
     """What `train` does with a tree before it starts anything."""
-    from launcher import entrypoint, mpijob, settings, smenv
+    from launcher import settings
+    from launcher.mpi import job as mpijob
     from launcher.plan import Backend
+    from launcher.sagemaker import entrypoint, smenv
 
     cfg_dir = base / "input" / "config"
     res = {"current_host": '"algo-1"', "hosts": '["algo-1", "algo-2"]', **case["res"]}

@@ -21,8 +21,9 @@ from typing import Any
 
 import pytest
 
-from launcher import doctor, gpus, procs
-from launcher.doctor import Finding, GpuFacts, Interface, Io, Report, Status
+from launcher import gpus, procs
+from launcher.doctor import checks as doctor
+from launcher.doctor.checks import Finding, GpuFacts, Interface, Io, Report, Status
 from launcher.plan import Backend
 from launcher.procs import Captured
 from tests.helpers.procwatch import LeakWatch
@@ -381,7 +382,7 @@ def test_probes_that_hang_or_crash_are_findings(tmp_path: Path, no_leaks: LeakWa
 def test_doctor_on_this_host_never_imports_torch(tmp_path: Path, no_leaks: LeakWatch) -> None:
     """The real thing end to end: venv python, torch and Horovod probes, tools, interfaces."""
     program = (
-        "import os, sys\nfrom launcher import doctor\n"
+        "import os, sys\nfrom launcher.doctor import checks as doctor\n"
         "code = doctor.main(dict(os.environ), as_json=True)\n"
         "assert not {'torch', 'horovod', 'mpi4py'} & set(sys.modules), 'imported a framework'\n"
         "sys.exit(code)\n"

@@ -15,9 +15,9 @@ from pathlib import Path
 
 import pytest
 
-from launcher import entrypoint
-from launcher.entrypoint import Kind
 from launcher.errors import ConfigError
+from launcher.sagemaker import entrypoint
+from launcher.sagemaker.entrypoint import Kind
 from tests.helpers.procwatch import LeakWatch
 from tests.oracle.trees import SHELL_NASTIES
 

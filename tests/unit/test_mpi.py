@@ -7,7 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from launcher import mpi, mpirank, sshd
+from launcher.mpi import command as mpi
+from launcher.mpi import rank as mpirank
+from launcher.mpi import ssh as sshd
 from launcher.plan import Backend, HostSlots, JobSpec, World, build
 
 PY = "/venv/bin/python"
@@ -66,7 +68,7 @@ def test_default_command_has_the_toolkit_flag_set() -> None:
     ]
     # No SM_* and no bare -x NAME: a forwarded value would be the leader's on every host (D2).
     assert not any(x.startswith("SM_") or "=" not in x for x in pairs(head, "-x"))
-    assert argv[argv.index(PY) :] == [PY, "-m", "launcher.mpirank", *request().program]
+    assert argv[argv.index(PY) :] == [PY, "-m", "launcher.mpi.rank", *request().program]
 
 
 def test_single_host_needs_no_ssh_and_no_interface() -> None:

@@ -9,8 +9,7 @@ from pathlib import Path
 import pytest
 
 from launcher import report
-from launcher.procs import RankExited
-from launcher.supervise import Outcome, RemoteAbort, RunState
+from launcher.events import Outcome, RankExited, RemoteAbort, RunState
 
 HOST = "algo-1"
 TRACEBACK = """\

@@ -13,8 +13,8 @@ from typing import Any
 
 import pytest
 
-from launcher import config, smenv
 from launcher.errors import ConfigError
+from launcher.sagemaker import config, smenv
 from tests.oracle.trees import WORKED_ARGV, WORKED_EXAMPLE, WORKED_SM_HP
 
 P4D = "ml.p4d.24xlarge"

@@ -20,7 +20,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from launcher import wire
+from launcher.control import wire
 
 KEY = wire.job_key("job-token")
 OTHER_KEY = wire.job_key("another-job")

@@ -133,7 +133,7 @@ def host_env(job: LocalJob, host: str, control_port: int, token: str) -> dict[st
 
 
 def write_host_envs(job: LocalJob, control_port: int, token: str) -> Path:
-    """Every host's variables, for `launcher.zygote`; 0600 since they hold the job token."""
+    """Every host's variables, for `launcher.local.zygote`; 0600 since they hold the job token."""
     path = job.folder / "hosts.json"
     envs = [host_env(job, host, control_port, token) for host in job.hosts]
     path.touch(mode=0o600)
@@ -142,5 +142,5 @@ def write_host_envs(job: LocalJob, control_port: int, token: str) -> Path:
 
 
 def zygote_argv(hosts_file: Path) -> list[str]:
-    """One process that forks every host's `train` (see launcher/zygote.py)."""
-    return [sys.executable, "-m", "launcher.zygote", str(hosts_file)]
+    """One process that forks every host's `train` (see launcher/local/zygote.py)."""
+    return [sys.executable, "-m", "launcher.local.zygote", str(hosts_file)]

@@ -26,8 +26,16 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from launcher import wire
-from launcher.channel import Connection, Message
+from launcher.control import wire
+from launcher.control.connection import Connection, Message
+from launcher.control.follower import (
+    STOP_LINGER_S,
+    Member,
+    Peer,
+    abort_message,
+    message_code,
+    stop_reason,
+)
 from launcher.errors import (
     EXIT_FAILURE,
     JobAborted,
@@ -35,16 +43,7 @@ from launcher.errors import (
     signal_exit_code,
     signal_name,
 )
-from launcher.rendezvous import (
-    STOP_LINGER_S,
-    Member,
-    Peer,
-    PeerMessage,
-    abort_message,
-    message_code,
-    stop_reason,
-)
-from launcher.supervise import RemoteAbort
+from launcher.events import PeerMessage, RemoteAbort
 
 log = logging.getLogger("launcher")
 

@@ -19,7 +19,6 @@ from __future__ import annotations
 import atexit
 import json
 import logging
-import queue
 import shutil
 import threading
 import time
@@ -27,9 +26,11 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from launcher import mpi, settings, sshcheck, sshd
+from launcher import settings
 from launcher.app import Result, RunOptions, execute, finish
 from launcher.containment import Containment
+from launcher.control.follower import Follower, Member
+from launcher.control.leader import Leader
 from launcher.errors import (
     ConfigError,
     LauncherError,
@@ -37,13 +38,14 @@ from launcher.errors import (
     signal_exit_code,
     signal_name,
 )
-from launcher.leader import Leader
-from launcher.mpirank import ENV_FILE_VAR
+from launcher.events import Events, JobDecided, RankExited, RunState, SignalReceived
+from launcher.mpi import command as mpi
+from launcher.mpi import ssh as sshd
+from launcher.mpi import sshcheck
+from launcher.mpi.rank import ENV_FILE_VAR
 from launcher.plan import LaunchPlan, RankSpec
-from launcher.procs import RankExited
-from launcher.rendezvous import Follower, Member
 from launcher.settings import Sources
-from launcher.supervise import STOPPING, RunState, SignalReceived, forwarding_signals
+from launcher.supervise import STOPPING, forwarding_signals
 
 log = logging.getLogger("launcher")
 
@@ -129,7 +131,7 @@ class MpiRun:
     settings: MpiSettings
     options: RunOptions
     scope: Containment
-    events: queue.SimpleQueue[object]
+    events: Events
     output_dir: Path | None
     peer_timeout_s: float
     environ: dict[str, str]
@@ -264,11 +266,6 @@ def _outcome(result: Result, hosts: list[tuple[str, int]]) -> tuple[int, str]:
 # --- a follower -------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True, slots=True)
-class _Decided:
-    """The job's result arrived over the control channel."""
-
-
 def _follow(run: MpiRun, follower: Follower, keys: SshKeys) -> tuple[int, str]:
     host = run.launch.world.host.name
     server = sshd.Helper(f"{host} sshd", run.events, run.scope)
@@ -346,7 +343,7 @@ def _wait_for_result(run: MpiRun, follower: Follower, server: sshd.Helper) -> in
 
     def decided() -> None:
         follower.decision.wait()
-        run.events.put(_Decided())
+        run.events.put(JobDecided())
 
     threading.Thread(target=decided, daemon=True, name="mpi-result").start()
     with forwarding_signals(run.events):

@@ -1,4 +1,4 @@
-"""Parse and validate the three JSON files of `input/config/` into `launcher.tree` types.
+"""Parse and validate the three JSON files of `input/config/` into `launcher.sagemaker.tree` types.
 
 Every check raises `ConfigError` naming the file and the key, with a hint. Files are read only
 when they are regular files under a size cap (a FIFO or /dev/zero must not hang `train`), must
@@ -28,7 +28,7 @@ from types import MappingProxyType
 from typing import Any
 
 from launcher.errors import ConfigError
-from launcher.tree import (
+from launcher.sagemaker.tree import (
     DEFAULT_GROUP,
     DEFAULT_INSTANCE_TYPE,
     DEFAULT_INTERFACE,

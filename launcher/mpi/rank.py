@@ -1,4 +1,4 @@
-"""`python -m launcher.mpirank PROGRAM [ARGS...]`: the per-rank shim of the `mpi` backend.
+"""`python -m launcher.mpi.rank PROGRAM [ARGS...]`: the per-rank shim of the `mpi` backend.
 
 mpirun starts every rank through this shim. It gives the rank its *own host's* environment
 and the torchrun variables, then `exec`s the program (no extra process stays behind):
@@ -100,7 +100,7 @@ def main(argv: list[str]) -> int:
     if argv[:1] == ["--"]:
         argv = argv[1:]
     if not argv:
-        print("usage: python -m launcher.mpirank PROGRAM [ARGS...]", file=sys.stderr)
+        print("usage: python -m launcher.mpi.rank PROGRAM [ARGS...]", file=sys.stderr)
         return 2
     try:
         env = rank_environment(os.environ, load_payload(os.environ))

@@ -20,9 +20,18 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from launcher import smenv
 from launcher.errors import ConfigError
-from launcher.tree import (
+from launcher.sagemaker import smenv
+from launcher.sagemaker.files import (
+    decode_hyperparameter,
+    hyperparameters,
+    input_data,
+    key_text,
+    read_object,
+    resources,
+    str_hp,
+)
+from launcher.sagemaker.tree import (
     DEFAULT_BASE_DIR,
     DEFAULT_LOG_LEVEL,
     DISTRIBUTION_FLAGS,
@@ -34,15 +43,6 @@ from launcher.tree import (
     JobConfig,
     Paths,
     ResourceConfig,
-)
-from launcher.treefiles import (
-    decode_hyperparameter,
-    hyperparameters,
-    input_data,
-    key_text,
-    read_object,
-    resources,
-    str_hp,
 )
 
 __all__ = [

@@ -15,7 +15,7 @@ Nothing here uses the machine's SSH set-up. Per job, in a private 0700 folder:
   real handshake, `ssh -F cfg <host> true`, before mpirun uses the same configuration.
 
 sshd's `SetEnv` gives every session (hence every remote orted and rank) `LAUNCHER_MPI_ENV`, the
-path of this host's own rank environment (see `launcher.mpirank`).
+path of this host's own rank environment (see `launcher.mpi.rank`).
 """
 
 from __future__ import annotations
@@ -24,7 +24,6 @@ import contextlib
 import ipaddress
 import os
 import pwd
-import queue
 import re
 import shutil
 import socket
@@ -38,8 +37,9 @@ from typing import Any
 from launcher import procs
 from launcher.containment import Containment
 from launcher.errors import LauncherError
+from launcher.events import Events
 from launcher.logs import OutputPump
-from launcher.mpirank import ENV_FILE_VAR
+from launcher.mpi.rank import ENV_FILE_VAR
 from launcher.plan import Backend, HostSlots, JobSpec, LaunchPlan, RankSpec, World
 
 MESSAGE = "sshd"  # the control-channel message a follower sends when its sshd is ready
@@ -67,7 +67,7 @@ class SshPeer:
         return {"type": MESSAGE, "addr": self.addr, "port": self.port, "hostkey": self.hostkey}
 
 
-def peer_from_message(host: str, message: dict[str, Any]) -> SshPeer:
+def peer_from_message(host: str, message: Mapping[str, Any]) -> SshPeer:
     """Validate a follower's report (authenticated, but still checked). Raises ValueError."""
     addr, port, hostkey = message.get("addr"), message.get("port"), message.get("hostkey")
     if not isinstance(addr, str) or not isinstance(port, int) or not isinstance(hostkey, str):
@@ -88,7 +88,7 @@ def check_name(host: str) -> str:
 def session_env(environ: Mapping[str, str], env_file: Path) -> dict[str, str]:
     """What every session of our sshd gets (`SetEnv`), since sshd passes on none of ours:
 
-    - LAUNCHER_MPI_ENV: this host's rank environment (see `launcher.mpirank`);
+    - LAUNCHER_MPI_ENV: this host's rank environment (see `launcher.mpi.rank`);
     - PATH and LD_LIBRARY_PATH of this host's launcher, so that orted and the shim run with the
       container's paths (the toolkit appended all of os.environ to /etc/environment for this);
     - SHLVL=1: bash sources ~/.bashrc for commands run by sshd only at shell level 1, and a
@@ -308,9 +308,7 @@ class Helper:
     `stop` closes its process set: SIGTERM, SIGKILL after the grace period, and whatever it
     left (an sshd session's processes) with it."""
 
-    def __init__(
-        self, label: str, events: queue.SimpleQueue[object], scope: Containment | None
-    ) -> None:
+    def __init__(self, label: str, events: Events, scope: Containment | None) -> None:
         self.label = label
         self._events = events
         self._scope = scope

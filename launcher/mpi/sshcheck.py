@@ -16,15 +16,13 @@ import logging
 import queue
 import threading
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
-from launcher import sshd
 from launcher.containment import Containment
 from launcher.errors import EXIT_PEERS, JobAborted, LauncherError
+from launcher.events import Events, PeerMessage, RemoteAbort, SshdChecked
+from launcher.mpi import ssh as sshd
 from launcher.plan import World
-from launcher.rendezvous import PeerMessage
-from launcher.supervise import RemoteAbort
 
 log = logging.getLogger("launcher")
 
@@ -37,17 +35,8 @@ class SshdUnreachable(LauncherError):
     exit_code = EXIT_PEERS
 
 
-@dataclass(frozen=True, slots=True)
-class Checked:
-    """The outcome of one follower's login check (posted on the events queue)."""
-
-    host: str
-    ok: bool
-    detail: str
-
-
 def await_sshd(
-    events: queue.SimpleQueue[object],
+    events: Events,
     world: World,
     folder: Path,
     masters: dict[str, sshd.Helper],
@@ -102,7 +91,7 @@ def await_sshd(
                 daemon=True,
                 name=f"ssh-check-{peer.host}",
             ).start()
-        elif isinstance(event, Checked):
+        elif isinstance(event, SshdChecked):
             if not event.ok:
                 raise SshdUnreachable(
                     f"cannot log in to {event.host} over ssh: {event.detail}",
@@ -126,7 +115,7 @@ _FATAL_SSH = ("Permission denied", "Host key verification failed", "IDENTIFICATI
 
 
 def check(
-    events: queue.SimpleQueue[object],
+    events: Events,
     folder: Path,
     host: str,
     master: sshd.Helper,
@@ -135,7 +124,7 @@ def check(
     environ: dict[str, str],
 ) -> None:
     """Bring up the master connection to `host` (retrying transient network errors until the
-    deadline), then log in over it once: the result goes to the events queue as `Checked`."""
+    deadline), then log in over it once: the result goes to the events queue as `SshdChecked`."""
     config = folder / "ssh_config"
     socket_path = sshd.control_path(folder, host)
     delay = 0.05
@@ -144,13 +133,13 @@ def check(
         if sshd.poll_until(socket_path.exists, deadline, alive=master.running):
             code, tail = sshd.check_login(config, host, environ, master.scope)
             detail = last_line(tail) or f"ssh exited with {code}"
-            events.put(Checked(host, code == 0, detail))
+            events.put(SshdChecked(host, code == 0, detail))
             return
         tail = master.log_tail()
         detail = last_line(tail) or "no answer"
         master.stop(STOP_GRACE_S)
         if any(marker in tail for marker in _FATAL_SSH) or time.monotonic() + delay >= deadline:
-            events.put(Checked(host, False, detail))
+            events.put(SshdChecked(host, False, detail))
             return
         time.sleep(delay)
         delay = min(delay * 2, 1.0)

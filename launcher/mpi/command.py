@@ -8,7 +8,7 @@ interface MCA parameters, `plm_rsh_no_tree_spawn`, `-bind-to none -map-by slot`,
 deliberate differences: `--display-map` is off (it floods the log; add it as a custom option),
 and no `SM_*`/`PYTHONPATH`/`PATH` is forwarded with `-x`, because a forwarded value is the
 leader's value on every host (defect D2). Instead every rank starts through the shim
-`python -m launcher.mpirank`, which loads its own host's environment (see `host_payload`).
+`python -m launcher.mpi.rank`, which loads its own host's environment (see `host_payload`).
 
 Custom options (`sagemaker_mpi_custom_mpi_options`) are split with shlex, so quoting works, and
 each option *replaces* a default with the same key instead of being appended behind it (toolkit
@@ -28,11 +28,11 @@ from typing import Any
 
 from launcher import contract
 from launcher.errors import signal_exit_code, signal_name
-from launcher.mpirank import FORWARDED_VAR
+from launcher.mpi.rank import FORWARDED_VAR
 from launcher.plan import LaunchPlan
 from launcher.report import exception_line
 
-SHIM_MODULE = "launcher.mpirank"
+SHIM_MODULE = "launcher.mpi.rank"
 DEFAULT_NCCL_DEBUG = "WARN"  # the toolkit's INFO prints pages per GPU; INFO is one option away
 
 # sagemaker-contract.md §10.5: instance types that get the EFA variables.

@@ -12,12 +12,13 @@ import os
 import sys
 from collections.abc import Mapping
 
-from launcher import codesource, entrypoint, procs, smenv
-from launcher.config import JobConfig
+from launcher import procs
 from launcher.containment import Containment
-from launcher.entrypoint import EntryPoint, Kind
 from launcher.errors import InstallError
 from launcher.plan import Backend, JobSpec
+from launcher.sagemaker import codesource, entrypoint, smenv
+from launcher.sagemaker.config import JobConfig
+from launcher.sagemaker.entrypoint import EntryPoint, Kind
 
 log = logging.getLogger("launcher")
 

@@ -1,7 +1,7 @@
 """The SageMaker container tree as frozen data: paths, cluster layout, hyperparameters, job.
 
-Types and constants only; `launcher.config.load` builds them and `launcher.treefiles` parses
-the files into them. Nothing here does I/O.
+Types and constants only; `config.load` builds them and `files` parses the files into them.
+Nothing here does I/O.
 """
 
 from __future__ import annotations

@@ -35,8 +35,8 @@ import threading
 import time
 from dataclasses import dataclass, field
 
-from launcher import wire
-from launcher.channel import Connection, Decision, Message
+from launcher.control import wire
+from launcher.control.connection import Connection, Decision, Message
 from launcher.errors import (
     EXIT_FAILURE,
     JobAborted,
@@ -45,7 +45,7 @@ from launcher.errors import (
     signal_exit_code,
     signal_name,
 )
-from launcher.supervise import RemoteAbort
+from launcher.events import Events, PeerMessage, RemoteAbort
 
 log = logging.getLogger("launcher")
 
@@ -120,15 +120,6 @@ class Peer:
     addr: str  # the leader's address as this peer reached it (its MASTER_ADDR)
 
 
-@dataclass(frozen=True, slots=True)
-class PeerMessage:
-    """A message of a kind the channel itself does not handle (a backend's, e.g. the MPI
-    backend's sshd report), posted on the events queue for whoever drives the backend."""
-
-    host: str  # who sent it: the follower's host name, or the leader's as a follower knows it
-    message: Message
-
-
 def abort_message(code: int, reason: str, host: str = "", signal: str = "") -> Message:
     """An ABORT; `host` is where the job was stopped and `signal` the stop signal, if any."""
     message: Message = {"type": "abort", "code": code, "reason": wire.clip(reason)}
@@ -150,7 +141,7 @@ class Member:
     key: bytes
     host: str
     heartbeat_timeout_s: float
-    events: queue.SimpleQueue[object]
+    events: Events
     decision: Decision = field(default_factory=Decision)
     # What the thread in `meet` waits on; the caller's signal handler posts to it.
     interrupt: Interrupt = field(default_factory=Interrupt)

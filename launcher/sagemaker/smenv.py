@@ -19,7 +19,7 @@ import shutil
 from collections.abc import Mapping
 from typing import Any
 
-from launcher.tree import JobConfig
+from launcher.sagemaker.tree import JobConfig
 
 # Linux refuses execve with E2BIG when one argument or environment string, its NUL included, is
 # longer than MAX_ARG_STRLEN (32 pages: 131072 bytes), or when all of them together exceed

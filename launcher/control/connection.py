@@ -23,7 +23,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from launcher import wire
+from launcher.control import wire
 
 log = logging.getLogger("launcher")
 

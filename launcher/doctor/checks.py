@@ -25,10 +25,9 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from launcher import config, gpus, job, procs, settings
-from launcher.errors import ConfigError, SpawnError
-from launcher.findings import Finding, Report, Status, render_json, render_table
-from launcher.hostfacts import (
+from launcher import gpus, procs, settings
+from launcher.doctor.findings import Finding, Report, Status, render_json, render_table
+from launcher.doctor.hostfacts import (
     HOROVOD_PROBE,
     MPI4PY_PROBE,
     PROBE_TIMEOUT_S,
@@ -38,7 +37,9 @@ from launcher.hostfacts import (
     nvml_facts,
     read_interfaces,
 )
+from launcher.errors import ConfigError, SpawnError
 from launcher.plan import Backend
+from launcher.sagemaker import config, job
 
 
 @dataclass(frozen=True, slots=True)

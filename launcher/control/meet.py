@@ -22,17 +22,13 @@ from __future__ import annotations
 import hashlib
 import ipaddress
 import logging
-import queue
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from launcher import wire
-from launcher.errors import LauncherError, StopRequested
-from launcher.leader import Leader
-from launcher.plan import HostSlots, World
-from launcher.rendezvous import (
+from launcher.control import wire
+from launcher.control.follower import (
     STOP_LINGER_S,
     Follower,
     Interrupt,
@@ -40,6 +36,10 @@ from launcher.rendezvous import (
     Member,
     Stopped,
 )
+from launcher.control.leader import Leader
+from launcher.errors import LauncherError, StopRequested
+from launcher.events import Events
+from launcher.plan import HostSlots, World
 
 __all__ = [
     "HOROVOD_PORT_KEY",
@@ -92,7 +92,7 @@ def listen_address(request: MeetRequest) -> str:
 
 def meet(
     request: MeetRequest,
-    events: queue.SimpleQueue[object],
+    events: Events,
     free_port: int,
     interrupt: Interrupt | None = None,
 ) -> tuple[World, Member]:
@@ -132,7 +132,7 @@ def _stopped(member: Member, stop: Stopped | StopRequested) -> MeetStopped:
 
 def _lead(
     request: MeetRequest,
-    events: queue.SimpleQueue[object],
+    events: Events,
     *,
     free_port: int,
     interrupt: Interrupt,
@@ -193,7 +193,7 @@ def _lead(
 
 def _follow(
     request: MeetRequest,
-    events: queue.SimpleQueue[object],
+    events: Events,
     interrupt: Interrupt,
     key: bytes,
     deadline: float,

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from launcher.errors import ConfigError
-from launcher.treefiles import shown
+from launcher.sagemaker.files import shown
 
 _NAME = re.compile(r"^[A-Za-z0-9._][A-Za-z0-9._+-]*(/[A-Za-z0-9._+-]+)*$")
 # Runs a COMMAND entry point: `$0` is `./<name>`, `$@` the arguments; no user text inside.

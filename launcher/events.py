@@ -1,0 +1,90 @@
+"""Every event a launcher reacts to, as frozen types, and the queue they travel on.
+
+One queue per launcher (`Events`) carries them from the threads that see them to the one
+loop that decides: rank waiter threads post `RankExited`, signal handlers `SignalReceived`,
+the control channel `RemoteAbort` and `PeerMessage`, the MPI leader's login checks
+`SshdChecked`, the MPI follower's result watcher `JobDecided`. `Event` is their union, so a
+consumer's `isinstance` chain is checked by mypy. `RunState` and `Outcome` are what one
+supervision run concludes. Pure data: no I/O, no imports beyond the standard library.
+"""
+
+from __future__ import annotations
+
+import enum
+import queue
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, TypeAlias
+
+
+@dataclass(frozen=True, slots=True)
+class RankExited:
+    """A process we started ended (a rank, or a helper in a process set of its own)."""
+
+    rank: int
+    returncode: int  # negative: killed by that signal (subprocess's convention)
+    at: float  # time.monotonic() when the exit was seen
+
+
+@dataclass(frozen=True, slots=True)
+class SignalReceived:
+    """A signal reached the launcher while the ranks ran (see `supervise.forwarding_signals`)."""
+
+    signum: int
+
+
+@dataclass(frozen=True, slots=True)
+class RemoteAbort:
+    """Another host failed or was lost; `reason` is the job's root cause as that host saw it."""
+
+    reason: str
+    exit_code: int
+
+
+@dataclass(frozen=True, slots=True)
+class PeerMessage:
+    """A message of a kind the channel itself does not handle (a backend's, e.g. the MPI
+    backend's sshd report), posted for whoever drives the backend."""
+
+    host: str  # who sent it: the follower's host name, or the leader's as a follower knows it
+    message: Mapping[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class SshdChecked:
+    """The outcome of the MPI leader's login check of one follower's sshd."""
+
+    host: str
+    ok: bool
+    detail: str
+
+
+@dataclass(frozen=True, slots=True)
+class JobDecided:
+    """The job's result arrived over the control channel (an MPI follower waits for it)."""
+
+
+Event: TypeAlias = (
+    RankExited | SignalReceived | RemoteAbort | PeerMessage | SshdChecked | JobDecided
+)
+Events: TypeAlias = "queue.SimpleQueue[Event]"
+
+
+class RunState(enum.Enum):
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    INTERRUPTED = "interrupted"
+    ABORTED = "aborted"
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    """How one supervision run ended: every exit seen, and why the job stopped."""
+
+    state: RunState
+    exits: dict[int, RankExited]
+    root_cause: int | None  # the rank whose failure ended the job, when it is local
+    terminated: frozenset[int]  # ranks the launcher signalled before they exited
+    stop_signal: int | None = None
+    remote: RemoteAbort | None = None
+    duration_s: float = 0.0
