@@ -24,12 +24,14 @@ test-fast: venv
 	$(PY) -m pytest tests/unit
 
 demo: venv
-	$(VENV)/bin/launcher local --hosts 2 --procs-per-host 2 examples/train_regression.py
+	$(VENV)/bin/launcher local --hosts 2 --nproc-per-host 2 examples/train_regression.py
 
 lint: venv
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/mypy
+	# The rank programs run as scripts with tests/bin as their first import path.
+	MYPYPATH=tests/bin $(VENV)/bin/mypy --explicit-package-bases $(wildcard tests/bin/*.py)
 	$(VENV)/bin/shellcheck .ci/run scripts/install-horovod.sh
 	$(VENV)/bin/hadolint docker/Dockerfile docker/Dockerfile.gpu docker/Dockerfile.inference
 

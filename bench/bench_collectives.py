@@ -1,10 +1,11 @@
 """`collectives` against calling torch.distributed directly, side by side in the same job.
 
-    .venv/bin/python bench/bench_collectives.py [--nproc 2] [--max-bytes 256M] [--rounds 3]
+    .venv/bin/python -m bench.bench_collectives [--nproc 2] [--max-bytes 256M] [--rounds 3]
         [--ops all_reduce,all_gather,broadcast] [--point-s 0.5] [--json out.json]
 
-Starts `--nproc` local gloo ranks (TODO(launcher): through `python -m launcher run` once it
-exists; the ranks get the same torchrun variables from `launcher.contract`). In that one job:
+Starts `--nproc` gloo ranks on loopback itself, each with the torchrun variables that
+`launcher.contract` gives a rank: the launcher's own start-up is not what is measured here.
+In that one job:
 
 Raw and wrapped calls are interleaved call by call (ABBA), each call timed on its own, and
 compared by their medians: on a shared machine a neighbour's burst then hits both sides alike,
@@ -41,8 +42,11 @@ import torch
 import torch.distributed as dist
 
 import collectives
+from bench.common import ROOT, free_port
 from collectives.bench import bus_factor, elements, make_call, parse_size, sizes
 from launcher.contract import RankEnv
+
+MODULE = "bench.bench_collectives"  # the ranks run this module again, with --worker
 
 
 def _interleaved(
@@ -183,20 +187,16 @@ def worker(args: argparse.Namespace) -> None:
 
 
 def launch(args: argparse.Namespace, argv: list[str]) -> dict[str, object]:
-    """Run this file as `--nproc` ranks on this host; return the primary's result."""
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    """Run this module as `--nproc` ranks on this host; return the primary's result."""
+    port = free_port()
     with tempfile.TemporaryDirectory() as tmp:
         result = Path(tmp) / "result.json"
         procs = []
         for rank in range(args.nproc):
             place = RankEnv(rank, rank, args.nproc, args.nproc, 0, 1, "127.0.0.1", port)
             env = {**os.environ, "OMP_NUM_THREADS": "1", **place.torch_env()}
-            cmd = [sys.executable, __file__, *argv, "--worker", "--result", str(result)]
-            procs.append(subprocess.Popen(cmd, env=env, stdin=subprocess.DEVNULL))
+            cmd = [sys.executable, "-m", MODULE, *argv, "--worker", "--result", str(result)]
+            procs.append(subprocess.Popen(cmd, env=env, cwd=ROOT, stdin=subprocess.DEVNULL))
         codes = [p.wait() for p in procs]
         if any(codes):
             raise SystemExit(f"ranks failed: exit codes {codes}")

@@ -4,8 +4,8 @@ Every figure is measured with the peers side by side in the same run: each round
 contender once, in an order that rotates from round to round, so that load from other users of
 a shared machine falls on all of them alike. Medians over the rounds are reported, with ratios.
 
-    .venv/bin/python bench/bench_launch.py                      # everything, 10 rounds
-    .venv/bin/python bench/bench_launch.py --only launch,teardown --rounds 15 --sizes 2,4,8
+    .venv/bin/python -m bench.bench_launch                      # everything, 10 rounds
+    .venv/bin/python -m bench.bench_launch --only launch,teardown --rounds 15 --sizes 2,4,8
 
 Sections (`--only`):
 
@@ -32,7 +32,6 @@ import argparse
 import json
 import os
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -41,11 +40,10 @@ import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from bench.common import byte_compile
+from bench.common import ROOT, VENV_BIN, byte_compile, free_port, rotate
+from tests.helpers.trees import write_tree
 
-REPO = Path(__file__).resolve().parents[1]
-VENV = REPO / ".venv" / "bin"
-PYTHON = str(VENV / "python")
+PYTHON = str(VENV_BIN / "python")
 TOOLKIT = "sagemaker-training==5.1.4"
 
 FAIL_SCRIPT = """
@@ -74,12 +72,6 @@ time.sleep(0.3)
 """
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def clean_env(**extra: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("LAUNCHER_", "SM_"))}
     env.update(OMP_NUM_THREADS="1", **extra)  # torchrun would print a banner otherwise
@@ -89,9 +81,15 @@ def clean_env(**extra: str) -> dict[str, str]:
 def contenders(n: int, script: Path) -> dict[str, Callable[[], list[str]]]:
     """argv factories (torchrun needs a fresh port each time)."""
     return {
-        "ours": lambda: [str(VENV / "launcher"), "run", "--nproc-per-host", str(n), str(script)],
+        "ours": lambda: [
+            str(VENV_BIN / "launcher"),
+            "run",
+            "--nproc-per-host",
+            str(n),
+            str(script),
+        ],
         "torchrun": lambda: [
-            str(VENV / "torchrun"),
+            str(VENV_BIN / "torchrun"),
             "--nproc-per-node",
             str(n),
             "--master-port",
@@ -128,11 +126,6 @@ def timed(argv: list[str], env: dict[str, str]) -> tuple[float, float, int]:
     wall = time.perf_counter() - start
     proc.returncode = os.waitstatus_to_exitcode(status)
     return wall, usage.ru_utime + usage.ru_stime, proc.returncode
-
-
-def rotate(names: list[str], round_: int) -> list[str]:
-    k = round_ % len(names)
-    return names[k:] + names[:k]
 
 
 def summary(
@@ -297,14 +290,14 @@ def bench_rss(rounds: int, sizes: Sequence[int], work: Path) -> dict[str, object
 
 def toolkit_train() -> Path | None:
     """The toolkit's `train`: the oracle venv when it works, else our own (built once)."""
-    for venv in (REPO / ".cache" / "oracle-venv", REPO / ".cache" / "bench-sm-venv"):
+    for venv in (ROOT / ".cache" / "oracle-venv", ROOT / ".cache" / "bench-sm-venv"):
         probe = [str(venv / "bin" / "python"), "-c", "import sagemaker_training.cli.train"]
         if (venv / "bin" / "train").exists():
             with tempfile.TemporaryDirectory() as base:
                 env = {"PATH": "/usr/bin:/bin", "SAGEMAKER_BASE_DIR": base}
                 if subprocess.run(probe, check=False, env=env, capture_output=True).returncode == 0:
                     return venv / "bin" / "train"
-    venv = REPO / ".cache" / "bench-sm-venv"
+    venv = ROOT / ".cache" / "bench-sm-venv"
     print(f"building {venv} with {TOOLKIT} (once)...", file=sys.stderr)
     subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
     pip = [str(venv / "bin" / "python"), "-m", "pip", "install", "-q", TOOLKIT]
@@ -314,21 +307,10 @@ def toolkit_train() -> Path | None:
     return venv / "bin" / "train"
 
 
-def sm_tree(base: Path) -> Path:
-    config = base / "input" / "config"
-    config.mkdir(parents=True)
-    (config / "hyperparameters.json").write_text(json.dumps({"sagemaker_program": '"noop.py"'}))
-    hosts = {"current_host": "algo-1", "hosts": ["algo-1"]}
-    (config / "resourceconfig.json").write_text(json.dumps(hosts))
-    (config / "inputdataconfig.json").write_text(json.dumps({"train": {}}))
-    for sub in ("input/data/train", "output/data", "model", "code"):
-        (base / sub).mkdir(parents=True)
-    (base / "code" / "noop.py").write_text("")
-    return base
-
-
 def bench_train(rounds: int, work: Path) -> dict[str, object]:
-    base = sm_tree(work / "opt-ml")
+    base = write_tree(
+        work / "opt-ml", "algo-1", ["algo-1"], {}, "", entry="noop.py", channels={"train": {}}
+    )
     env = {
         "PATH": "/usr/local/bin:/usr/bin:/bin",
         "HOME": str(work),
@@ -336,7 +318,7 @@ def bench_train(rounds: int, work: Path) -> dict[str, object]:
         "SAGEMAKER_BASE_DIR": str(base),
         "SM_STUDIO_LOCAL_MODE": "true",  # the toolkit would wait for the DNS of algo-1
     }
-    runs = {"ours": [str(VENV / "train")], "direct": [PYTHON, str(base / "code" / "noop.py")]}
+    runs = {"ours": [str(VENV_BIN / "train")], "direct": [PYTHON, str(base / "code" / "noop.py")]}
     toolkit = toolkit_train()
     if toolkit is not None:
         runs["toolkit"] = [str(toolkit)]
@@ -397,8 +379,8 @@ def main() -> None:
             results["rss"] = bench_rss(args.rounds, rsizes, work)
         if "train" in only:
             results["train"] = bench_train(args.rounds, work)
-    results["load_after"] = os.getloadavg()
-    print(f"load average after: {results['load_after'][0]:.2f}")  # type: ignore[index]
+    results["load_after"] = load_after = os.getloadavg()
+    print(f"load average after: {load_after[0]:.2f}")
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=1))
 

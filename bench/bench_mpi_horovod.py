@@ -1,6 +1,6 @@
 """MPI and Horovod start-up against the peers, side by side on simulated hosts (needs root).
 
-    .venv/bin/python bench/bench_mpi_horovod.py [--repeats 3] [--json out.json]
+    .venv/bin/python -m bench.bench_mpi_horovod [--repeats 3] [--json out.json]
 
 Every run builds a fresh 2-host cluster of network namespaces (tests/multihost/cluster.py).
 
@@ -30,23 +30,18 @@ from __future__ import annotations
 
 import argparse
 import json
-import shutil
-import statistics
 import subprocess
 import sys
 import tempfile
 import threading
 import time
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from bench.common import byte_compile
-
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
-
-from tests.multihost.cluster import Cluster  # noqa: E402
-from tests.multihost.test_mpi_horovod import make_trees  # noqa: E402
+from bench.common import ROOT, byte_compile, median
+from tests.helpers.trees import cluster_resources, encode_hps, write_trees
+from tests.multihost.cluster import Cluster
 
 PY = sys.executable
 HOROVODRUN = str(Path(PY).parent / "horovodrun")
@@ -123,6 +118,16 @@ def _reader(
             seen.set()
 
 
+def make_trees(
+    root: Path, cluster: Cluster, program: str, hps: Mapping[str, object]
+) -> dict[str, Path]:
+    """One SageMaker tree per host at `root/<host>` running `program` (its text), as the
+    tests in tests/multihost/test_mpi_horovod.py build them: no instance groups, eth0."""
+    hosts = [h.name for h in cluster.hosts]
+    resources = cluster_resources(hosts, instance_groups=False)
+    return write_trees(root, hosts, encode_hps(hps), program, entry="prog.py", resources=resources)
+
+
 def stamps(folder: Path) -> list[tuple[float, float]]:
     out = []
     for path in sorted(folder.glob("rank-*")):
@@ -134,11 +139,8 @@ def stamps(folder: Path) -> list[tuple[float, float]]:
 def mpi_ours(cluster: Cluster, root: Path) -> dict[str, float]:
     out = root / "stamps"
     out.mkdir(parents=True)
-    (root / "stamp.py").write_text(STAMP)
     hps = {"sagemaker_mpi_enabled": True, "out": str(out)}
-    trees = make_trees(root / "trees", cluster, "mpi_gather.py", hps)
-    for tree in trees.values():  # the stamp program in place of the gather
-        shutil.copy(root / "stamp.py", tree / "code" / "mpi_gather.py")
+    trees = make_trees(root / "trees", cluster, STAMP, hps)
     env = {"LAUNCHER_JOB_TOKEN": "bench", "PYTHONUNBUFFERED": "1"}
     h1, h2 = cluster.hosts
     lines: list[str] = []
@@ -147,7 +149,7 @@ def mpi_ours(cluster: Cluster, root: Path) -> dict[str, float]:
         h1,
         [PY, "-m", "launcher", "train"],
         env={**env, "SAGEMAKER_BASE_DIR": str(trees[h1.name])},
-        cwd=REPO,
+        cwd=ROOT,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
     )
@@ -159,7 +161,7 @@ def mpi_ours(cluster: Cluster, root: Path) -> dict[str, float]:
         h2,
         [PY, "-m", "launcher", "train"],
         env={**env, "SAGEMAKER_BASE_DIR": str(trees[h2.name])},
-        cwd=REPO,
+        cwd=ROOT,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
@@ -219,10 +221,7 @@ def mpi_toolkit(cluster: Cluster, root: Path) -> dict[str, float]:
 
 
 def hvd_ours(cluster: Cluster, root: Path, program: str) -> float:
-    (root / "prog.py").write_text(program)
-    trees = make_trees(root / "trees", cluster, "mpi_gather.py", {})
-    for tree in trees.values():
-        shutil.copy(root / "prog.py", tree / "code" / "mpi_gather.py")
+    trees = make_trees(root / "trees", cluster, program, {})
     env = {"LAUNCHER_JOB_TOKEN": "bench", "LAUNCHER_BACKEND": "horovod"}
     t0 = time.time()
     procs = [
@@ -230,7 +229,7 @@ def hvd_ours(cluster: Cluster, root: Path, program: str) -> float:
             h,
             [PY, "-m", "launcher", "train"],
             env={**env, "SAGEMAKER_BASE_DIR": str(trees[h.name])},
-            cwd=REPO,
+            cwd=ROOT,
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )
@@ -286,10 +285,6 @@ def hvd_horovodrun(cluster: Cluster, root: Path, program: str) -> float:
     if result.returncode != 0:
         raise RuntimeError(f"horovodrun failed: {result.stdout}\n{result.stderr}")
     return wall
-
-
-def median(values: list[float]) -> float:
-    return statistics.median(values)
 
 
 def main() -> int:

@@ -1,8 +1,8 @@
 """Multi-host figures (issue 4): failure teardown, start of a 2-host job, and scale.
 
-    .venv/bin/python bench/bench_multihost.py                       # everything (needs root)
-    .venv/bin/python bench/bench_multihost.py --only scale --hosts 2,8,32,64 --rounds 3
-    .venv/bin/python bench/bench_multihost.py --json out.json --svg docs/multihost-scale.svg
+    .venv/bin/python -m bench.bench_multihost                     # everything (needs root)
+    .venv/bin/python -m bench.bench_multihost --only scale --hosts 2,8,32,64 --rounds 3
+    .venv/bin/python -m bench.bench_multihost --json out.json --svg docs/multihost-scale.svg
 
 Peers run side by side in the same run: every round runs each contender once, alternating, so
 load from other users of a shared machine falls on both alike. Medians are reported with ratios.
@@ -20,10 +20,11 @@ Sections (`--only`):
   port, torchrun's c10d store) is in LISTEN state inside its namespace; then host 2's launcher
   is started at t0. Every rank stamps `time.monotonic()` first thing. Start = last rank's
   stamp - t0: from "the last host is up" to "all ranks run".
-* `scale`: `launcher local --hosts H --procs-per-host 1` with a no-op rank (no torch) for each
+* `scale`: `launcher local --hosts H --nproc-per-host 1` with a no-op rank (no torch) for each
   H: total wall time, and the leader's own rendezvous cost from its log line "plan sent to H
   hosts ... rendezvous CPU X ms (Y ms/host)": the leader process's CPU time from listening to
   the plan sent. torchrun with H local c10d agents is run for `--torchrun-hosts` as reference.
+  `--svg` plots it (bench/plot.py).
 
 Nothing is left running: between rounds every process in the namespaces must be gone (those
 still alive 5 s after a round count as orphans and are killed).
@@ -37,28 +38,24 @@ import json
 import os
 import re
 import signal
-import statistics
 import subprocess
 import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from bench.common import byte_compile
+from bench.common import VENV_BIN, byte_compile, median
+from bench.plot import Panel, Series, panels
+from tests.helpers.trees import cluster_resources, encode_hps, write_tree
+from tests.helpers.waiting import poll_until
+from tests.multihost.cluster import Cluster, Host, netns_key, pids_in_netns
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
-
-from tests.multihost.cluster import Cluster, Host, netns_key, pids_in_netns  # noqa: E402
-from tests.multihost.test_multihost import write_tree  # noqa: E402
-
-VENV = REPO / ".venv" / "bin"
-PYTHON = str(VENV / "python")
-TRAIN = str(VENV / "train")
-TORCHRUN = str(VENV / "torchrun")
-LAUNCHER = str(VENV / "launcher")
+TRAIN = str(VENV_BIN / "train")
+TORCHRUN = str(VENV_BIN / "torchrun")
+LAUNCHER = str(VENV_BIN / "launcher")
 CONTROL_PORT = 7787
 
 # No torch: what is measured is the launchers. Arguments arrive as `--key value` pairs.
@@ -83,16 +80,11 @@ if args["--mode"] == "fail":
 # --- helpers ----------------------------------------------------------------------------------
 
 
-def median(values: Sequence[float]) -> float:
-    return statistics.median(values) if values else float("nan")
-
-
 def kill_everything(cluster: Cluster, timeout: float = 5.0) -> int:
     """Wait for the namespaces to empty; kill and count what is left (orphans)."""
     keys = {k for h in cluster.hosts if (k := netns_key(h.netns))}
-    deadline = time.monotonic() + timeout
-    while (left := pids_in_netns(keys)) and time.monotonic() < deadline:
-        time.sleep(0.02)
+    poll_until(lambda: not pids_in_netns(keys), timeout, poll_s=0.02)
+    left = pids_in_netns(keys)
     for pid in left:
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGKILL)
@@ -110,11 +102,8 @@ def listening(cluster: Cluster, host: Host, port: int) -> bool:
 
 
 def wait_listening(cluster: Cluster, host: Host, port: int, timeout: float = 30) -> None:
-    deadline = time.monotonic() + timeout
-    while not listening(cluster, host, port):
-        if time.monotonic() > deadline:
-            raise RuntimeError(f"nothing listens on {host.name}:{port} after {timeout} s")
-        time.sleep(0.02)
+    if not poll_until(lambda: listening(cluster, host, port), timeout, poll_s=0.02):
+        raise RuntimeError(f"nothing listens on {host.name}:{port} after {timeout} s")
 
 
 def watch_exits(procs: dict[str, subprocess.Popen[bytes]]) -> dict[str, float]:
@@ -131,10 +120,9 @@ def watch_exits(procs: dict[str, subprocess.Popen[bytes]]) -> dict[str, float]:
 
 
 def wait_all(exits: dict[str, float], n: int, timeout: float) -> bool:
-    deadline = time.monotonic() + timeout
-    while len(exits) < n and time.monotonic() < deadline:
-        time.sleep(0.005)
-    return len(exits) == n
+    """Whether `n` launchers exited within `timeout` (their times are taken by the threads of
+    `watch_exits`, so this poll's period does not bias them)."""
+    return poll_until(lambda: len(exits) == n, timeout, poll_s=0.005)
 
 
 def ours_env(tree: Path) -> dict[str, str]:
@@ -178,8 +166,23 @@ def starters(
     (root / "code").mkdir(parents=True, exist_ok=True)
     (root / "code" / "prog.py").write_text(PROGRAM)
 
+    # The trees of tests/multihost/test_multihost.py: torch distribution, eth0, one group.
+    tree_hps = {
+        "sagemaker_job_name": json.dumps(f"multihost-{root.name}"),
+        "sagemaker_torch_distributed_enabled": "true",
+        **encode_hps(hps),
+    }
+
     def ours(host: Host, i: int) -> subprocess.Popen[bytes]:
-        tree = write_tree(root / "trees", host.name, names, hps, PROGRAM)
+        tree = write_tree(
+            root / "trees" / host.name,
+            host.name,
+            names,
+            tree_hps,
+            PROGRAM,
+            entry="prog.py",
+            resources=cluster_resources(names),
+        )
         log = root / f"ours-{host.name}.log"
         proc = cluster.popen(
             host, [TRAIN], env=ours_env(tree), stdout=subprocess.PIPE, stderr=subprocess.STDOUT
@@ -214,10 +217,7 @@ def teardown(cluster: Cluster, rounds: int, cap: float) -> dict[str, object]:
             start, _ = starters(cluster, root, 3, hps, port=29400 + r, run_id=f"td{r}")[who]
             procs = {h.name: start(h, i) for i, h in enumerate(cluster.hosts[:3])}
             exits = watch_exits(procs)
-            deadline = time.monotonic() + 60
-            while not (shared / "fail").exists() and time.monotonic() < deadline:
-                time.sleep(0.005)
-            if not (shared / "fail").exists():
+            if not poll_until((shared / "fail").exists, 60, poll_s=0.005):
                 raise RuntimeError(f"{who}: the failing rank never ran; see {root}")
             stamp = float((shared / "fail").read_text())
             if wait_all(exits, 3, cap):
@@ -281,8 +281,23 @@ PLAN_LINE = re.compile(
 )
 
 
-def scale(hosts: list[int], torchrun_hosts: list[int], rounds: int) -> dict[str, object]:
-    rows: dict[str, object] = {}
+@dataclass(frozen=True, slots=True)
+class ScaleRow:
+    """The scale section's figures for one H (the JSON keys of the results file)."""
+
+    ours_wall_s: float
+    ours_wall_runs_s: list[float]
+    leader_cpu_ms_per_host: float
+    leader_cpu_runs_ms: list[float]
+    leader_rendezvous_wall_s: float
+    torchrun_wall_s: float | None = None  # only for H in --torchrun-hosts
+
+    def as_json(self) -> dict[str, object]:
+        return {k: v for k, v in asdict(self).items() if v is not None}
+
+
+def scale(hosts: list[int], torchrun_hosts: list[int], rounds: int) -> dict[int, ScaleRow]:
+    rows: dict[int, ScaleRow] = {}
     with tempfile.TemporaryDirectory(prefix="bench-scale-") as tmp:
         code = Path(tmp) / "code"
         code.mkdir()
@@ -292,7 +307,7 @@ def scale(hosts: list[int], torchrun_hosts: list[int], rounds: int) -> dict[str,
         for h in hosts:
             walls, cpu, rdzv = [], [], []
             for _ in range(rounds):
-                argv = [LAUNCHER, "local", "--hosts", str(h), "--procs-per-host", "1"]
+                argv = [LAUNCHER, "local", "--hosts", str(h), "--nproc-per-host", "1"]
                 argv += ["--job-dir", f"{tmp}/jobs", str(code / "prog.py")]
                 argv += ["--mode", "noop", "--dir", str(shared)]
                 t = time.monotonic()
@@ -307,19 +322,20 @@ def scale(hosts: list[int], torchrun_hosts: list[int], rounds: int) -> dict[str,
                 rdzv.append(float(m[2]))
                 cpu.append(float(m[4]))
                 subprocess.run(["rm", "-rf", f"{tmp}/jobs"], check=True)
-            row: dict[str, object] = {
-                "ours_wall_s": median(walls),
-                "ours_wall_runs_s": walls,
-                "leader_cpu_ms_per_host": median(cpu),
-                "leader_cpu_runs_ms": cpu,
-                "leader_rendezvous_wall_s": median(rdzv),
-            }
+            torchrun_wall = None
             if h in torchrun_hosts:
-                row["torchrun_wall_s"] = median(
+                torchrun_wall = median(
                     [torchrun_local(h, code, shared, 29600 + r) for r in range(rounds)]
                 )
-            rows[str(h)] = row
-            shown = {k: v for k, v in row.items() if "_runs_" not in k}
+            row = rows[h] = ScaleRow(
+                ours_wall_s=median(walls),
+                ours_wall_runs_s=walls,
+                leader_cpu_ms_per_host=median(cpu),
+                leader_cpu_runs_ms=cpu,
+                leader_rendezvous_wall_s=median(rdzv),
+                torchrun_wall_s=torchrun_wall,
+            )
+            shown = {k: v for k, v in row.as_json().items() if "_runs_" not in k}
             print(f"  scale H={h}: {json.dumps(shown)}")
     return rows
 
@@ -358,132 +374,30 @@ def summarise(
 # --- the plot ---------------------------------------------------------------------------------
 
 
-def nice_step(raw: float) -> float:
-    """The smallest of 1, 2, 2.5, 5 x 10^k that is >= raw (axis ticks at round numbers)."""
-    import math
-
-    exp = math.floor(math.log10(raw)) if raw > 0 else 0
-    for m in (1, 2, 2.5, 5, 10):
-        if m * 10**exp >= raw:
-            return float(m * 10**exp)
-    return float(10 ** (exp + 1))
-
-
-def svg(rows: dict[str, dict[str, float]], path: Path, caption: str = "") -> None:
-    """Two panels, drawn by hand: total wall time, and the leader's CPU per host, against H."""
-    hs = sorted(int(h) for h in rows)
-    width, height, pad = 820, 360, 60
-    panel = (width - 3 * pad) / 2
-
-    def x_of(h: int, left: float) -> float:
-        import math
-
-        lo, hi = math.log2(hs[0]), math.log2(hs[-1])
-        return left + (math.log2(h) - lo) / ((hi - lo) or 1) * panel
-
-    parts = [
-        f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" '
-        'font-family="sans-serif" font-size="12">',
-        f'<rect width="{width}" height="{height}" fill="white"/>',
-    ]
-
-    def draw(
-        left: float,
-        title: str,
-        series: list[tuple[str, str, dict[int, float]]],
-        goal: tuple[float, str] | None,
-        unit: str,
-    ) -> None:
-        top, bottom = 40.0, height - 70.0
-        values = [v for _, _, s in series for v in s.values()] + ([goal[0]] if goal else [])
-        step = nice_step(max(values) * 1.1 / 4)
-        ymax = step * 4
-
-        def y_of(v: float) -> float:
-            return bottom - v / ymax * (bottom - top)
-
-        parts.append(
-            f'<text x="{left + panel / 2}" y="22" text-anchor="middle" '
-            f'font-weight="bold">{title}</text>'
-        )
-        parts.append(
-            f'<line x1="{left}" y1="{bottom}" x2="{left + panel}" y2="{bottom}" stroke="black"/>'
-        )
-        parts.append(f'<line x1="{left}" y1="{top}" x2="{left}" y2="{bottom}" stroke="black"/>')
-        for h in hs:
-            x = x_of(h, left)
-            parts.append(
-                f'<line x1="{x}" y1="{bottom}" x2="{x}" y2="{bottom + 5}" stroke="black"/>'
-            )
-            parts.append(f'<text x="{x}" y="{bottom + 18}" text-anchor="middle">{h}</text>')
-        parts.append(
-            f'<text x="{left + panel / 2}" y="{bottom + 36}" text-anchor="middle">'
-            "hosts H (log scale)</text>"
-        )
-        for i in range(5):
-            v = step * i
-            y = y_of(v)
-            parts.append(f'<line x1="{left - 4}" y1="{y}" x2="{left}" y2="{y}" stroke="black"/>')
-            parts.append(f'<text x="{left - 7}" y="{y + 4}" text-anchor="end">{v:.3g}</text>')
-        parts.append(
-            f'<text x="{left - 45}" y="{(top + bottom) / 2}" text-anchor="middle" '
-            f'transform="rotate(-90 {left - 45} {(top + bottom) / 2})">{unit}</text>'
-        )
-        if goal:
-            y = y_of(goal[0])
-            parts.append(
-                f'<line x1="{left}" y1="{y}" x2="{left + panel}" y2="{y}" '
-                'stroke="#c00" stroke-dasharray="5,4"/>'
-            )
-            parts.append(
-                f'<text x="{left + panel - 4}" y="{y - 5}" text-anchor="end" '
-                f'fill="#c00">{goal[1]}</text>'
-            )
-        for n, (label, colour, s) in enumerate(series):
-            points = " ".join(f"{x_of(h, left):.1f},{y_of(v):.1f}" for h, v in sorted(s.items()))
-            parts.append(
-                f'<polyline points="{points}" fill="none" stroke="{colour}" stroke-width="2"/>'
-            )
-            for h, v in s.items():
-                parts.append(
-                    f'<circle cx="{x_of(h, left):.1f}" cy="{y_of(v):.1f}" r="3.5" '
-                    f'fill="{colour}"><title>H={h}: {v:.3g} {unit}</title></circle>'
-                )
-            parts.append(
-                f'<rect x="{left + 10}" y="{top + 4 + 16 * n}" width="12" height="3" '
-                f'fill="{colour}"/>'
-            )
-            parts.append(f'<text x="{left + 28}" y="{top + 9 + 16 * n}">{label}</text>')
-
-    ours_wall = {int(h): float(r["ours_wall_s"]) for h, r in rows.items()}
-    torch_wall = {
-        int(h): float(r["torchrun_wall_s"]) for h, r in rows.items() if "torchrun_wall_s" in r
-    }
-    cpu = {int(h): float(r["leader_cpu_ms_per_host"]) for h, r in rows.items()}
-    series = [("launcher local --hosts H", "#1f77b4", ours_wall)]
-    if torch_wall:
-        series.append(("torchrun, H c10d agents", "#ff7f0e", torch_wall))
-    draw(pad, "Total wall time, one no-op rank per host", series, (5.0, "goal at H=64: 5 s"), "s")
-    draw(
-        2 * pad + panel,
-        "Leader rendezvous CPU per host",
-        [("leader CPU / H", "#2ca02c", cpu)],
-        (1.0, "goal: 1 ms/host"),
-        "ms per host",
+def plot_scale(rows: dict[int, ScaleRow], path: Path, caption: str = "") -> None:
+    """Two panels against H: total wall time (ours, torchrun where it ran) and the leader's
+    rendezvous CPU per host, each with its goal (docs/benchmarks-multihost.md)."""
+    ours = Series(
+        "launcher local --hosts H", {h: r.ours_wall_s for h, r in rows.items()}, "#1f77b4"
     )
-    if caption:
-        parts.append(
-            f'<text x="{width / 2}" y="{height - 4}" text-anchor="middle" font-size="11" '
-            f'fill="#555">{caption}</text>'
-        )
-    parts.append("</svg>")
-    path.write_text("\n".join(parts) + "\n")
+    wall = [ours]
+    torchrun = {h: r.torchrun_wall_s for h, r in rows.items() if r.torchrun_wall_s is not None}
+    if torchrun:
+        wall.append(Series("torchrun, H c10d agents", torchrun, "#ff7f0e"))
+    cpu = Series(
+        "leader CPU / H", {h: r.leader_cpu_ms_per_host for h, r in rows.items()}, "#2ca02c"
+    )
+    figures = [
+        Panel("Total wall time, one no-op rank per host", "s", wall, 5.0, "goal at H=64: 5 s"),
+        Panel("Leader rendezvous CPU per host", "ms per host", [cpu], 1.0, "goal: 1 ms/host"),
+    ]
+    panels(path, figures, xlabel="hosts H (log scale)", caption=caption)
 
 
 # --- main -------------------------------------------------------------------------------------
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def main(argv: list[str] | None = None) -> int:
     byte_compile()
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--only", default="teardown,start,scale")
@@ -496,9 +410,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--svg", type=Path, help="plot the scale section here")
     args = parser.parse_args(argv)
     only = set(args.only.split(","))
-    results: dict[str, object] = {
-        "machine": {"cpus": os.cpu_count(), "loadavg_at_start": os.getloadavg()},
-    }
+    machine: dict[str, object] = {"cpus": os.cpu_count(), "loadavg_at_start": os.getloadavg()}
+    results: dict[str, object] = {"machine": machine}
     if only & {"teardown", "start"}:
         if os.geteuid() != 0:
             print("teardown and start need root (network namespaces)", file=sys.stderr)
@@ -515,15 +428,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         hosts = [int(h) for h in args.hosts.split(",")]
         peers = [int(h) for h in args.torchrun_hosts.split(",") if h]
         rows = scale(hosts, peers, args.scale_rounds)
-        results["scale"] = rows
+        results["scale"] = {str(h): row.as_json() for h, row in rows.items()}
         if args.svg:
             load = ", ".join(f"{x:.1f}" for x in os.getloadavg())
             caption = (
                 f"median of {args.scale_rounds} runs on {os.cpu_count()} shared cores; "
                 f"load average at the end {load}"
             )
-            svg(rows, args.svg, caption)  # type: ignore[arg-type]
-    results["machine"]["loadavg_at_end"] = os.getloadavg()  # type: ignore[index]
+            plot_scale(rows, args.svg, caption)
+    machine["loadavg_at_end"] = os.getloadavg()
     text = json.dumps(results, indent=1, default=str)
     print(text)
     if args.json:

@@ -6,7 +6,7 @@
     def main() -> None:
         collectives.init()                    # gloo on CPU, nccl with GPUs, horovod if launched so
         ...
-        loss = collectives.all_reduce(loss, "mean")
+        loss = collectives.all_reduce(loss, "mean")   # also progress, for hang detection
         if collectives.is_primary():
             print(loss.item())
         collectives.save(torch.jit.script(model), "model.pt")   # rank 0 only, atomic
@@ -14,7 +14,9 @@
 
 It works under our launcher (torch, horovod and mpi backends), under torchrun, horovodrun and
 mpirun, and outside any launcher as a world of one. The rank environment is read only through
-`launcher.contract`. See docs/collectives.md for the full reference.
+`launcher.contract`. See docs/collectives.md for the full reference. Every collective, and
+`progress()` for a long step without one, tells the launcher the rank is alive; `section()`
+pauses hang timing (docs/hangs.md).
 """
 
 from collectives.engines import ReduceOp
@@ -28,6 +30,7 @@ from collectives.files import (
     save_file,
 )
 from collectives.group import DEFAULT_TIMEOUT, init, shutdown
+from collectives.liveness import progress, section
 from collectives.ops import (
     all_gather,
     all_reduce,
@@ -62,10 +65,12 @@ __all__ = [
     "node_rank",
     "output_data_dir",
     "primary_first",
+    "progress",
     "rank",
     "record",
     "save",
     "save_file",
+    "section",
     "shutdown",
     "world_size",
 ]

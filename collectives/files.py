@@ -9,7 +9,9 @@ every call (they are not on a hot path) and never create or check directories.
 `save` writes only on the primary rank (global rank 0) and never leaves a half-written file:
 it writes a hidden temporary file in the target's directory, fsyncs it, renames it over the
 target and fsyncs the directory. A crash at any point leaves either the old file or the new
-one (plus, at worst, a `.<name>.*.tmp` file that the next save does not reuse).
+one (plus, at worst, a `.<name>.*.tmp` file that the next save does not reuse). A save runs
+inside a progress section named "save", so the launcher's hang timing pauses while a large
+checkpoint is written (docs/hangs.md).
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from pathlib import Path
 from typing import IO
 
 from collectives import env
+from launcher.contract import progress_section
 
 # SageMaker training variables (sagemaker-contract.md §5). Not rank variables, so they are
 # not part of launcher.contract.
@@ -115,10 +118,11 @@ def save(
     import torch  # noqa: PLC0415 - keep `collectives.files` usable for paths without torch
 
     path = _target(name, environ)
-    if isinstance(obj, torch.jit.ScriptModule):
-        atomic_write(path, lambda f: torch.jit.save(obj, f))
-    else:
-        atomic_write(path, lambda f: torch.save(obj, f))
+    with progress_section("save"):
+        if isinstance(obj, torch.jit.ScriptModule):
+            atomic_write(path, lambda f: torch.jit.save(obj, f))
+        else:
+            atomic_write(path, lambda f: torch.save(obj, f))
     return path
 
 
@@ -135,6 +139,6 @@ def save_file(
     if env.current().rank != 0:
         return None
     path = _target(name, environ)
-    with Path(source).open("rb") as src:
+    with progress_section("save"), Path(source).open("rb") as src:
         atomic_write(path, lambda f: shutil.copyfileobj(src, f))
     return path

@@ -25,7 +25,7 @@ from datetime import timedelta
 import torch
 import torch.distributed as dist
 
-from collectives import env
+from collectives import env, liveness
 from collectives.engines import Engine, HorovodEngine, LocalEngine, ReduceOp, TorchEngine
 from collectives.errors import CollectiveError, translate
 from collectives.record import enable_faulthandler
@@ -99,7 +99,9 @@ def init(backend: str = "auto", timeout: timedelta | float = DEFAULT_TIMEOUT) ->
     `timeout` (a timedelta or seconds) bounds every collective and the rendezvous. With CUDA
     devices the current device becomes `local_rank % device_count`. Outside a launch nothing
     is started: a world of one whose collectives are identities. A script that already called
-    `torch.distributed.init_process_group` keeps its group. Faulthandler is enabled.
+    `torch.distributed.init_process_group` keeps its group. Faulthandler is enabled. Under our
+    launcher the rank's progress file is attached and its stack dump installed before the
+    rendezvous (so a rank stuck there can be seen), and joining counts as progress.
 
     Raises `CollectiveError` (op "init") when the rendezvous fails or times out, when MPI
     launched the rank without MASTER_ADDR/MASTER_PORT, or when Horovod is wanted but missing;
@@ -112,6 +114,7 @@ def init(backend: str = "auto", timeout: timedelta | float = DEFAULT_TIMEOUT) ->
             raise ValueError(f"collectives already initialised with {_active.backend!r}")
         return _active.env
     enable_faulthandler()
+    liveness.attach()
     rank_env = env.current()
     td = timeout if isinstance(timeout, timedelta) else timedelta(seconds=timeout)
     cuda = torch.cuda.device_count() if torch.cuda.is_available() else 0
@@ -126,6 +129,7 @@ def init(backend: str = "auto", timeout: timedelta | float = DEFAULT_TIMEOUT) ->
     else:
         state = _init_torch(rank_env, chosen, td, cuda)
     _publish(state)
+    liveness.progress()
     return state.env
 
 

@@ -9,7 +9,7 @@ together with `code/inference.py`, the serving hooks, so `serve` can host it.
 Run it alone (a world of one), or under the launcher:
 
     python examples/train_regression.py --epochs 5
-    launcher local --hosts 2 --procs-per-host 2 examples/train_regression.py
+    launcher local --hosts 2 --nproc-per-host 2 examples/train_regression.py
 
 Hyperparameters arrive as `--name value` (SageMaker's rendering); unknown ones are ignored.
 On CPU it uses gloo, with GPUs nccl (each rank on its local GPU); a few seconds of compute.

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import logging
 import queue
-import socket
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -75,13 +74,6 @@ def guarded(
         yield scope
 
 
-def free_port() -> int:
-    """A port that is free now on every interface (rank 0's store binds it a moment later)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("", 0))
-        return int(sock.getsockname()[1])
-
-
 def execute(
     plan: LaunchPlan,
     options: RunOptions,
@@ -95,7 +87,8 @@ def execute(
     pump = OutputPump()
     pump.start()
     procs = ProcessSet(
-        plan,
+        plan.ranks,
+        plan.base_env,
         events,
         pump,
         scope=scope,
@@ -115,18 +108,19 @@ def execute(
             )
             supervisor = Supervisor(procs, events, options.grace_s, fail_fast=options.fail_fast)
             if on_stop is not None:
-                supervisor.on_stop = lambda rank, sig: on_stop(*_stop_cause(procs, rank, sig))
+                host = plan.world.host.name
+                supervisor.on_stop = lambda rank, sig: on_stop(*_stop_cause(procs, host, rank, sig))
             outcome = supervisor.run()
             procs.close(options.grace_s)
     finally:
         procs.close(0.0)  # on an unexpected error: nothing may survive us
         procs.wait_output(OUTPUT_DRAIN_S)
         pump.stop(1.0)
-    tails = {
-        rank: (p.spec.host, p.spec.error_file, p.stderr_tail.text())
+    traces = {
+        rank: report.RankTrace(p.spec.host, p.spec.error_file, p.stderr_tail.text())
         for rank, p in procs.ranks.items()
     }
-    found = report.failures(outcome, tails)
+    found = report.failures(outcome, traces)
     head = report.headline(outcome, found)
     text = report.failure_text(head, found)
     result = Result(report.exit_code(outcome), head, outcome, text)
@@ -147,12 +141,10 @@ def finish(output_dir: Path, exit_code: int, failure_text: str) -> None:
 ROOT_OUTPUT_WAIT_S = 0.2
 
 
-def _stop_cause(procs: ProcessSet, rank: int | None, sig: int | None) -> tuple[int, str]:
+def _stop_cause(procs: ProcessSet, host: str, rank: int | None, sig: int | None) -> tuple[int, str]:
     """(exit code, root-cause line) the moment this host decides to stop the job."""
     if sig is not None:
-        return signal_exit_code(sig), (
-            f"the job was stopped by {signal_name(sig)} on {procs.plan.world.host.name}"
-        )
+        return signal_exit_code(sig), f"the job was stopped by {signal_name(sig)} on {host}"
     assert rank is not None
     proc = procs.ranks[rank]
     for done in proc.output_done:  # the traceback is usually a few ms behind the exit

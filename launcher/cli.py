@@ -13,14 +13,14 @@ import gc
 import logging
 import os
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from pathlib import Path
 from types import ModuleType
-from typing import NoReturn
+from typing import Any, NoReturn
 
-from launcher import __version__, console
+from launcher import __version__, console, settings
 from launcher.errors import EXIT_FAILURE, LauncherError, UsageError
-from launcher.plan import Backend
+from launcher.settings import Backend
 
 log = logging.getLogger("launcher")
 
@@ -51,15 +51,60 @@ class _Parser(argparse.ArgumentParser):
         raise UsageError(f"command line: {message}", hint=f"see {self.prog} --help")
 
 
-def _add_run_options(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--backend", help="torch | horovod | mpi | none")
-    parser.add_argument("--nproc-per-host", dest="nproc_per_host", metavar="N|gpu|auto")
-    parser.add_argument("--grace-period", dest="grace_period", metavar="SECONDS")
-    parser.add_argument("--log-dir", dest="log_dir", metavar="DIR", help="per-rank log files")
-    parser.add_argument("--ranks", metavar="0,3", help="show only these ranks on the console")
-    parser.add_argument("--master-port", dest="master_port", metavar="PORT")
-    parser.add_argument("--dry-run", action="store_true", help="print the plan, start nothing")
-    parser.add_argument("--json", action="store_true", help="with --dry-run: JSON output")
+class _Deprecated(argparse.Action):
+    """An old spelling of a flag: stores into the new one's attribute and logs one warning."""
+
+    def __call__(
+        self,
+        parser: argparse.ArgumentParser,
+        namespace: argparse.Namespace,
+        values: str | Sequence[Any] | None,
+        option_string: str | None = None,
+    ) -> None:
+        log.warning("%s is deprecated: use %s", option_string, self.const)
+        setattr(namespace, self.dest, values)
+
+
+# Old spellings that scripts still use: flag -> the setting's flag.
+_DEPRECATED = {"--procs-per-host": "--nproc-per-host"}
+
+
+def _add_settings(
+    parser: argparse.ArgumentParser,
+    names: Collection[str] | None = None,
+    defaults: Mapping[str, str] | None = None,
+) -> None:
+    """The options of the settings that have a flag (`settings.SETTINGS`), or of `names`
+    only; `defaults` replaces a setting's default for this command."""
+    defaults = defaults or {}
+    for setting in settings.SETTINGS:
+        if setting.flag is None or (names is not None and setting.name not in names):
+            continue
+        default = defaults.get(setting.name)
+        # A command's own default is given on its command line: the variable cannot apply.
+        sources = [f"default {default or setting.default_text}"]
+        if setting.env and default is None:
+            sources.append(f"environment {setting.env}")
+        parser.add_argument(
+            setting.flag,
+            dest=setting.dest,
+            metavar=setting.metavar,
+            default=default,
+            help=f"{setting.help} ({'; '.join(sources)})",
+        )
+        for old, new in _DEPRECATED.items():
+            if new == setting.flag:
+                parser.add_argument(
+                    old, dest=setting.dest, action=_Deprecated, const=new, help=argparse.SUPPRESS
+                )
+
+
+def _add_run_options(parser: argparse.ArgumentParser, *, dry_run: bool = True) -> None:
+    """The options `train`, `launcher run` and `launcher plan` share."""
+    _add_settings(parser)
+    if dry_run:
+        parser.add_argument("--dry-run", action="store_true", help="print the plan, start nothing")
+    parser.add_argument("--json", action="store_true", help="print the plan as JSON")
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -73,16 +118,18 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--output-dir", dest="output_dir", help="write success/failure files here")
     run.add_argument("program")
     run.add_argument("args", nargs=argparse.REMAINDER)
+    run.set_defaults(func=_run)
     plan_cmd = sub.add_parser("plan", help="what `train` would run from the SageMaker tree")
-    _add_run_options(plan_cmd)
+    _add_run_options(plan_cmd, dry_run=False)
+    plan_cmd.set_defaults(func=_plan)
     loc = sub.add_parser("local", help="a SageMaker-shaped cluster of N hosts on this machine")
     loc.add_argument("--hosts", type=int, default=2, help="simulated hosts (default 2)")
-    loc.add_argument("--procs-per-host", dest="nproc_per_host", metavar="N|gpu|auto")
-    loc.add_argument("--backend", default="torch", help="torch | mpi | none (default torch)")
-    loc.add_argument("--grace-period", dest="grace_period", metavar="SECONDS")
+    # The backend's default is torch here: it becomes the trees' distribution hyperparameter.
+    _add_settings(loc, ("backend", "procs_per_host", "grace_s"), {"backend": "torch"})
     loc.add_argument("--job-dir", default="launcher-jobs", help="where job folders go")
     loc.add_argument("program")
     loc.add_argument("args", nargs=argparse.REMAINDER)
+    loc.set_defaults(func=_local)
     doc = sub.add_parser("doctor", help="check this host for a backend: GPUs, network, frameworks")
     doc.add_argument(
         "--backend",
@@ -90,6 +137,8 @@ def _parser() -> argparse.ArgumentParser:
         help="the backend to check for (default: what `train` would use here, else torch)",
     )
     doc.add_argument("--json", action="store_true", help="one JSON document instead of a table")
+    doc.set_defaults(func=_doctor)
+    # Listed for --help only: `main` hands `launcher train ...` to `train_main` before parsing.
     sub.add_parser("train", help="the same as the `train` command", add_help=False)
     return parser
 
@@ -152,18 +201,25 @@ def main(argv: Sequence[str] | None = None) -> NoReturn:
     except UsageError as e:
         error = e  # `e` is unbound after the block; the lambda runs inside _guard
         _guard(lambda: _raise(error))
-    environ = dict(os.environ)
-    if args.command == "local":
-        _guard(lambda: _commands().local(args, environ))
-    if args.command == "plan":
-        from launcher.sagemaker import config  # noqa: PLC0415 - only train and plan read a SageMaker tree
+    command: Callable[[argparse.Namespace, dict[str, str]], NoReturn] = args.func
+    command(args, dict(os.environ))
 
-        args.dry_run = True
-        base = config.base_dir_from(environ)
-        _guard(lambda: _commands().train(args, environ, base))
-    if args.command == "run":
-        out = Path(args.output_dir) if args.output_dir else None
-        _guard(lambda: _commands().run(args, environ), None if args.dry_run else out)
-    if args.command == "doctor":
-        _guard(lambda: _commands().doctor(args, environ))
-    sys.exit(EXIT_FAILURE)
+
+def _run(args: argparse.Namespace, environ: dict[str, str]) -> NoReturn:
+    out = Path(args.output_dir) if args.output_dir else None
+    _guard(lambda: _commands().run(args, environ), None if args.dry_run else out)
+
+
+def _plan(args: argparse.Namespace, environ: dict[str, str]) -> NoReturn:
+    from launcher.sagemaker import config  # noqa: PLC0415 - only train and plan read a SageMaker tree
+
+    base = config.base_dir_from(environ)
+    _guard(lambda: _commands().show_plan(args, environ, base))
+
+
+def _local(args: argparse.Namespace, environ: dict[str, str]) -> NoReturn:
+    _guard(lambda: _commands().local(args, environ))
+
+
+def _doctor(args: argparse.Namespace, environ: dict[str, str]) -> NoReturn:
+    _guard(lambda: _commands().doctor(args, environ))

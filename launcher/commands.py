@@ -1,9 +1,20 @@
-"""The commands behind `train` and `launcher run|plan|local|doctor`: the pipeline, wired.
+"""The commands behind `train` and `launcher run|plan|local|doctor`, as named steps.
 
-Each function takes the parsed arguments and the environment and returns an exit code; errors
+Each command takes the parsed arguments and the environment and returns an exit code; errors
 are raised as `LauncherError` and turned into lines, failure files and exit codes by `cli`
-(the only module that exits). `train` reads the SageMaker tree, meets the other hosts when the
-job spans several, and runs its ranks; `run` is the same without a tree, like torchrun.
+(the only module that exits). `train` is:
+
+    prepare      the tree, the settings (resolved once), the backend, the entry point, the
+                 GPUs, the JobSpec; nothing started
+    (dry run)    `show_plan`: the same path, stopped after the plan
+    install      the entry point's pip installs, inside the job's containment
+    world_for    a world of one host, or the meeting of every host
+    plan.build   this host's ranks
+    backend      `_mpi` (mpirun / sshd) or `_execute` (the ranks, then the exit barrier)
+
+`launcher plan` is `show_plan`; `launcher doctor` decides the backend and the ranks with the
+same steps (`settings_for`, `choose_backend`, `host_slots`). `run` is `train` without a tree,
+like torchrun.
 """
 
 from __future__ import annotations
@@ -15,172 +26,249 @@ import os
 import queue
 import shutil
 import sys
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from launcher import console, gpus, plan, settings
-from launcher.app import Result, RunOptions, execute, finish, free_port, guarded
+from launcher.app import Result, RunOptions, execute, finish, guarded
 from launcher.containment import Containment
 from launcher.errors import LauncherError, StopRequested
 from launcher.events import Events
-from launcher.plan import Backend, HostSlots, JobSpec, LaunchPlan, World
+from launcher.net import free_port
+from launcher.plan import HostSlots, JobSpec, LaunchPlan, World
+from launcher.settings import Backend, Settings
 
 if TYPE_CHECKING:
     from launcher.control.follower import Member
     from launcher.horovod import RendezvousHost as HorovodServer
-    from launcher.mpi.job import SshKeys
+    from launcher.mpi.job import MpiRun, SshKeys
     from launcher.sagemaker.entrypoint import EntryPoint
     from launcher.sagemaker.tree import JobConfig
 
 log = logging.getLogger("launcher")
 
 
-def train(args: argparse.Namespace, environ: dict[str, str], base: Path) -> int:
+# --- train, plan and doctor: the front half --------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Prepared:
+    """What `train` knows before it starts anything."""
+
+    cfg: JobConfig  # the tree; with an explicit backend, this host's group distributes
+    chosen: Settings  # resolved once for the whole command
+    backend: Backend  # `none` for a host outside the distribution groups
+    slots: int  # ranks on this host
+    entry: EntryPoint
+    spec: JobSpec  # error_dir is "" until `train` makes the folder
+
+    @property
+    def host(self) -> str:
+        return self.cfg.resources.current_host
+
+    @property
+    def multi(self) -> bool:
+        """More than one host takes part: the hosts meet."""
+        return self.backend is not Backend.NONE and len(self.cfg.distribution_hosts) > 1
+
+    @property
+    def leads(self) -> bool:
+        return not self.multi or self.host == self.cfg.distribution_hosts[0]
+
+
+def prepare(
+    args: argparse.Namespace, environ: dict[str, str], base: Path, *, dry_run: bool
+) -> Prepared:
+    """tree -> settings -> backend -> entry point -> GPUs -> JobSpec, for `train` and `plan`.
+
+    Starts no process. Outside a dry run it brings the code into `code/` when that is empty
+    (`sagemaker_submit_directory`); a dry run writes nothing. Raises `ConfigError` (exit 2)
+    for a broken tree, a bad setting or a bad entry point, before any other line is logged,
+    and `LauncherError` when the code cannot be fetched.
+    """
     from launcher.sagemaker import config, job  # noqa: PLC0415 - only train and plan read a tree
 
     cfg = config.load(base, environ)
     if len(cfg.resources.hosts) > 1:
         console.setup_logging(cfg.resources.current_host)  # every line says which host wrote it
-    hps_file = str(cfg.paths.input_config_dir / "hyperparameters.json")
-    sources = settings.Sources(vars(args), environ, cfg.hyperparameters.sagemaker, hps_file)
-    chosen = settings.resolve(sources, default_backend=Backend.NONE)
-    if chosen.backend is not Backend.NONE and not cfg.distribution_instance_groups:
-        # An explicit backend (--backend, LAUNCHER_BACKEND) counts as a distribution flag.
-        cfg = config.distributed(cfg)
-    backend = chosen.backend if cfg.in_distribution else Backend.NONE
-    # Validate the entry point before anything is logged: bad input gets exactly one line.
-    entry = job.fetch_and_resolve(cfg, environ, dry_run=args.dry_run)
+    chosen = settings_for(vars(args), environ, cfg)
+    cfg, backend = choose_backend(cfg, chosen)
+    # The entry point before the GPUs: bad input gets exactly one line (no NVML line first).
+    entry = job.fetch_and_resolve(cfg, environ, dry_run=dry_run)
     found = gpus.discover(environ)
-    slots = (
-        1 if backend is Backend.NONE else settings.local_slots(chosen.procs_per_host, len(found))
-    )
-    multi = backend is not Backend.NONE and len(cfg.distribution_hosts) > 1
-    host = cfg.resources.current_host
-    with guarded(dry_run=args.dry_run, environ=environ, host=host, grace_s=chosen.grace_s) as scope:
-        env = job.user_environment(cfg, num_gpus=len(found), environ=environ)
-        if not args.dry_run:
-            job.install(entry, plan.without_secrets({**environ, **env}), scope)
-        error_dir = "" if args.dry_run else _error_dir(chosen.log_dir)
+    env = job.user_environment(cfg, num_gpus=len(found), environ=environ)
+    spec = job.spec(cfg, entry, backend, env, error_dir="")
+    return Prepared(cfg, chosen, backend, host_slots(backend, chosen, len(found)), entry, spec)
+
+
+def settings_for(
+    cli: Mapping[str, Any], environ: Mapping[str, str], cfg: JobConfig | None
+) -> Settings:
+    """The settings of a command that reads the tree (`train`, `plan`, `doctor`).
+
+    With a tree, its `sagemaker_*` hyperparameters are a source and the default backend is
+    `none` (SageMaker's single process); without one (only `doctor` goes on without a tree),
+    the default is `launcher run`'s `torch`. Raises `ConfigError` naming the bad value.
+    """
+    if cfg is None:
+        sources = settings.Sources(cli, environ, {})
+        return settings.resolve(sources, default_backend=Backend.TORCH)
+    hps_file = str(cfg.paths.input_config_dir / "hyperparameters.json")
+    sources = settings.Sources(cli, environ, cfg.hyperparameters.sagemaker, hps_file)
+    return settings.resolve(sources, default_backend=Backend.NONE)
+
+
+def choose_backend(cfg: JobConfig, chosen: Settings) -> tuple[JobConfig, Backend]:
+    """The tree as the job runs it, and this host's backend. Pure.
+
+    An explicit backend (`--backend`, `LAUNCHER_BACKEND`) counts as a distribution flag: the
+    current instance group distributes (DESIGN.md decision 5). A host outside the distribution
+    groups runs its script once, as SageMaker does: backend `none`.
+    """
+    from launcher.sagemaker import config  # noqa: PLC0415 - only train, plan, doctor read a tree
+
+    if chosen.backend is not Backend.NONE and not cfg.distribution_instance_groups:
+        cfg = config.distributed(cfg)
+    return cfg, chosen.backend if cfg.in_distribution else Backend.NONE
+
+
+def host_slots(backend: Backend, chosen: Settings, gpu_count: int) -> int:
+    """Ranks on this host: one for `none`, else the count asked for, or one per visible GPU."""
+    if backend is Backend.NONE:
+        return 1
+    return settings.local_slots(chosen.procs_per_host, gpu_count)
+
+
+# --- train -------------------------------------------------------------------------------------
+
+
+def train(args: argparse.Namespace, environ: dict[str, str], base: Path) -> int:
+    """`train`: `prepare`, install, `world_for`, plan, the backend; the job's exit code.
+
+    `--dry-run` is `show_plan`. Raises what `prepare` raises before anything starts,
+    `InstallError` for a failed pip install, `PeersUnreachable` (3) when hosts never arrive,
+    and `StopRequested` (128+N) for a stop signal before the ranks run; the other hosts learn
+    of a failure or stop here at once.
+    """
+    if args.dry_run:
+        return show_plan(args, environ, base)
+    from launcher.sagemaker import job  # noqa: PLC0415 - only train and plan read a tree
+
+    prepared = prepare(args, environ, base, dry_run=False)
+    chosen = prepared.chosen
+    with guarded(
+        dry_run=False, environ=environ, host=prepared.host, grace_s=chosen.grace_s
+    ) as scope:
+        job.install(prepared.entry, plan.without_secrets({**environ, **prepared.spec.env}), scope)
+        error_dir = _error_dir(chosen.log_dir)
         try:
-            prepared = Prepared(cfg, chosen, sources, entry, env, backend, slots, multi)
-            return _train_job(args, prepared, error_dir, scope)
+            spec = replace(prepared.spec, error_dir=error_dir)
+            return _train_job(replace(prepared, spec=spec), environ, scope)
         finally:
-            if error_dir and not chosen.log_dir:
+            if not chosen.log_dir:
                 shutil.rmtree(error_dir, ignore_errors=True)  # on every path, errors included
 
 
-@dataclass(frozen=True, slots=True)
-class Prepared:
-    """What `train` knows once the tree is read, the settings resolved and the code in place."""
+def show_plan(args: argparse.Namespace, environ: dict[str, str], base: Path) -> int:
+    """`launcher plan` and `train --dry-run`: `train`'s path stopped after the plan.
 
-    cfg: JobConfig
-    chosen: settings.Settings
-    sources: settings.Sources
-    entry: EntryPoint
-    env: dict[str, str]  # what train adds to the user's environment (SM_*, PYTHONPATH, ...)
-    backend: Backend
-    slots: int  # ranks on this host
-    multi: bool  # more than one host takes part
+    Prints the plan (`args.json`: as JSON), hyperparameter values masked, and returns 0. Writes
+    nothing, starts nothing and meets no host: a multi-host job's world is every host taken
+    to be like this one. Raises what `prepare` raises.
+    """
+    prepared = prepare(args, environ, base, dry_run=True)
+    world, _ = world_for(prepared, events=queue.SimpleQueue(), plan_extra={}, dry_run=True)
+    launch = plan.build(prepared.spec, world, environ, os.cpu_count() or 1)
+    instance_type = prepared.cfg.resources.current_instance_type
+    return _print(launch, prepared.chosen, environ, as_json=args.json, instance_type=instance_type)
 
 
-def _train_job(
-    args: argparse.Namespace, prepared: Prepared, error_dir: str, scope: Containment
-) -> int:
-    """`train` once its code is in place: meet the hosts, plan, run, agree on the result."""
-    from launcher.sagemaker import job  # noqa: PLC0415 - only train and plan read a tree
+def world_for(
+    prepared: Prepared,
+    *,
+    events: Events,
+    plan_extra: Mapping[str, Any],
+    dry_run: bool = False,
+) -> tuple[World, Member | None]:
+    """This host's world, and its `Member` of the meeting (None on one host).
 
-    cfg, chosen, sources = prepared.cfg, prepared.chosen, prepared.sources
-    backend, slots, multi = prepared.backend, prepared.slots, prepared.multi
-    environ = dict(sources.environ)
-    entry, env = prepared.entry, prepared.env
-    spec = job.spec(cfg, entry, backend, env, error_dir)
+    One host: a world of one, on the master port set or a free one (0 in a dry run). Several
+    hosts in a dry run: every host like this one, no meeting. Several hosts: the meeting over
+    the control channel, whose leader announces `plan_extra` in the PLAN; the caller closes
+    the member. Raises `PeersUnreachable` (3) when hosts are missing at the peer deadline and
+    `MeetStopped` (128+N) for a stop signal while meeting.
+    """
+    chosen, cfg = prepared.chosen, prepared.cfg
+    if not prepared.multi:
+        return _single_host(prepared.host, prepared.slots, chosen.master_port, dry_run), None
+    if dry_run:
+        return _assumed_world(cfg.distribution_hosts, prepared.host, prepared.slots), None
+    from launcher.control.meet import MeetRequest, meet  # noqa: PLC0415 - multi-host jobs only
+
+    request = MeetRequest(
+        host=prepared.host,
+        hosts=cfg.distribution_hosts,
+        slots=prepared.slots,
+        control_port=chosen.control_port,
+        master_port=chosen.master_port,
+        peer_timeout_s=chosen.peer_timeout_s,
+        heartbeat_timeout_s=chosen.heartbeat_timeout_s,
+        job_name=cfg.training_job_name or cfg.sagemaker_job_name,
+        token=chosen.job_token,
+        leader_addr=chosen.leader_addr,
+        plan_extra=plan_extra,
+    )
+    world, member = meet(request, events, free_port())
+    return world, member
+
+
+def _train_job(prepared: Prepared, environ: dict[str, str], scope: Containment) -> int:
+    """`train` once its code is in place: the backend's setup, the world, the plan, one
+    backend. A stop signal before the ranks run reaches the other hosts at once."""
     events: Events = queue.SimpleQueue()
-    member: Member | None = None
-    leads = not multi or cfg.resources.current_host == cfg.distribution_hosts[0]
-    keys, hvd, extra = _backend_prepare(backend, multi, leads, args.dry_run, environ)
-    if not multi:
-        world = _single_host(cfg.resources.current_host, slots, chosen.master_port, args.dry_run)
-    elif args.dry_run:
-        world = _assumed_world(cfg.distribution_hosts, cfg.resources.current_host, slots)
-    else:
-        from launcher.control.meet import MeetRequest, meet  # noqa: PLC0415 - multi-host jobs only
-
-        request = MeetRequest(
-            host=cfg.resources.current_host,
-            hosts=cfg.distribution_hosts,
-            slots=slots,
-            control_port=chosen.control_port,
-            master_port=chosen.master_port,
-            peer_timeout_s=chosen.peer_timeout_s,
-            heartbeat_timeout_s=chosen.heartbeat_timeout_s,
-            job_name=cfg.training_job_name or cfg.sagemaker_job_name,
-            token=chosen.job_token,
-            leader_addr=environ.get("LAUNCHER_LEADER_ADDR", ""),
-            plan_extra=extra,
-        )
-        world, member = meet(request, events, free_port())
+    setup = backend_setup(
+        prepared.backend, multi=prepared.multi, leads=prepared.leads, environ=environ
+    )
+    world, member = world_for(prepared, events=events, plan_extra=setup.plan_extra)
     try:
-        return _run_world(
-            args,
-            prepared,
-            spec=spec,
-            world=world,
-            member=member,
-            keys=keys,
-            hvd=hvd,
-            events=events,
-            scope=scope,
-        )
+        if setup.horovod is not None:
+            world = setup.horovod.attach(world)
+        launch = plan.build(prepared.spec, world, environ, os.cpu_count() or 1)
+        if prepared.backend is Backend.MPI:
+            run = _mpi_run(
+                launch,
+                prepared.chosen,
+                environ,
+                scope=scope,
+                events=events,
+                output_dir=prepared.cfg.paths.output_dir,
+                instance_type=prepared.cfg.resources.current_instance_type,
+            )
+            return _mpi(run, member, setup.keys)
+        return _execute(launch, prepared, member, scope=scope, events=events)
     except StopRequested as e:  # stopped after the meeting, before the ranks ran
         if member is not None:
             member.stopped(e.signum)  # the other hosts learn it now, not at a timeout
         raise
 
 
-def _run_world(
-    args: argparse.Namespace,
+def _execute(
+    launch: LaunchPlan,
     prepared: Prepared,
-    *,
-    spec: JobSpec,
-    world: World,
     member: Member | None,
-    keys: SshKeys | None,
-    hvd: HorovodServer | None,
-    events: Events,
+    *,
     scope: Containment,
+    events: Events,
 ) -> int:
-    """Plan this host's ranks in the agreed world, run them, agree on the job's result."""
-    cfg, chosen, sources, backend = (
-        prepared.cfg,
+    """Run this host's ranks; with other hosts, agree on the job's result at the exit barrier
+    and write it (the same on every host). Returns the job's exit code."""
+    output_dir = prepared.cfg.paths.output_dir
+    options = _options(
         prepared.chosen,
-        prepared.sources,
-        prepared.backend,
-    )
-    environ = dict(sources.environ)
-    if hvd is not None:
-        world = hvd.attach(world)
-    launch = plan.build(spec, world, environ, os.cpu_count() or 1)
-    if backend is Backend.MPI:
-        return _mpi(
-            args,
-            sources,
-            launch,
-            output_dir=cfg.paths.output_dir,
-            instance_type=cfg.resources.current_instance_type,
-            member=member,
-            keys=keys,
-            scope=scope,
-            events=events,
-        )
-    if args.dry_run:
-        return _print_plan(launch, args.json)
-    options = RunOptions(
-        grace_s=chosen.grace_s,
-        log_dir=chosen.log_dir,
-        show_ranks=chosen.show_ranks,
-        prefix=backend is not Backend.NONE,
-        output_dir=None if member else cfg.paths.output_dir,
+        prefix=prepared.backend is not Backend.NONE,
+        output_dir=None if member else output_dir,
     )
     if member is None:
         return _finish(execute(launch, options, scope, events=events))
@@ -190,66 +278,73 @@ def _run_world(
     finally:
         member.close()
     text = result.failure_text if result.exit_code else f"{reason}\n"
-    finish(cfg.paths.output_dir, code, text)
+    finish(output_dir, code, text)
     return _finish(result if result.exit_code or not code else _failed(result, code, reason))
 
 
 # --- the mpi and horovod backends (launcher/mpi/job.py, launcher/horovod.py) -------------------
 
 
-def _backend_prepare(
-    backend: Backend, multi: bool, leads: bool, dry_run: bool, environ: dict[str, str]
-) -> tuple[SshKeys | None, HorovodServer | None, dict[str, Any]]:
-    """What must exist before the hosts meet: MPI's per-job ssh keys (multi-host only), and
-    the leader's Horovod rendezvous server, whose port travels in the PLAN."""
-    if dry_run:
-        return None, None, {}
+@dataclass(frozen=True, slots=True)
+class BackendSetup:
+    """What a backend needs before the hosts meet (nothing for `none` and `torch`)."""
+
+    keys: SshKeys | None = None  # mpi with several hosts: this host's per-job ssh key
+    horovod: HorovodServer | None = None  # horovod, on the leader: its rendezvous server
+    plan_extra: Mapping[str, Any] = field(default_factory=dict)  # what the leader's PLAN adds
+
+
+def backend_setup(
+    backend: Backend, *, multi: bool, leads: bool, environ: dict[str, str]
+) -> BackendSetup:
+    """MPI's per-job ssh keys (several hosts only; the leader's public key goes in the PLAN),
+    and the leader's Horovod rendezvous server, whose port goes in the PLAN. Raises
+    `LauncherError` when ssh-keygen fails or the server cannot start."""
     if backend is Backend.MPI and multi:
         from launcher.mpi.job import SshKeys  # noqa: PLC0415 - keeps `train` start-up light
 
         keys = SshKeys.create(leads, environ)
-        return keys, None, keys.plan_extra() if leads else {}
+        return BackendSetup(keys=keys, plan_extra=keys.plan_extra() if leads else {})
     if backend is Backend.HOROVOD and leads:
         from launcher.control.meet import HOROVOD_PORT_KEY  # noqa: PLC0415
         from launcher.horovod import RendezvousHost  # noqa: PLC0415
 
         server = RendezvousHost()
-        return None, server, {HOROVOD_PORT_KEY: server.start()}
-    return None, None, {}
+        return BackendSetup(horovod=server, plan_extra={HOROVOD_PORT_KEY: server.start()})
+    return BackendSetup()
 
 
-def _mpi(
-    args: argparse.Namespace,
-    sources: settings.Sources,
+def _mpi_run(
     launch: LaunchPlan,
+    chosen: Settings,
+    environ: Mapping[str, str],
     *,
-    output_dir: Path | None,
-    instance_type: str = "",
-    member: Member | None = None,
-    keys: SshKeys | None = None,
     scope: Containment,
     events: Events,
-) -> int:
-    """The `mpi` backend's `train`: mpirun on the leader, sshd on the followers."""
+    output_dir: Path | None,
+    instance_type: str = "",
+) -> MpiRun:
+    """What the `mpi` backend's flow needs, from the settings already resolved."""
     from launcher.mpi import job as mpijob  # noqa: PLC0415 - keeps `train` start-up light
 
-    chosen = settings.resolve(sources, default_backend=Backend.NONE)
-    run = mpijob.MpiRun(
+    return mpijob.MpiRun(
         launch=launch,
-        settings=mpijob.mpi_settings(sources),
-        options=RunOptions(
-            grace_s=chosen.grace_s, log_dir=chosen.log_dir, show_ranks=chosen.show_ranks
-        ),
+        settings=mpijob.mpi_settings(chosen),
+        options=_options(chosen),
         scope=scope,
         events=events,
         output_dir=output_dir,
         peer_timeout_s=chosen.peer_timeout_s,
-        environ=dict(sources.environ),
+        environ=dict(environ),
         python=sys.executable,
         instance_type=instance_type,
     )
-    if args.dry_run:
-        return _print_plan(mpijob.leader_plan(run, "<ssh-config>", "<host-env>"), args.json)
+
+
+def _mpi(run: MpiRun, member: Member | None, keys: SshKeys | None) -> int:
+    """The `mpi` backend: mpirun on the leader, sshd on the followers; the job's exit code."""
+    from launcher.mpi import job as mpijob  # noqa: PLC0415 - keeps `train` start-up light
+
     try:
         code, headline = mpijob.run(run, member, keys)
     finally:
@@ -260,6 +355,21 @@ def _mpi(
     else:
         log.error("job failed (exit %d): %s", code, headline)
     return code
+
+
+# --- shared pieces -------------------------------------------------------------------------------
+
+
+def _options(
+    chosen: Settings, *, prefix: bool = True, output_dir: Path | None = None
+) -> RunOptions:
+    return RunOptions(
+        grace_s=chosen.grace_s,
+        log_dir=chosen.log_dir,
+        show_ranks=chosen.show_ranks,
+        prefix=prefix,
+        output_dir=output_dir,
+    )
 
 
 def _failed(result: Result, code: int, reason: str) -> Result:
@@ -302,6 +412,31 @@ def _finish(result: Result) -> int:
     return result.exit_code
 
 
+def _print(
+    launch: LaunchPlan,
+    chosen: Settings,
+    environ: Mapping[str, str],
+    *,
+    as_json: bool,
+    instance_type: str = "",
+) -> int:
+    """Print a dry run's plan; for `mpi`, the leader's: the one mpirun it would start."""
+    if launch.job.backend is Backend.MPI:
+        from launcher.mpi import job as mpijob  # noqa: PLC0415 - keeps `train` start-up light
+
+        run = _mpi_run(
+            launch,
+            chosen,
+            environ,
+            scope=Containment(),  # inert: nothing starts
+            events=queue.SimpleQueue(),
+            output_dir=None,
+            instance_type=instance_type,
+        )
+        launch = mpijob.leader_plan(run, "<ssh-config>", "<host-env>")
+    return _print_plan(launch, as_json)
+
+
 def _print_plan(launch: LaunchPlan, as_json: bool) -> int:
     described = plan.describe(launch)
     if as_json:
@@ -318,48 +453,57 @@ def _print_plan(launch: LaunchPlan, as_json: bool) -> int:
     return 0
 
 
+# --- run, local, doctor --------------------------------------------------------------------------
+
+
 def run(args: argparse.Namespace, environ: dict[str, str]) -> int:
-    sources = settings.Sources(vars(args), environ, {})
-    chosen = settings.resolve(sources, default_backend=Backend.TORCH)
-    found = gpus.discover(environ)
-    slots = settings.local_slots(chosen.procs_per_host, len(found))
+    """`launcher run`: a program's ranks on this host, like torchrun; the job's exit code.
+
+    settings -> GPUs -> JobSpec -> a world of one -> plan -> (`--dry-run`: print it) -> the
+    backend. Raises `ConfigError` (exit 2) for a bad setting, `SpawnError` for a program
+    that cannot start, `StopRequested` (128+N) for a stop signal before the ranks run.
+    """
+    chosen = settings.resolve(
+        settings.Sources(vars(args), environ, {}), default_backend=Backend.TORCH
+    )
+    slots = settings.local_slots(chosen.procs_per_host, len(gpus.discover(environ)))
     if args.module:
         command = [sys.executable, "-m", args.program, *args.args]
     elif args.no_python:
         command = [args.program, *args.args]
     else:
         command = [sys.executable, args.program, *args.args]
-    host = environ.get("LAUNCHER_HOST_NAME") or os.uname().nodename
-    with guarded(dry_run=args.dry_run, environ=environ, host=host, grace_s=chosen.grace_s) as scope:
-        error_dir = "" if args.dry_run else _error_dir(chosen.log_dir)
+    host = chosen.host_name or os.uname().nodename
+    spec = JobSpec(tuple(command), str(Path.cwd()), chosen.backend)
+    if args.dry_run:
+        world = _single_host(host, slots, chosen.master_port, dry_run=True)
+        launch = plan.build(spec, world, environ, os.cpu_count() or 1)
+        return _print(launch, chosen, environ, as_json=args.json)
+    out = Path(args.output_dir) if args.output_dir else None
+    with guarded(dry_run=False, environ=environ, host=host, grace_s=chosen.grace_s) as scope:
+        error_dir = _error_dir(chosen.log_dir)
         try:
-            spec = JobSpec(tuple(command), str(Path.cwd()), chosen.backend, error_dir=error_dir)
-            world = _single_host(host, slots, chosen.master_port, args.dry_run)
-            _, hvd, _ = _backend_prepare(chosen.backend, False, True, args.dry_run, environ)
-            if hvd is not None:
-                world = hvd.attach(world)
+            world = _single_host(host, slots, chosen.master_port, dry_run=False)
+            setup = backend_setup(chosen.backend, multi=False, leads=True, environ=environ)
+            if setup.horovod is not None:
+                world = setup.horovod.attach(world)
+            spec = replace(spec, error_dir=error_dir)
             launch = plan.build(spec, world, environ, os.cpu_count() or 1)
-            out = Path(args.output_dir) if args.output_dir else None
             if chosen.backend is Backend.MPI:
-                return _mpi(
-                    args, sources, launch, output_dir=out, scope=scope, events=queue.SimpleQueue()
+                events: Events = queue.SimpleQueue()
+                mpi_run = _mpi_run(
+                    launch, chosen, environ, scope=scope, events=events, output_dir=out
                 )
-            if args.dry_run:
-                return _print_plan(launch, args.json)
-            options = RunOptions(
-                grace_s=chosen.grace_s,
-                log_dir=chosen.log_dir,
-                show_ranks=chosen.show_ranks,
-                prefix=True,
-                output_dir=out,
-            )
-            return _finish(execute(launch, options, scope))
+                return _mpi(mpi_run, None, None)
+            return _finish(execute(launch, _options(chosen, output_dir=out), scope))
         finally:
-            if error_dir and not chosen.log_dir:
+            if not chosen.log_dir:
                 shutil.rmtree(error_dir, ignore_errors=True)  # on every path, errors included
 
 
 def local(args: argparse.Namespace, environ: dict[str, str]) -> int:
+    """`launcher local`: N simulated hosts on this machine, each a `train` with its own tree;
+    the leader's exit code. Raises `UsageError` for a bad host count or script."""
     from launcher.local import cluster as local  # noqa: PLC0415 - keeps `train` start-up light
 
     sources = settings.Sources(vars(args), environ, {})
@@ -392,6 +536,7 @@ def local(args: argparse.Namespace, environ: dict[str, str]) -> int:
 
 
 def doctor(args: argparse.Namespace, environ: dict[str, str]) -> int:
+    """`launcher doctor`: the findings about this host; 0 when the backend has what it needs."""
     from launcher.doctor import checks as doctor  # noqa: PLC0415 - keeps `train` start-up light
 
     return doctor.main(environ, as_json=args.json, backend=args.backend)

@@ -8,12 +8,23 @@ testable and stops a second copy of the variable names from drifting (submitit's
 Readers accept, in order of preference: the torchrun contract (what our `torch` backend sets),
 the horovodrun gloo contract, Open MPI's `OMPI_COMM_WORLD_*`, and MPICH/Intel MPI's `PMI_*`.
 Outside any launcher `read_rank_env` returns `None` and callers use `WORLD_OF_ONE`.
+
+The rank's side of hang detection lives here too, because it must run without torch and
+`collectives` may import nothing else of the launcher: the progress file (`PROGRESS_FILE`,
+its layout, `progress()`, `progress_section()`) and the stack dump on a signal
+(`STACK_FILE`, `install_stack_dump()`). The launcher's side is `launcher.hangs`; the protocol
+is in docs/hangs.md.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import os
+import sys
+import time
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import IO
 
 # --- torchrun contract (torch.distributed.elastic LocalElasticAgent) ---
 RANK = "RANK"
@@ -284,3 +295,239 @@ def _read(environ: Mapping[str, str]) -> RankEnv | None:
             backend=environ.get(BACKEND, backend),
         )
     return None
+
+
+# --- progress and stack dumps: how a rank shows it is alive (docs/hangs.md) -------------------
+#
+# The launcher names one progress file per rank in PROGRESS_FILE (and creates it). The rank
+# maps it (mmap, MAP_SHARED) and bumps a counter with plain memory stores: no system call per
+# call, so a training loop can count every collective. The launcher reads the same file
+# (`pread`) twice a second; nothing travels over a pipe or a socket.
+#
+# Layout, PROGRESS_SIZE (128) bytes: bytes 0-7 are PROGRESS_MAGIC; then unsigned 64-bit
+# words in the host's byte order (writer and reader always share a host), indexed as below;
+# bytes 72-103 hold the open section's name (UTF-8, NUL-padded); the rest is reserved (zero).
+# Times are CLOCK_MONOTONIC in nanoseconds (Python's `time.monotonic_ns()`), which every
+# process of a host shares. Each word is written with one aligned 8-byte store, so a reader
+# never sees half of a word; it may see a new count with the previous time, which is harmless.
+
+PROGRESS_FILE = "LAUNCHER_PROGRESS_FILE"  # the rank's progress file (the launcher creates it)
+STACK_FILE = "LAUNCHER_STACK_FILE"  # where the rank appends its stacks on the stack signal
+
+PROGRESS_MAGIC = b"mlprog01"
+PROGRESS_SIZE = 128
+P_COUNT = 1  # progress events so far: collectives, progress() calls, sections left
+P_LAST_NS = 2  # when the last one happened
+P_SECTION_DEPTH = 3  # > 0 while inside progress_section(): hang timing is paused
+P_SECTION_SINCE_NS = 4  # when the outermost open section began
+P_PID = 5  # the process that attached (the one to ask for stacks); 0: nobody yet
+P_STACK_SIGNAL = 6  # the signal that makes that process dump its stacks; 0: none, send none
+P_ATTACHED_NS = 7  # when that process attached
+P_TRACER_PID = 8  # the launcher, written at creation: may ptrace the rank (see allow_tracer)
+SECTION_NAME_OFFSET = 72
+SECTION_NAME_SIZE = 32
+PR_SET_PTRACER = 0x59616D61  # prctl option (Yama): name the process that may ptrace us
+YAMA_PTRACE_SCOPE = "/proc/sys/kernel/yama/ptrace_scope"
+
+# The stack signal is SIGRTMIN + 4 (38 with glibc). A real-time signal because the usual ones
+# are taken: SIGUSR1 already dumps stacks to stderr (collectives.record) and is what Slurm and
+# Lightning send before a preemption; submitit and Slurm's --signal users take SIGUSR2. No
+# tool in this field sends real-time signals, and the kernel queues them instead of merging.
+# The number a rank actually registered is written into its progress file, and the launcher
+# sends only that: a process that registered nothing is never sent a signal whose default
+# action would kill it.
+STACK_SIGNAL_OFFSET = 4
+
+
+class ProgressFile:
+    """The rank's side of one progress file: a shared mapping written with plain stores.
+
+    Opening creates the file when it is missing or empty and refuses anything else that is
+    not a progress file (wrong size or magic), so a mistyped variable cannot make a rank
+    scribble over an unrelated file. Raises `OSError` when the file cannot be opened or
+    mapped, `ValueError` when it is not a progress file. The counter is never reset: a
+    second attach (another `ProgressFile` on the same path) continues it.
+    """
+
+    __slots__ = ("_map", "path", "words")
+
+    def __init__(self, path: str | os.PathLike[str]) -> None:
+        import mmap  # noqa: PLC0415 - only a rank that reports progress needs it
+
+        self.path = os.fspath(path)
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        try:
+            size = os.fstat(fd).st_size
+            if size == 0:
+                os.ftruncate(fd, PROGRESS_SIZE)
+            elif size != PROGRESS_SIZE:
+                raise ValueError(f"{self.path} is not a progress file ({size} bytes)")
+            self._map = mmap.mmap(fd, PROGRESS_SIZE)  # MAP_SHARED, read and write
+        finally:
+            os.close(fd)  # the mapping keeps the file
+        magic = bytes(self._map[:8])
+        if magic == bytes(8):
+            self._map[:8] = PROGRESS_MAGIC
+        elif magic != PROGRESS_MAGIC:
+            self._map.close()
+            raise ValueError(f"{self.path} is not a progress file (magic {magic!r})")
+        self.words = memoryview(self._map).cast("Q")
+        self.words[P_PID] = os.getpid()
+        self.words[P_ATTACHED_NS] = time.monotonic_ns()
+
+    def tick(self) -> None:
+        """Count one unit of progress, now."""
+        words = self.words
+        words[P_COUNT] += 1
+        words[P_LAST_NS] = time.monotonic_ns()
+
+    def enter_section(self, name: str) -> None:
+        """Open a section (nested ones count; the outermost names it): hang timing pauses."""
+        words = self.words
+        if words[P_SECTION_DEPTH] == 0:
+            raw = name.encode("utf-8", "replace")[:SECTION_NAME_SIZE]
+            end = SECTION_NAME_OFFSET + SECTION_NAME_SIZE
+            self._map[SECTION_NAME_OFFSET:end] = raw.ljust(SECTION_NAME_SIZE, b"\0")
+            words[P_SECTION_SINCE_NS] = time.monotonic_ns()
+        words[P_SECTION_DEPTH] += 1
+
+    def leave_section(self) -> None:
+        """Close the innermost section; leaving one counts as progress (timing restarts)."""
+        words = self.words
+        if words[P_SECTION_DEPTH] > 0:
+            words[P_SECTION_DEPTH] -= 1
+        self.tick()
+
+    def announce_stack_signal(self, signum: int) -> None:
+        """Tell the launcher that `signum` makes this process dump its stacks (0: none)."""
+        self.words[P_STACK_SIGNAL] = signum
+
+
+_progress: ProgressFile | None = None
+_progress_words: memoryview | None = None  # _progress.words: one global read on the hot path
+_progress_tried = False
+_monotonic_ns = time.monotonic_ns
+
+
+def attach_progress(environ: Mapping[str, str] | None = None) -> ProgressFile | None:
+    """This process's progress file, attached on first call (idempotent), or `None`.
+
+    `None` when `PROGRESS_FILE` is unset or empty (not launched by us: progress is then a
+    no-op), and when the file cannot be used: that is said once on stderr, and the rank runs
+    on without reporting progress (the launcher then sees a rank that never attached).
+    """
+    global _progress, _progress_words, _progress_tried  # noqa: PLW0603 - one per process
+    if _progress is not None or _progress_tried:
+        return _progress
+    _progress_tried = True
+    path = (os.environ if environ is None else environ).get(PROGRESS_FILE, "")
+    if not path:
+        return None
+    try:
+        _progress = ProgressFile(path)
+    except (OSError, ValueError) as exc:
+        print(f"progress is not reported: {PROGRESS_FILE}={path}: {exc}", file=sys.stderr)
+        return None
+    _progress_words = _progress.words
+    allow_tracer(_progress.words[P_TRACER_PID])
+    return _progress
+
+
+def allow_tracer(pid: int, scope_file: str = YAMA_PTRACE_SCOPE) -> bool | None:
+    """Let process `pid` and its descendants ptrace this one, where Yama's `ptrace_scope` is 1
+    (only ancestors may, otherwise): the launcher runs py-spy as its child, which is not an
+    ancestor of its ranks. Returns None when nothing was needed (no Yama, another scope, no
+    pid), else whether the kernel agreed; never raises (the stack signal is the fallback).
+    """
+    try:
+        with open(scope_file, "rb") as f:  # noqa: PTH123 - pathlib would be an import more
+            if f.read().strip() != b"1" or pid <= 0:
+                return None
+        import ctypes  # noqa: PLC0415 - only where Yama restricts ptrace
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        return bool(libc.prctl(PR_SET_PTRACER, ctypes.c_ulong(pid), 0, 0, 0) == 0)
+    except (OSError, AttributeError):
+        return None
+
+
+def progress() -> None:
+    """Count one unit of progress for hang detection (a step, a batch, a heartbeat).
+
+    About 0.2 µs: two stores into the mapped file, no system call. The first call attaches
+    the file named by `PROGRESS_FILE`; without one this is a no-op. Never raises. Safe from
+    any thread; a process forked after attaching shares the counter.
+    """
+    words = _progress_words
+    if words is None:
+        if _progress_tried or attach_progress() is None:
+            return
+        words = _progress_words
+        assert words is not None
+    words[P_COUNT] += 1
+    words[P_LAST_NS] = _monotonic_ns()
+
+
+@contextmanager
+def progress_section(name: str = "section") -> Iterator[None]:
+    """Pause hang timing while the body runs (a checkpoint write, an evaluation without
+    collectives); leaving counts as progress. Nests. Without a progress file: no-op.
+
+    The launcher still bounds a section (docs/hangs.md): a rank that never leaves one is hung.
+    """
+    file = attach_progress()
+    if file is None:
+        yield
+        return
+    file.enter_section(name)
+    try:
+        yield
+    finally:
+        file.leave_section()
+
+
+_stack_stream: IO[bytes] | None = None
+
+
+def stack_signal() -> int:
+    """The stack signal's number on this platform (0 where it has no real-time signals)."""
+    import signal  # noqa: PLC0415
+
+    low = getattr(signal, "SIGRTMIN", 0)
+    return int(low) + STACK_SIGNAL_OFFSET if low else 0
+
+
+def install_stack_dump(environ: Mapping[str, str] | None = None) -> int:
+    """Make the stack signal append every thread's Python stack to `STACK_FILE`; return the
+    signal's number, or 0 when nothing was installed. Idempotent.
+
+    The dump is `faulthandler`'s: written from the C signal handler, so it works while the
+    main thread is blocked in C (a collective, a sleep) or spins holding the GIL, with no
+    ptrace. A handler installed earlier for the same signal is chained (called after the dump);
+    a default action is not (it would end the process). The number is announced in the
+    progress file (attaching it), which is how the launcher knows it may send the signal.
+    Nothing is installed when `STACK_FILE` is unset or cannot be opened (said once on stderr).
+    """
+    global _stack_stream  # noqa: PLW0603 - the stream must stay open as long as the handler
+    import faulthandler  # noqa: PLC0415
+    import signal  # noqa: PLC0415
+
+    signum = stack_signal()
+    if _stack_stream is not None:
+        return signum
+    path = (os.environ if environ is None else environ).get(STACK_FILE, "")
+    if not path or not signum:
+        return 0
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        stream = os.fdopen(fd, "ab")  # held open for as long as the handler may write
+    except OSError as exc:
+        print(f"stacks are not dumped on a signal: {STACK_FILE}={path}: {exc}", file=sys.stderr)
+        return 0
+    previous = signal.getsignal(signum)
+    faulthandler.register(signum, file=stream, all_threads=True, chain=previous != signal.SIG_DFL)
+    _stack_stream = stream
+    file = attach_progress(environ)
+    if file is not None:
+        file.announce_stack_signal(signum)
+    return signum

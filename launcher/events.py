@@ -12,9 +12,11 @@ from __future__ import annotations
 
 import enum
 import queue
-from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, TypeAlias
+from typing import TYPE_CHECKING, TypeAlias
+
+if TYPE_CHECKING:  # the core imports no subpackage at run time (tests/unit/test_layering.py)
+    from launcher.control.messages import Message
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,11 +45,12 @@ class RemoteAbort:
 
 @dataclass(frozen=True, slots=True)
 class PeerMessage:
-    """A message of a kind the channel itself does not handle (a backend's, e.g. the MPI
-    backend's sshd report), posted for whoever drives the backend."""
+    """A follower's message that the channel itself does not handle (a backend's: the MPI
+    backend's `SshdReady`), decoded and checked (`control.messages`), posted by the leader for
+    whoever drives the backend."""
 
-    host: str  # who sent it: the follower's host name, or the leader's as a follower knows it
-    message: Mapping[str, Any]
+    host: str  # the follower that sent it, by the host name of its HELLO
+    message: Message
 
 
 @dataclass(frozen=True, slots=True)

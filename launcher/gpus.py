@@ -121,7 +121,9 @@ def _leading_int(entry: str) -> int:
     if signs > 1:
         return -1
     end = signs
-    while end < len(entry) and entry[end].isdigit():
+    # ASCII digits only, as strtoul reads them: str.isdigit() also accepts "²" (which int()
+    # refuses) and other scripts' digits (which CUDA does not read as numbers).
+    while end < len(entry) and entry[end] in "0123456789":
         end += 1
     return int(entry[:end]) if end > signs else -1
 

@@ -14,6 +14,7 @@ per-rank log file and a bounded tail that the failure report reads.
 from __future__ import annotations
 
 import contextlib
+import math
 import os
 import select
 import selectors
@@ -26,6 +27,10 @@ TAIL_BYTES = 64 * 1024
 _CHUNK = 64 * 1024
 PIPE_BUF = select.PIPE_BUF  # writes up to this size are atomic on a pipe (4096 on Linux)
 MAX_LINE = 1024 * 1024  # a longer line is written in pieces (see OutputPump._echo)
+# A full non-blocking console that takes nothing for this long loses the rest of a write
+# (see `_write_all`); consoles in that state, shared by every pump (set ops are atomic).
+CONSOLE_STALL_S = 30.0
+_STALLED: set[int] = set()
 
 
 class Tail:
@@ -213,7 +218,16 @@ def _write_lines(fd: int | None, lines: list[bytes]) -> None:
         _write_all(fd, batch)
 
 
-def _write_all(fd: int | None, data: bytes) -> None:
+def _write_all(fd: int | None, data: bytes, stall_s: float = CONSOLE_STALL_S) -> None:
+    """Write all of `data` to the console `fd` (None: nowhere), or as much as it takes.
+
+    A console in non-blocking mode (someone above us set O_NONBLOCK on a shared pipe) that is
+    full is waited for with `poll` until its reader makes room, never spun on. If it makes no
+    room for `stall_s`, the rest of this write is dropped and the console marked stalled:
+    later writes to it are tried once without waiting, until one goes through. The pump must
+    go on draining the ranks' pipes and feeding the log files and failure tails even when
+    nobody reads the console. A console that went away (a closed pipe) drops the write.
+    """
     if fd is None:
         return
     view = memoryview(data)
@@ -221,7 +235,19 @@ def _write_all(fd: int | None, data: bytes) -> None:
         try:
             written = os.write(fd, view)
         except BlockingIOError:
+            if fd in _STALLED or not _writable(fd, stall_s):
+                _STALLED.add(fd)
+                return
             continue
         except OSError:
             return  # the console went away (closed pipe): keep draining ranks regardless
+        _STALLED.discard(fd)
         view = view[written:]
+
+
+def _writable(fd: int, timeout_s: float) -> bool:
+    """Wait until `fd` takes a write, or fails (the next write then says how); False when
+    `timeout_s` passed first."""
+    poller = select.poll()
+    poller.register(fd, select.POLLOUT)
+    return bool(poller.poll(math.ceil(timeout_s * 1000)))

@@ -7,23 +7,34 @@ different slot counts. `--dry-run` prints `describe(plan)`, which masks hyperpar
 
 from __future__ import annotations
 
-import enum
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from launcher import contract
+from launcher.settings import Backend
+
+# `Backend` is a setting and lives in `settings`; it stays importable from here.
+__all__ = [
+    "CONTROL_SECRETS",
+    "MASK",
+    "SECRET_PREFIXES",
+    "SECRET_VARS",
+    "Backend",
+    "HostSlots",
+    "JobSpec",
+    "LaunchPlan",
+    "RankSpec",
+    "World",
+    "build",
+    "describe",
+    "masked",
+    "without_secrets",
+]
 
 # Variables whose values carry hyperparameters (which may hold secrets): masked when shown.
 SECRET_VARS = ("SM_HPS", "SM_USER_ARGS", "SM_TRAINING_ENV", "SM_FRAMEWORK_PARAMS")
 SECRET_PREFIXES = ("SM_HP_",)
 MASK = "***"
-
-
-class Backend(enum.Enum):
-    NONE = "none"  # one process, no rank variables: the toolkit's plain `train`
-    TORCH = "torch"
-    HOROVOD = "horovod"
-    MPI = "mpi"
 
 
 @dataclass(frozen=True, slots=True)

@@ -16,6 +16,10 @@ launcher may start a child process while the reaper runs.
 `ProcessSet.close` is the end of a process set: whatever is left of it (a rank's group, its
 cgroup, orphans adopted by the launcher and everything below them) gets SIGTERM, then SIGKILL
 after the grace period, on every ending, success included.
+
+Helper processes start here too, contained like the ranks: `Helper` for a long-running one
+(sshd, an ssh master; a process set of its own), `run_once` for one run to completion (pip,
+ssh-keygen, an ssh login), `capture` for a short probe whose output is the answer.
 """
 
 from __future__ import annotations
@@ -27,7 +31,7 @@ import signal
 import subprocess
 import threading
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
@@ -37,7 +41,7 @@ from launcher.containment import Cgroup, Containment
 from launcher.errors import SpawnError
 from launcher.events import Events, RankExited
 from launcher.logs import OutputPump, Tail
-from launcher.plan import LaunchPlan, RankSpec
+from launcher.plan import RankSpec
 
 log = logging.getLogger("launcher")
 
@@ -143,11 +147,18 @@ class RankProcess:
 
 
 class ProcessSet:
-    """The ranks of this host: start, signal, and make sure none survives `close()`."""
+    """The ranks of this host (or one helper): start, signal, and make sure none survives
+    `close()`.
+
+    Each rank runs `spec.argv` with `base_env`, then `spec.env` on top (`LaunchPlan.full_env`),
+    then the scope's marker; its output goes through `pump`, and its exit is posted on
+    `events` as a `RankExited` for `spec.rank`.
+    """
 
     def __init__(
         self,
-        plan: LaunchPlan,
+        ranks: Sequence[RankSpec],
+        base_env: Mapping[str, str],
         events: Events,
         pump: OutputPump,
         *,
@@ -157,7 +168,8 @@ class ProcessSet:
         prefix: bool = True,
         name: str = "ranks",
     ) -> None:
-        self.plan = plan
+        self._specs = tuple(ranks)
+        self._base_env = base_env
         self._events = events
         self._pump = pump
         self._scope = scope if scope is not None else Containment()
@@ -176,7 +188,7 @@ class ProcessSet:
         """
         self._cgroup = self._scope.leaf(self._name)
         try:
-            for spec in self.plan.ranks:
+            for spec in self._specs:
                 self.ranks[spec.rank] = self._spawn(spec)
         except SpawnError:
             self.kill()
@@ -195,7 +207,7 @@ class ProcessSet:
             popen = _popen(
                 spec.argv,
                 cwd=spec.cwd,
-                env={**self.plan.full_env(spec), **self._scope.env()},
+                env={**self._base_env, **spec.env, **self._scope.env()},
                 stdin=subprocess.DEVNULL,
                 stdout=subprocess.PIPE,
                 stderr=subprocess.PIPE,
@@ -289,7 +301,9 @@ class ProcessSet:
                 pause = min(2 * pause, 0.1)
             self.kill()
             self._signal_leftovers(left, signal.SIGKILL)
-            containment.reap(left)
+            # Adopted orphans only: a rank's (or helper's) own status belongs to its waiter,
+            # which would read a status taken here as exit code 0.
+            containment.reap(left - known_children())
         deadline = time.monotonic() + grace
         for proc in self.ranks.values():
             with contextlib.suppress(subprocess.TimeoutExpired):
@@ -354,6 +368,101 @@ def contained(scope: Containment, grace: float) -> Iterator[Containment]:
     finally:
         sweep(grace)
         scope.release()
+
+
+class Helper:
+    """One long-running helper process (a follower's `sshd -D -e`, a leader's `ssh -M -N`
+    master), run as a process set of its own: like a rank it gets its own session and process
+    group, stdin on /dev/null, its own cgroup leaf, the watchdog's guard (so it dies with the
+    launcher, even on SIGKILL) and the scope's marker; its output lines are prefixed
+    `[label:0] ` and its exit is posted on `events` as `RankExited` for rank 0.
+
+    `argv` runs in `cwd` with `env` (plus the scope's marker). `start` may follow `stop` (a
+    retried connection); `close` is the end, after which `start` raises `SpawnError`. Both
+    end it through `ProcessSet.close`: SIGTERM to whatever it left (its group, its cgroup leaf,
+    orphans it made), SIGKILL after the grace period, reaped. Safe to use from several
+    threads: an owner may close it while another thread starts, stops or watches it.
+    """
+
+    def __init__(
+        self,
+        label: str,
+        argv: Sequence[str],
+        cwd: Path,
+        env: Mapping[str, str],
+        events: Events,
+        *,
+        scope: Containment | None = None,
+    ) -> None:
+        self.label = label
+        self._spec = RankSpec(0, 0, label, tuple(argv), str(cwd), {}, "")
+        self._env = env
+        self._events = events
+        self._scope = scope
+        self._lock = threading.Lock()  # start, stop and close, one at a time
+        self._closed = False
+        self._procs: ProcessSet | None = None
+        self._pump: OutputPump | None = None
+
+    @property
+    def scope(self) -> Containment | None:
+        return self._scope
+
+    def start(self) -> None:
+        """Start it. Raises `SpawnError` when the program cannot be started (nothing is left
+        running then) or the helper was closed; `RuntimeError` when it was started already
+        and not stopped since."""
+        with self._lock:
+            if self._closed:
+                raise SpawnError(f"{self.label} was not started: the job is ending")
+            if self._procs is not None:
+                raise RuntimeError(f"{self.label} started twice")
+            self._pump = OutputPump()
+            self._pump.start()
+            self._procs = ProcessSet(
+                (self._spec,), self._env, self._events, self._pump, scope=self._scope, name="helper"
+            )
+            try:
+                self._procs.start()
+            except BaseException:
+                self._end(0.0)  # a half-started helper leaves no pump, leaf or process
+                raise
+
+    def running(self) -> bool:
+        """True from `start` until its process is seen to exit or it is stopped."""
+        procs = self._procs
+        return procs is not None and bool(procs.running())
+
+    def log_tail(self) -> str:
+        """The end of its stderr, "" when it is not started; after an exit it waits (up to
+        0.5 s) for the pipe to drain first, so the last words are in."""
+        procs = self._procs
+        if procs is None or 0 not in procs.ranks:
+            return ""
+        if not procs.running():
+            procs.wait_output(0.5)
+        return procs.ranks[0].stderr_tail.text().strip()
+
+    def stop(self, grace_s: float) -> None:
+        """SIGTERM to it and whatever it left, SIGKILL after `grace_s`, reaped; it may be
+        started again. Idempotent, and bounded like `ProcessSet.close` (plus 2 s for the output)."""
+        with self._lock:
+            self._end(grace_s)
+
+    def close(self, grace_s: float) -> None:
+        """`stop`, for good: a later or concurrent `start` raises `SpawnError`."""
+        with self._lock:
+            self._closed = True
+            self._end(grace_s)
+
+    def _end(self, grace_s: float) -> None:
+        procs, pump = self._procs, self._pump
+        self._procs = self._pump = None
+        if procs is not None:
+            procs.close(grace_s)
+            procs.wait_output(1.0)
+        if pump is not None:
+            pump.stop(1.0)
 
 
 def _start_helper(

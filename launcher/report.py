@@ -13,6 +13,7 @@ import contextlib
 import json
 import os
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -45,6 +46,15 @@ class RankFailure:
     def headline(self) -> str:
         text = f"rank {self.rank} on {self.host} {self.how}"
         return f"{text}: {self.message}" if self.message else text
+
+
+@dataclass(frozen=True, slots=True)
+class RankTrace:
+    """What the launcher kept of one rank for its report."""
+
+    host: str
+    error_file: str  # the rank's TORCHELASTIC_ERROR_FILE, "" when it had none
+    stderr_tail: str  # the end of its stderr (`logs.Tail`), decoded leniently
 
 
 def read_error_file(path: str) -> tuple[str, str] | None:
@@ -96,26 +106,26 @@ def rank_error(error_file: str, stderr_tail: str) -> tuple[str, str]:
     return recorded if recorded else (exception_line(stderr_tail), "")
 
 
-def failures(outcome: Outcome, ranks: dict[int, tuple[str, str, str]]) -> list[RankFailure]:
+def failures(outcome: Outcome, ranks: Mapping[int, RankTrace]) -> list[RankFailure]:
     """One RankFailure per rank that exited non-zero, root cause first, then exit order.
 
-    `ranks` maps a rank to (host, error_file, stderr_tail).
+    `ranks` holds the trace of every rank in `outcome.exits` (a missing one is a KeyError).
     """
     result = []
     ordered = sorted(outcome.exits.values(), key=lambda e: (e.rank != outcome.root_cause, e.at))
     for event in ordered:
         if event.returncode == 0:
             continue
-        host, error_file, tail = ranks[event.rank]
-        message, tb = rank_error(error_file, tail)
+        trace = ranks[event.rank]
+        message, tb = rank_error(trace.error_file, trace.stderr_tail)
         result.append(
             RankFailure(
                 rank=event.rank,
-                host=host,
+                host=trace.host,
                 returncode=event.returncode,
                 message=message,
                 traceback=tb,
-                stderr_tail=tail,
+                stderr_tail=trace.stderr_tail,
                 terminated=event.rank in outcome.terminated,
             )
         )

@@ -1,10 +1,16 @@
-"""The launcher's own settings, with one precedence rule applied in one place.
+"""The launcher's own settings, declared once, with one precedence rule applied in one place.
+
+`SETTINGS` is the table: one `Setting` row per setting (the launcher's and the `mpi` backend's)
+naming its command-line flag, `LAUNCHER_*` variable and `sagemaker_*` hyperparameter (each
+where it has one), its parser and its default. `resolve` reads the rows, the command lines
+take their options from the rows that have a flag (`cli`), and a test checks docs/usage.md
+against the rows. `Backend` lives here because it is a setting: the planner imports it.
 
 CLI flag > `LAUNCHER_*` environment variable > SageMaker hyperparameter > default
 (DESIGN.md decision 11). Every value is validated here; a bad one raises `ConfigError` naming
 where it came from (`command line: --grace-period`, `environment: LAUNCHER_BACKEND`,
-`.../hyperparameters.json: sagemaker_mpi_num_of_processes_per_host`), and nothing else
-escapes `resolve` for any value from any source.
+`.../hyperparameters.json: sagemaker_mpi_num_of_processes_per_host`), only ever a source the
+setting has, and nothing else escapes `resolve` for any value from any source.
 
 Numbers are finite and bounded: durations are seconds in [0 or above, `MAX_SECONDS`], counts
 whole numbers in [1, `MAX_PROCS_PER_HOST`], ports whole numbers in [0 or 1, 65535]. `inf`,
@@ -15,14 +21,14 @@ hyperparameter). Whole numbers may be written `4`, `"4"`, `4.0` or `"4.0"`.
 
 from __future__ import annotations
 
+import enum
 import math
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, TypeVar
 
 from launcher.errors import ConfigError
-from launcher.plan import Backend
 
 T = TypeVar("T")
 
@@ -44,38 +50,91 @@ MAX_PROCS_PER_HOST = 1024
 MAX_PROCESSES = 1 << 20
 # Rank numbers (the console filter) are 32-bit in every framework the launcher serves.
 MAX_RANK = 2**31 - 1
-# Any setting a parser returns (here or in `mpijob`) stays within this: a safety net behind
-# each parser's own bounds.
+# Any setting a row's parser returns, whatever the function, stays within this: a safety net
+# behind each parser's own bounds.
 _MAX_ANY_INT = 2**31 - 1
+
+
+class Backend(enum.Enum):
+    """How the ranks of a job find each other (DESIGN.md decision 4)."""
+
+    NONE = "none"  # one process, no rank variables: the toolkit's plain `train`
+    TORCH = "torch"
+    HOROVOD = "horovod"
+    MPI = "mpi"
+
+
+@dataclass(frozen=True, slots=True)
+class Setting:
+    """One row of the settings table: where a setting may come from, how its value is checked,
+    what it is when no source sets it, and how `--help` and docs/usage.md describe it.
+
+    `name` is the `Settings` field. `flag`, `env` and `hp` are its sources (the command-line
+    option, the `LAUNCHER_*` variable, the `sagemaker_*` hyperparameter); None where it has
+    none, and then no error message ever names one. `parse` turns a raw value into the
+    setting and raises ValueError, TypeError or ArithmeticError for a bad one. `shown` is the
+    default as documented, where the plain value would not say it (None: "every slot").
+    With `only`, the setting is read only for that backend; any other keeps the default.
+    """
+
+    name: str
+    flag: str | None
+    env: str | None
+    hp: str | None
+    parse: Callable[[Any], Any]
+    default: Any
+    help: str
+    metavar: str | None = None
+    shown: str = ""
+    only: Backend | None = None
+
+    @property
+    def dest(self) -> str | None:
+        """The flag's attribute in argparse's namespace (and the key of `Sources.cli`)."""
+        return self.flag.lstrip("-").replace("-", "_") if self.flag else None
+
+    @property
+    def default_text(self) -> str:
+        """The default as `--help` and docs/usage.md write it."""
+        if self.shown or self.default is None:
+            return self.shown
+        if isinstance(self.default, float):
+            return f"{self.default:g}"
+        return str(self.default)
 
 
 @dataclass(frozen=True, slots=True)
 class Sources:
-    """Where settings come from. `hps` are the decoded `sagemaker_*` hyperparameters."""
+    """Where settings come from. `hps` are the decoded `sagemaker_*` hyperparameters; `cli`
+    maps argparse's attribute names (`Setting.dest`) to values, None meaning not given."""
 
     cli: Mapping[str, Any]
     environ: Mapping[str, str]
     hps: Mapping[str, Any]
     hps_file: str = "hyperparameters.json"
 
-    def pick(self, flag: str, env: str, hp: str | None, parse: Callable[[Any], T], default: T) -> T:
-        """The first source that sets the value, parsed; `default` when none does.
+    def read(self, setting: Setting) -> Any:
+        """`setting` from the first source that sets it, parsed; its default when none does.
 
-        `parse` raises ValueError, TypeError or ArithmeticError (OverflowError) for a bad
-        value: that becomes a `ConfigError` naming the source and key, with the value shown
-        shortened. A parsed float that is not finite, or an integer beyond 2**31 - 1, is
-        refused here too, whatever the parser (the safety net for parsers outside this
-        module). An empty variable counts as unset.
+        Only the sources the row names are consulted, in precedence order. `parse` raising
+        ValueError, TypeError or ArithmeticError (OverflowError) becomes a `ConfigError` naming
+        the source and key, with the value shown shortened. A parsed float that is not finite,
+        or an integer beyond 2**31 - 1, is refused here too, whatever the parser (a safety net
+        behind each parser's own bounds). An empty variable counts as unset.
         """
         for where, key, value in (
-            ("command line", f"--{flag}", self.cli.get(flag.replace("-", "_"))),
-            ("environment", env, self.environ.get(env) or None),
-            (self.hps_file, hp, self.hps.get(hp) if hp else None),
+            ("command line", setting.flag, self.cli.get(setting.dest) if setting.dest else None),
+            (
+                "environment",
+                setting.env,
+                self.environ.get(setting.env) or None if setting.env else None,
+            ),
+            (self.hps_file, setting.hp, self.hps.get(setting.hp) if setting.hp else None),
         ):
             if value is None or key is None:
                 continue
             try:
-                return _checked(parse(value))
+                return _checked(setting.parse(value))
             except (ValueError, TypeError, ArithmeticError) as e:
                 raise ConfigError(
                     where,
@@ -83,7 +142,7 @@ class Sources:
                     f"{_shown(value)} is invalid: {_reason(e)}",
                     hint="docs/usage.md lists the valid values",
                 ) from None
-        return default
+        return setting.default
 
 
 def _shown(value: Any) -> str:
@@ -116,18 +175,25 @@ def _reason(error: Exception) -> str:
 
 @dataclass(frozen=True, slots=True)
 class Settings:
+    """Every setting of one command, resolved once (`resolve`); one field per `SETTINGS` row."""
+
     backend: Backend
     procs_per_host: int | str  # a count, or "gpu" / "auto": one per visible GPU, else 1
     grace_s: float
     log_dir: Path | None
     show_ranks: frozenset[int] | None
+    master_port: int
     peer_timeout_s: float
     heartbeat_timeout_s: float
     control_port: int
-    master_port: int
+    leader_addr: str  # "": the leader's host name
     job_token: str | None
+    host_name: str  # `launcher run`'s host name in prefixes; "": the node name
     # The `mpi` backend's: read only when the backend is `mpi`, else these defaults.
     mpi_num_processes: int | None = None  # -np; None: every slot of every host
+    mpi_options: str = ""
+    mpirun: str = "mpirun"
+    sshd: str = ""  # "": sshd on PATH, else /usr/sbin/sshd
     ssh_port: int = 0  # each follower's sshd; 0: a free port
 
 
@@ -267,60 +333,113 @@ def sagemaker_backend(hps: Mapping[str, Any]) -> Backend | None:
     return None
 
 
-def resolve(sources: Sources, *, default_backend: Backend) -> Settings:
-    """Every setting from `sources`. Raises `ConfigError` naming the source and key of the
-    first bad value; nothing else escapes, whatever the values.
+def _text(value: Any) -> str:
+    if not isinstance(value, str):
+        raise TypeError(f"must be a string, not {_kind(value)}")
+    return value
 
-    The `mpi` backend's numbers (`LAUNCHER_MPI_NUM_PROCESSES` / `sagemaker_mpi_num_processes`,
-    `LAUNCHER_SSH_PORT`) are checked here too when the backend is `mpi`, so that a bad one
-    stops `train` before anything starts or any host waits for this one.
+
+# The table: one row per setting, in the order `resolve` reads them and docs/usage.md lists them.
+# `cli._add_settings` derives the command-line options from the rows that have a flag, and
+# tests/unit/test_settings_table.py checks docs/usage.md against it.
+SETTINGS: tuple[Setting, ...] = (
+    Setting(
+        "backend", "--backend", "LAUNCHER_BACKEND", None, _backend, None,
+        "torch, horovod, mpi or none", "B", shown="none for train, torch for run",
+    ),
+    Setting(
+        "procs_per_host", "--nproc-per-host", "LAUNCHER_PROCS_PER_HOST",
+        "sagemaker_mpi_num_of_processes_per_host", procs_per_host, _GPU,
+        "ranks on this host; gpu/auto: one per visible GPU, else 1", "N|gpu|auto",
+    ),
+    Setting(
+        "grace_s", "--grace-period", "LAUNCHER_GRACE_PERIOD", None, _positive_float,
+        DEFAULT_GRACE_S, "seconds between SIGTERM and SIGKILL when stopping ranks", "SECONDS",
+    ),
+    Setting(
+        "log_dir", "--log-dir", "LAUNCHER_LOG_DIR", None, _log_dir, None,
+        "also write DIR/rank-N/stdout.log and stderr.log", "DIR", shown="none",
+    ),
+    Setting(
+        "show_ranks", "--ranks", "LAUNCHER_RANKS", None, _ranks, None,
+        "show only these ranks on the console (the files get everything)", "0,3", shown="all",
+    ),
+    Setting(
+        "master_port", "--master-port", "LAUNCHER_MASTER_PORT", None, _port, 0,
+        "rank 0's torch store port", "PORT", shown="0: a free port",
+    ),
+    Setting(
+        "peer_timeout_s", None, "LAUNCHER_PEER_TIMEOUT", None, _peer_timeout,
+        DEFAULT_PEER_TIMEOUT_S,
+        "seconds to wait for every host (and, for mpi, every follower's sshd)",
+    ),
+    Setting(
+        "heartbeat_timeout_s", None, "LAUNCHER_HEARTBEAT_TIMEOUT", None, _heartbeat_timeout,
+        DEFAULT_HEARTBEAT_TIMEOUT_S, "seconds of silence after which a host counts as lost",
+    ),
+    Setting(
+        "control_port", None, "LAUNCHER_CONTROL_PORT", None, _control_port,
+        DEFAULT_CONTROL_PORT, "the leader's control port (every host must use the same one)",
+    ),
+    Setting(
+        "leader_addr", None, "LAUNCHER_LEADER_ADDR", None, _text, "",
+        "followers connect here (when the host names do not resolve)",
+        shown="the leader's host name",
+    ),
+    Setting(
+        "job_token", None, "LAUNCHER_JOB_TOKEN", None, _text, None,
+        "the secret that authenticates the control channel; the same on every host."
+        " Never passed on to the ranks or to pip",
+        shown="derived, not secret",
+    ),
+    Setting(
+        "host_name", None, "LAUNCHER_HOST_NAME", None, _text, "",
+        "launcher run: the host name in prefixes", shown="node name",
+    ),
+    Setting(
+        "mpi_num_processes", None, "LAUNCHER_MPI_NUM_PROCESSES", "sagemaker_mpi_num_processes",
+        _mpi_processes, None, "mpi: the number of processes (-np)", shown="every slot",
+        only=Backend.MPI,
+    ),
+    Setting(
+        "mpi_options", None, "LAUNCHER_MPI_OPTIONS", "sagemaker_mpi_custom_mpi_options", str,
+        "", "mpi: extra mpirun options; one with the key of a default replaces it",
+        only=Backend.MPI,
+    ),
+    Setting(
+        "mpirun", None, "LAUNCHER_MPIRUN", None, _text, "mpirun",
+        "mpi: the mpirun program (found on PATH)", only=Backend.MPI,
+    ),
+    Setting(
+        "sshd", None, "LAUNCHER_SSHD", None, _text, "", "mpi: the sshd program",
+        shown="sshd on PATH, else /usr/sbin/sshd", only=Backend.MPI,
+    ),
+    Setting(
+        "ssh_port", None, "LAUNCHER_SSH_PORT", None, _port, 0,
+        "mpi: the port of each follower's sshd", shown="0: a free port", only=Backend.MPI,
+    ),
+)  # fmt: skip
+
+
+def resolve(sources: Sources, *, default_backend: Backend) -> Settings:
+    """Every setting from `sources`, row by row of `SETTINGS`. Raises `ConfigError` naming the
+    source and key of the first bad value; nothing else escapes, whatever the values.
+
+    The backend's default is the distribution hyperparameters' backend, else
+    `default_backend` (the command's). The `mpi` backend's rows are read, and so checked,
+    only when the backend is `mpi`, so that a bad one stops `train` before anything starts
+    or any host waits for this one, while it cannot stop a job of another backend.
     """
-    hp_backend = sagemaker_backend(sources.hps)
-    backend = sources.pick(
-        "backend", "LAUNCHER_BACKEND", None, _backend, hp_backend or default_backend
-    )
-    log_dir = sources.pick("log-dir", "LAUNCHER_LOG_DIR", None, _log_dir, None)
-    mpi = backend is Backend.MPI
-    return Settings(
-        backend=backend,
-        procs_per_host=sources.pick(
-            "nproc-per-host",
-            "LAUNCHER_PROCS_PER_HOST",
-            "sagemaker_mpi_num_of_processes_per_host",
-            procs_per_host,
-            _GPU,
-        ),
-        grace_s=sources.pick(
-            "grace-period", "LAUNCHER_GRACE_PERIOD", None, _positive_float, DEFAULT_GRACE_S
-        ),
-        log_dir=log_dir,
-        show_ranks=sources.pick("ranks", "LAUNCHER_RANKS", None, _ranks, None),
-        peer_timeout_s=sources.pick(
-            "peer-timeout", "LAUNCHER_PEER_TIMEOUT", None, _peer_timeout, DEFAULT_PEER_TIMEOUT_S
-        ),
-        heartbeat_timeout_s=sources.pick(
-            "heartbeat-timeout",
-            "LAUNCHER_HEARTBEAT_TIMEOUT",
-            None,
-            _heartbeat_timeout,
-            DEFAULT_HEARTBEAT_TIMEOUT_S,
-        ),
-        control_port=sources.pick(
-            "control-port", "LAUNCHER_CONTROL_PORT", None, _control_port, DEFAULT_CONTROL_PORT
-        ),
-        master_port=sources.pick("master-port", "LAUNCHER_MASTER_PORT", None, _port, 0),
-        job_token=sources.environ.get("LAUNCHER_JOB_TOKEN") or None,
-        mpi_num_processes=sources.pick(
-            "mpi-num-processes",
-            "LAUNCHER_MPI_NUM_PROCESSES",
-            "sagemaker_mpi_num_processes",
-            _mpi_processes,
-            None,
-        )
-        if mpi
-        else None,
-        ssh_port=sources.pick("ssh-port", "LAUNCHER_SSH_PORT", None, _port, 0) if mpi else 0,
-    )
+    values: dict[str, Any] = {}
+    for setting in SETTINGS:
+        if setting.name == "backend":
+            default = sagemaker_backend(sources.hps) or default_backend
+            setting = replace(setting, default=default)  # noqa: PLW2901 - the command's default
+        elif setting.only is not None and values["backend"] is not setting.only:
+            values[setting.name] = setting.default
+            continue
+        values[setting.name] = sources.read(setting)
+    return Settings(**values)
 
 
 def local_slots(setting: int | str, gpu_count: int) -> int:

@@ -19,7 +19,14 @@ from typing import Any
 import orjson
 
 from serving import codecs, stopping
-from serving.errors import HttpError, MethodNotAllowed, NotFound, PayloadTooLarge, Stopped
+from serving.errors import (
+    EXIT_SUCCESS,
+    HttpError,
+    MethodNotAllowed,
+    NotFound,
+    PayloadTooLarge,
+    Stopped,
+)
 from serving.readiness import ReadyTable
 from serving.runtime import Reply, Runtime, error_reply
 
@@ -153,7 +160,7 @@ class App:
                 # boot (exit 3, "halt the server"); and a SystemExit raised here ends up as
                 # that too. The worker just leaves, with nothing to clean up.
                 log.info("worker stopped by %s during start-up", stop.name)
-                stopping.leave(0)
+                stopping.leave(EXIT_SUCCESS)
             except Exception as exc:
                 log.exception("worker start-up failed")
                 await send({"type": "lifespan.startup.failed", "message": str(exc)})

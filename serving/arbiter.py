@@ -15,6 +15,7 @@ from gunicorn.arbiter import Arbiter  # type: ignore[import-untyped]
 from gunicorn.errors import HaltServer  # type: ignore[import-untyped]
 
 from serving import stopping
+from serving.errors import EXIT_SUCCESS
 from serving.readiness import ReadyTable
 
 
@@ -30,7 +31,7 @@ class ServeArbiter(Arbiter):  # type: ignore[misc]
         self._halting = False
         super().__init__(app)
 
-    def halt(self, reason: str | None = None, exit_status: int = 0) -> None:
+    def halt(self, reason: str | None = None, exit_status: int = EXIT_SUCCESS) -> None:
         self._halting = True
         super().halt(reason, exit_status)
 

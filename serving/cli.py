@@ -2,8 +2,11 @@
 
 Order: configuration (exit 2 when invalid), the user's hooks and, on CPU hosts, the model
 (exit 1 when they cannot be loaded), then gunicorn, which forks the workers and exits 0 after
-SIGTERM. A stop signal before gunicorn serves ends it with 128+N (`serving.stopping`). Only
-this module, `server.run` and a worker stopped during its start-up end the process.
+SIGTERM. A stop signal before gunicorn serves ends it with 128+N (`serving.stopping`). The exit
+codes are named in `serving.errors`. This module is the only one that ends `serve` with its
+status, the master's and every worker's (they return through here from `server.run`), through
+`stopping.leave`; the one other exit is a worker stopped during its start-up (`app`).
+Every error it understands is one prefixed line on stderr (`serving.console`), no traceback.
 """
 
 from __future__ import annotations
@@ -12,16 +15,32 @@ import argparse
 import logging
 import os
 import sys
+from typing import NoReturn
 
 from serving import config as config_mod
-from serving import stopping
-from serving.errors import ConfigError, ModelLoadError, Stopped
+from serving import console, stopping
+from serving.errors import (
+    ConfigError,
+    ModelLoadError,
+    ServeError,
+    Stopped,
+    UsageError,
+    signal_exit_code,
+)
 
 log = logging.getLogger("serving")
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse, with a bad command line raised as `UsageError` (one line, exit 2) instead of
+    a usage block and `sys.exit` from inside argparse."""
+
+    def error(self, message: str) -> NoReturn:
+        raise UsageError(f"command line: {message} (see {self.prog} --help)")
+
+
 def _parser() -> argparse.ArgumentParser:
-    return argparse.ArgumentParser(
+    return _Parser(
         prog="serve",
         description=(
             "Serve /opt/ml/model over HTTP (GET /ping, POST /invocations) as the SageMaker "
@@ -31,34 +50,42 @@ def _parser() -> argparse.ArgumentParser:
     )
 
 
-def main(argv: list[str] | None = None) -> None:
-    """Run the server; exits 2 for bad configuration, 1 when the model cannot be loaded, and
-    128+N when stop signal N arrives during start-up (before gunicorn serves)."""
+def main(argv: list[str] | None = None) -> NoReturn:
+    """Run the server and end the process with its status (`serving.errors`): gunicorn's
+    (0 after SIGTERM), 2 for a bad setting or command line, 1 when the model or the user's
+    code cannot be loaded, and 128+N when stop signal N arrives during start-up."""
     # First of all: from here until gunicorn takes the signals over, SIGTERM, SIGINT or SIGQUIT
     # raise Stopped wherever start-up is (pip, the user's module, model_fn).
     stopping.raise_on_stop()
     try:
+        console.setup_logging()
         _parser().parse_args(sys.argv[1:] if argv is None else argv)
-        logging.basicConfig(
-            level=logging.INFO,
-            format="[%(asctime)s] [%(process)d] [%(levelname)s] %(name)s: %(message)s",
-            stream=sys.stderr,
-        )
-        _start()
+        code = _start()
     except Stopped as stop:
         log.error("serve stopped by %s during start-up", stop.name)
-        stopping.leave(stopping.exit_status(stop.signum))
-
-
-def _start() -> None:
-    from serving.gpus import visible_gpus  # noqa: PLC0415
-
-    try:
-        config = config_mod.load(os.environ, len(os.sched_getaffinity(0)), visible_gpus(os.environ))
+        code = signal_exit_code(stop.signum)
     except ConfigError as exc:
         log.error("invalid configuration: %s", exc)
-        sys.exit(2)
-    logging.getLogger().setLevel(config.log_level.upper())
+        code = exc.exit_code
+    except ModelLoadError as exc:
+        log.error("cannot load the model: %s", exc)
+        code = exc.exit_code
+    except ServeError as exc:
+        log.error("%s", exc)
+        code = exc.exit_code
+    stopping.leave(code)
+
+
+def _start() -> int:
+    """Configure, load and serve; returns the exit status of the process it returns in (the
+    master, or a worker leaving gunicorn). Raises ServeError or Stopped before serving."""
+    from serving import gpus  # noqa: PLC0415
+
+    devices = gpus.visible(os.environ)
+    config = config_mod.load(
+        os.environ, len(os.sched_getaffinity(0)), tuple(device.uuid for device in devices)
+    )
+    console.set_level(config.log_level)
     # Libraries that size their thread pools from the environment (OpenMP in torch) read it
     # once, at import: set it before anything imports them, so every worker inherits it.
     os.environ.setdefault("OMP_NUM_THREADS", str(config.threads_per_worker))
@@ -69,14 +96,10 @@ def _start() -> None:
     from serving.readiness import ReadyTable  # noqa: PLC0415
     from serving.runtime import Runtime  # noqa: PLC0415
 
-    try:
-        handler = usercode.load_handler(config)
-        runtime = Runtime(config, handler)
-        if config.preload:
-            runtime.load_model()
-    except ModelLoadError as exc:
-        log.error("cannot load the model: %s", exc)
-        sys.exit(1)
+    handler = usercode.load_handler(config)
+    runtime = Runtime(config, handler)
+    if config.preload:
+        runtime.load_model()
     log.info(
         "serving %s with %s hooks: %d workers x %d threads, port %d, timeout %gs%s",
         config.model_dir,
@@ -85,9 +108,9 @@ def _start() -> None:
         config.threads_per_worker,
         config.port,
         config.timeout_s,
-        f", GPUs {','.join(config.gpu_ids)}" if config.gpu_ids else "",
+        f", GPUs {','.join(str(device.index) for device in devices)}" if devices else "",
     )
-    server.run(config, App(runtime, ReadyTable(config.workers)))
+    return server.run(config, App(runtime, ReadyTable(config.workers)))
 
 
 if __name__ == "__main__":

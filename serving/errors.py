@@ -3,21 +3,44 @@
 `HttpError` subclasses are what `/invocations` answers with a JSON error body; user code may
 raise them too (for example `UnsupportedContentType` from its own `input_fn`). Any other
 exception escaping user code becomes a 500 whose body names the exception type and message.
-`ConfigError` and `ModelLoadError` never reach a client: they stop `serve` before it listens.
-`Stopped` is no error at all: a stop signal during start-up (see `serving.stopping`).
+`ConfigError`, `UsageError`, `ModelLoadError` and `ServerError` never reach a client: they stop
+`serve` before it listens, each with its `exit_code`. `Stopped` is no error at all: a stop
+signal during start-up (see `serving.stopping`).
+
+The exit codes are `serve`'s own table, with the launcher's meanings (`launcher/errors.py`;
+no code is shared between the two packages): 0 success, 1 failure, 2 bad input, 128+N for a
+process stopped by signal N. `cli` is the only module that ends `serve` with one of them (a
+worker stopped during its start-up leaves with `EXIT_SUCCESS` on its own, see `app`).
 """
 
 from __future__ import annotations
 
 import signal
 
+EXIT_SUCCESS = 0
+EXIT_FAILURE = 1  # the model or the user's code cannot be loaded; gunicorn refused to start
+EXIT_USAGE = 2  # bad configuration or command line
+# gunicorn's own status when a worker could not boot (its model failed to load in the worker,
+# on GPU hosts); `serve` passes gunicorn's status through, so this one is gunicorn's meaning.
+EXIT_WORKER_BOOT = 3
+
+
+def signal_exit_code(signum: int) -> int:
+    """128+N, the shell's convention (and the launcher's) for a process stopped by signal N."""
+    return 128 + signum
+
 
 class ServeError(Exception):
-    """Base of every error this package raises on purpose."""
+    """Base of every error this package raises on purpose. `exit_code` is what `serve` exits
+    with when the error stops it before it serves."""
+
+    exit_code: int = EXIT_FAILURE
 
 
 class ConfigError(ServeError):
     """A serving setting (environment variable or path) is invalid; `serve` exits 2."""
+
+    exit_code = EXIT_USAGE
 
     def __init__(self, name: str, value: str, reason: str) -> None:
         super().__init__(f"{name}={value!r}: {reason}")
@@ -26,8 +49,18 @@ class ConfigError(ServeError):
         self.reason = reason
 
 
+class UsageError(ServeError):
+    """The command line is wrong (`serve` takes no arguments but --help); `serve` exits 2."""
+
+    exit_code = EXIT_USAGE
+
+
 class ModelLoadError(ServeError):
     """The model or the user's inference code could not be loaded; `serve` exits 1."""
+
+
+class ServerError(ServeError):
+    """gunicorn refused to start with the settings it was given; `serve` exits 1."""
 
 
 class HttpError(ServeError):

@@ -4,7 +4,8 @@ gunicorn's master binds the socket (backlog 2048), forks the workers after the a
 CPU hosts, the model) was built, replaces a worker that dies, and on SIGTERM stops accepting,
 lets in-flight requests finish within the graceful timeout, reaps every worker and exits 0. Its
 `asgi` worker gives keep-alive HTTP/1.1 with TCP_NODELAY on an asyncio loop. The hooks here keep
-the readiness table in step with the worker set.
+the readiness table in step with the worker set. gunicorn's own lines (its error log on stderr)
+are written in `serve`'s prefixed format (`serving.console`).
 """
 
 from __future__ import annotations
@@ -15,16 +16,19 @@ import logging
 import math
 import os
 import signal
-import sys
-from typing import Any, NoReturn
+from typing import Any
 
 from gunicorn.app.base import BaseApplication  # type: ignore[import-untyped]
+from gunicorn.glogging import Logger  # type: ignore[import-untyped]
 
-from serving import stopping
+from serving import console
 from serving.app import App
 from serving.arbiter import ServeArbiter
 from serving.config import ServeConfig
+from serving.errors import EXIT_FAILURE, EXIT_SUCCESS, ServerError, signal_exit_code
 from serving.readiness import ReadyTable, SlotBook
+
+log = logging.getLogger("serving")
 
 # gunicorn kills a worker whose heartbeat stops for this long beyond the request timeout; the
 # SIGALRM timeout answers 504 first, so this only catches a worker stuck inside native code.
@@ -47,10 +51,27 @@ def options(config: ServeConfig) -> dict[str, Any]:
         "accesslog": None,
         "errorlog": "-",
         "loglevel": config.log_level,
+        "logger_class": ServeLogger,
         "proc_name": "serve",
         "control_socket_disable": True,
         "limit_request_line": 8190,
     }
+
+
+class ServeLogger(Logger):  # type: ignore[misc]
+    """gunicorn's logger, with its error log on stderr in `serve`'s prefixed format.
+
+    Only the formatter of the stderr handler gunicorn made changes: levels (`loglevel`), the
+    access log (off) and gunicorn's handling of log files on SIGUSR1 stay gunicorn's.
+    """
+
+    def setup(self, cfg: Any) -> None:
+        super().setup(cfg)
+        for handler in self.error_log.handlers:
+            if getattr(handler, "_gunicorn", False) and not isinstance(
+                handler, logging.FileHandler
+            ):
+                handler.setFormatter(console.FORMATTER)
 
 
 class _Gunicorn(BaseApplication):  # type: ignore[misc]
@@ -70,15 +91,13 @@ class _Gunicorn(BaseApplication):  # type: ignore[misc]
         return self._app
 
     def run(self) -> None:
-        """BaseApplication.run with our arbiter."""
+        """BaseApplication.run with our arbiter. Raises ServerError where BaseApplication.run
+        prints a configuration gunicorn refuses and exits 1."""
         try:
             self.arbiter = ServeArbiter(self, self._app.table)
             self.arbiter.run()
         except RuntimeError as exc:
-            # What BaseApplication.run does with a configuration gunicorn refuses.
-            print(f"\nError: {exc}\n", file=sys.stderr)
-            sys.stderr.flush()
-            sys.exit(1)
+            raise ServerError(f"gunicorn refused to start: {exc}") from exc
 
 
 def _preimport() -> None:
@@ -89,10 +108,12 @@ def _preimport() -> None:
             importlib.import_module(name)
 
 
-def run(config: ServeConfig, app: App) -> NoReturn:
-    """Serve until stopped, then end the process with gunicorn's exit status (0 after
-    SIGTERM, 3 when a worker could not boot), or 128+N when stop signal N came before every
-    worker had been ready at once (a server stopped during its start-up).
+def run(config: ServeConfig, app: App) -> int:
+    """Serve until stopped, then return the exit status of the process returning (the master,
+    or a worker: both leave gunicorn through here): gunicorn's (0 after SIGTERM,
+    `EXIT_WORKER_BOOT` when a worker could not boot), or 128+N when stop signal N came before
+    every worker had been ready at once (a server stopped during its start-up). Raises
+    ServerError when gunicorn refuses its settings.
 
     The readiness table is the app's; slots are handed out in the master before each fork
     and freed when the master reaps a worker, whose flag is then cleared.
@@ -106,6 +127,8 @@ def run(config: ServeConfig, app: App) -> NoReturn:
     def post_fork(server: Any, worker: Any) -> None:
         # In the new worker: the book was copied by fork, so its own entry is there.
         app.slot = book.slot_of(worker.age)
+        if app.slot is not None:
+            console.set_worker(app.slot)
 
     def child_exit(server: Any, worker: Any) -> None:
         slot = book.release(worker.age)
@@ -115,7 +138,7 @@ def run(config: ServeConfig, app: App) -> NoReturn:
     settings = options(config)
     settings.update(pre_fork=pre_fork, post_fork=post_fork, child_exit=child_exit)
     _preimport()
-    code: object = 0
+    code: object = EXIT_SUCCESS
     gunicorn = _Gunicorn(app, settings)
     try:
         gunicorn.run()
@@ -123,7 +146,7 @@ def run(config: ServeConfig, app: App) -> NoReturn:
         code = stop.code
     arbiter = gunicorn.arbiter
     if (
-        code in (0, None)
+        code in (EXIT_SUCCESS, None)
         and arbiter is not None
         and arbiter.pid == os.getpid()  # the master, not a worker leaving through here
         and arbiter.stopped_by is not None
@@ -133,16 +156,13 @@ def run(config: ServeConfig, app: App) -> NoReturn:
         # with gunicorn's 0 (a server's normal end) but 128+N, as the launcher reports a
         # process stopped by signal N.
         signum = arbiter.stopped_by[0]
-        logging.getLogger("serving").error(
-            "serve stopped by %s during start-up", signal.Signals(signum).name
-        )
-        code = stopping.exit_status(signum)
+        log.error("serve stopped by %s during start-up", signal.Signals(signum).name)
+        code = signal_exit_code(signum)
     # Both the master (arbiter halt) and every worker (forked deep inside run) leave through
-    # here. Ending with os._exit skips interpreter finalisation, which in a process holding
-    # torch and a model touches every object: seconds of copy-on-write faults per process on
-    # a busy host. multiprocessing ends its forked children the same way. The status is kept.
+    # here; `cli` ends the process with the status (see `stopping.leave` for why os._exit).
+    if code is None:
+        return EXIT_SUCCESS
     if not isinstance(code, int):
-        if code is not None:
-            print(code, file=sys.stderr)
-        code = 0 if code is None else 1
-    stopping.leave(code)
+        log.error("%s", code)  # sys.exit("message"), as SystemExit reports it: status 1
+        return EXIT_FAILURE
+    return code

@@ -4,8 +4,8 @@ Until gunicorn's arbiter takes the signals over (configuration, pip, the user's 
 model preloaded in the master) and while a worker prepares itself (its own `model_fn` on GPU
 hosts, `model_warmup_fn`), a stop signal raises `Stopped` in the main thread: a slow load is
 interrupted where it is (a blocking call returns with the exception at once) instead of being
-finished first and thrown away. The master then ends with 128 + N (`cli`, or `server` when its
-workers were still starting); a worker leaves quietly and its master reports.
+finished first and thrown away. The master then ends with 128 + N (`cli`; `server` tells it when
+its workers were still starting); a worker leaves quietly and its master reports.
 
 Stop signals for a worker are blocked from just before its fork (`server`) to the moment its
 start-up can act on them (`interruptible`), so none is lost in between: a signal that arrives
@@ -28,18 +28,14 @@ from serving.errors import Stopped
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT)
 
 
-def exit_status(signum: int) -> int:
-    """The exit status of a `serve` stopped by `signum` before it served: 128 + N, as the
-    launcher and shells report a process ended by a signal."""
-    return 128 + signum
-
-
 def leave(code: int) -> NoReturn:
-    """End this process now with `code`, after flushing the logs and standard streams.
+    """End this process now with `code` (a status of `serving.errors`), after flushing the logs
+    and standard streams. Called by `cli`, and by a worker stopped during its start-up.
 
     `os._exit`, skipping interpreter finalisation: in a process holding torch and a model (or
     half of one) it touches every object, seconds of copy-on-write faults per process, and
     gunicorn's own exit path is no better for a worker stopped inside its lifespan start-up.
+    multiprocessing ends its forked children the same way.
     """
     sys.stdout.flush()
     sys.stderr.flush()

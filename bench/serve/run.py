@@ -26,7 +26,6 @@ import os
 import random
 import shutil
 import signal
-import socket
 import subprocess
 import tempfile
 import time
@@ -36,22 +35,11 @@ from typing import Any
 
 import psutil
 
+from bench.common import free_port, median
 from bench.serve import loadgen
 from bench.serve.stacks import HERE, STACKS, Stack
 
 HOST = "127.0.0.1"
-
-
-def free_port() -> int:
-    """A free port below 32768: MMS rejects larger ones ("Invalid port number")."""
-    while True:
-        port = random.randrange(20000, 32000)
-        with socket.socket() as sock:
-            try:
-                sock.bind(("0.0.0.0", port))
-            except OSError:
-                continue
-            return port
 
 
 def save_mlp(path: Path) -> None:
@@ -129,7 +117,7 @@ def start(stack: Stack, model_file: Path, work: Path, workers: int) -> Running:
         shutil.copy(HERE / "toolkit_hooks.py", root / "model" / "code" / "inference.py")
     state = work / "state"
     state.mkdir()
-    port = free_port()
+    port = free_port(host="0.0.0.0", below=32000)  # MMS refuses ports above 32767
     argv, env = stack.command(root, port, workers, state)
     log = (work / "server.log").open("wb")
     started = time.monotonic()
@@ -252,14 +240,6 @@ def throughput(
         for run in runs:
             stop(run)
     return results
-
-
-def median(values: list[float]) -> float:
-    ordered = sorted(values)
-    if not ordered:
-        return float("nan")
-    middle = len(ordered) // 2
-    return ordered[middle] if len(ordered) % 2 else (ordered[middle - 1] + ordered[middle]) / 2
 
 
 def med(runs: list[dict[str, Any]], key: str) -> float:

@@ -1,16 +1,18 @@
 """One authenticated connection of the control channel, and the job decision both ends share.
 
 `Connection` owns a socket. Its reader thread first sends this end's challenge (a fresh nonce,
-see `wire`), then parses frames (`wire.FrameReader`) and hands each message to a callback;
-`send` is thread-safe. Until the peer's challenge has arrived, messages sent are queued (a
-heartbeat is dropped: it means nothing yet), then go out in order, bound to the peer's nonce.
-A message that cannot be encoded (too large) is dropped with an error line: it never closes the
-connection. Any protocol error, EOF, socket error or a missed `deadline` (an overall limit for
-the peer to be heard, e.g. the leader's HELLO timeout; a per-recv timeout would let a peer that
-trickles one byte at a time hold the connection forever) ends the connection exactly once,
-through `on_close`; `error_kind` then says what kind of protocol error it was, if any.
-`Decision` is the job's final result as this host knows it: set once (first writer wins),
-waited on by the exit barrier.
+see `wire`), then parses frames (`wire.FrameReader`), decodes each into a typed message
+(`messages.decode`) and hands it to a callback; `send` (thread-safe) encodes one. Until the
+peer's challenge has arrived, messages sent are queued (a heartbeat is dropped: it means nothing
+yet), then go out in order, bound to the peer's nonce. A message too large for a frame is
+dropped with an error line: it never closes the connection. Any protocol error, EOF, socket
+error or a missed `deadline` (an overall limit for the peer to be heard, e.g. the leader's HELLO
+timeout; a per-recv timeout would let a peer that trickles one byte at a time hold the
+connection forever) ends the connection exactly once, through `on_close`; `error_kind` then says
+what kind of protocol error it was, if any. A frame that is not a valid message is a protocol
+error like any other, and so is a valid message the owner refuses: its `on_message` raises
+`wire.FrameError` (e.g. a PLAN sent by a follower). `Decision` is the job's final result as this
+host knows it: set once (first writer wins), waited on by the exit barrier.
 """
 
 from __future__ import annotations
@@ -21,14 +23,11 @@ import socket
 import threading
 import time
 from collections.abc import Callable
-from typing import Any
 
-from launcher.control import wire
+from launcher.control import messages, wire
+from launcher.control.messages import Heartbeat, Message
 
 log = logging.getLogger("launcher")
-
-Message = dict[str, Any]
-
 
 MAX_QUEUED = 64  # messages sent before the peer's challenge; beyond that the peer is broken
 
@@ -79,7 +78,7 @@ class Connection:
         with self._send_lock:
             if self._writer is not None:
                 sent, why = self._send_locked(message)
-            elif message.get("type") == "heartbeat":
+            elif isinstance(message, Heartbeat):
                 return not self.closed
             elif len(self._queued) < MAX_QUEUED:
                 self._queued.append(message)
@@ -94,9 +93,9 @@ class Connection:
         """Encode and send, under the send lock: (sent, why the connection must close or "")."""
         assert self._writer is not None
         try:
-            frame = self._writer.encode(message)
-        except ValueError as e:  # a bug or an unclipped field: lose the message, not the peer
-            log.error("control message %.40r to %s not sent: %s", message.get("type"), self.peer, e)
+            frame = self._writer.encode(messages.encode(message))
+        except ValueError as e:  # too large (a plan for too many hosts): lose it, not the peer
+            log.error("control message %r to %s not sent: %s", message.TYPE, self.peer, e)
             return False, ""
         try:
             self.sock.sendall(frame)
@@ -145,6 +144,7 @@ class Connection:
 
     def _read(self) -> None:
         reader = wire.FrameReader(self._key, self._nonce)
+        opened = False
         why = "connection closed by peer"
         try:
             self.sock.sendall(wire.challenge(self._nonce, self._key))
@@ -153,11 +153,12 @@ class Connection:
                 data = self.sock.recv(65536)
                 if not data:
                     break
-                for message in reader.feed(data):
-                    if message["type"] == wire.CHALLENGE:  # only ever the first (FrameReader)
-                        self._bind(str(message["nonce"]))
-                    else:
-                        self._on_message(self, message)
+                for raw in reader.feed(data):
+                    if not opened:  # the peer's challenge: FrameReader delivers it first
+                        opened = True
+                        self._bind(str(raw["nonce"]))
+                    else:  # a later "challenge" is no message: decode refuses it (no re-bind)
+                        self._on_message(self, messages.decode(raw))
         except wire.FrameError as e:
             self.error_kind = e.kind
             why = f"protocol error: {e}"

@@ -14,8 +14,11 @@ that same cause; a lost follower or a failing leader does the same; a lost leade
 follower on its own. On success followers report DONE and wait at the exit barrier for the
 leader's RESULT, so no host leaves while others still train.
 
-Aborts reach the local supervisor as `supervise.RemoteAbort` events on its queue. Free text
-(root causes) is clipped to `wire.MAX_TEXT` bytes with a marker before it is sent.
+Every message is one of the frozen types of `messages` (the protocol in full: fields, bounds,
+what `decode` refuses); a message a role does not expect from its peer (a PLAN from a
+follower, a HELLO from the leader) is a protocol error that ends that connection. Aborts reach
+the local supervisor as `supervise.RemoteAbort` events on its queue. Free text (root causes) is
+clipped to `wire.MAX_TEXT` bytes with a marker when a message is built.
 
 Stop signals while the hosts meet: the thread that waits in `meet` waits on an `Interrupt`,
 which a signal handler may post to (`Interrupt.post` is reentrant). The wait then raises
@@ -35,8 +38,21 @@ import threading
 import time
 from dataclasses import dataclass, field
 
+from launcher import net
 from launcher.control import wire
-from launcher.control.connection import Connection, Decision, Message
+from launcher.control.connection import Connection, Decision
+from launcher.control.messages import (
+    Abort,
+    Done,
+    Failed,
+    Heartbeat,
+    Hello,
+    Message,
+    Plan,
+    Result,
+    SshdReady,
+    exhaustive,
+)
 from launcher.errors import (
     EXIT_FAILURE,
     JobAborted,
@@ -45,7 +61,7 @@ from launcher.errors import (
     signal_exit_code,
     signal_name,
 )
-from launcher.events import Events, PeerMessage, RemoteAbort
+from launcher.events import Events, RemoteAbort
 
 log = logging.getLogger("launcher")
 
@@ -120,22 +136,6 @@ class Peer:
     addr: str  # the leader's address as this peer reached it (its MASTER_ADDR)
 
 
-def abort_message(code: int, reason: str, host: str = "", signal: str = "") -> Message:
-    """An ABORT; `host` is where the job was stopped and `signal` the stop signal, if any."""
-    message: Message = {"type": "abort", "code": code, "reason": wire.clip(reason)}
-    if host:
-        message["host"] = host
-    if signal:
-        message["signal"] = signal
-    return message
-
-
-def message_code(message: Message, default: int) -> int:
-    """The exit code a message carries, when it is a plausible one (1..255), else `default`."""
-    code = message.get("code")
-    return code if type(code) is int and 0 <= code <= 255 else default
-
-
 @dataclass
 class Member:
     key: bytes
@@ -176,12 +176,6 @@ class Member:
         self.interrupt.nudge()
 
 
-def resolve(host: str, port: int) -> list[tuple[int, tuple[str, int]]]:
-    """(family, sockaddr) for `host`, IPv4 and IPv6; raises OSError while it does not resolve."""
-    infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
-    return [(family, (str(addr[0]), int(addr[1]))) for family, _, _, _, addr in infos]
-
-
 @dataclass
 class Follower(Member):
     """Every other distribution host: joins the leader, follows its plan and its result."""
@@ -189,12 +183,12 @@ class Follower(Member):
     leader: str = ""
     port: int = 0
     _conn: Connection | None = None
-    _plan: Message | None = None
+    _plan: Plan | None = None
     _dropped: str = ""  # why the current connection ended before the plan
     _wake: threading.Lock = field(default_factory=threading.Lock)
     _seen: float = field(default_factory=time.monotonic)
 
-    def join(self, deadline: float, slots: int) -> tuple[Message, str]:
+    def join(self, deadline: float, slots: int) -> tuple[Plan, str]:
         """Connect (retrying until `deadline`), say HELLO, return (PLAN, leader address).
 
         Raises `PeersUnreachable` when the leader cannot be reached by the deadline, and
@@ -211,7 +205,7 @@ class Follower(Member):
             with self._wake:
                 self._conn, self._dropped, self._seen = conn, "", time.monotonic()
             conn.start()
-            conn.send({"type": "hello", "host": self.host, "slots": slots})  # after the challenge
+            conn.send(Hello(self.host, slots))  # goes out after the leader's challenge
             if not beating:
                 threading.Thread(target=self._heartbeats, daemon=True, name="control-hb").start()
                 beating = True
@@ -242,7 +236,7 @@ class Follower(Member):
         delay, last_progress, why = 0.05, start, ""
         while True:
             try:
-                for family, sockaddr in resolve(self.leader, self.port):
+                for family, sockaddr in net.resolve(self.leader, self.port):
                     self.interrupt.check()
                     sock = socket.socket(family, socket.SOCK_STREAM)
                     try:
@@ -269,18 +263,21 @@ class Follower(Member):
 
     def _on_message(self, conn: Connection, message: Message) -> None:
         self._seen = time.monotonic()
-        kind = message["type"]
-        if kind == "plan":
-            with self._wake:
-                self._plan = message
-            self.interrupt.nudge()
-        elif kind == "abort":
-            code = message_code(message, EXIT_FAILURE) or EXIT_FAILURE
-            self._abort_locally(code, str(message.get("reason", "")))
-        elif kind == "result":
-            self.decision.decide(message_code(message, 0), str(message.get("reason", "")))
-        elif kind != "heartbeat":
-            self.events.put(PeerMessage(self.leader, message))
+        match message:
+            case Plan():
+                with self._wake:
+                    self._plan = message
+                self.interrupt.nudge()
+            case Abort(code=code, reason=reason):
+                self._abort_locally(code, reason)
+            case Result(code=code):
+                self.decision.decide(code, "")
+            case Heartbeat():
+                pass
+            case Hello() | Failed() | Done() | SshdReady():  # a follower's words
+                raise wire.FrameError(f"the leader sent {message.TYPE!r}", "unexpected")
+            case _:
+                exhaustive(message)
 
     def _on_close(self, conn: Connection, why: str) -> None:
         with self._wake:
@@ -297,16 +294,16 @@ class Follower(Member):
             conn = self._conn
             if conn is None or conn.closed:
                 continue
-            conn.send({"type": "heartbeat"})
+            conn.send(Heartbeat())
             if time.monotonic() - self._seen > self.heartbeat_timeout_s:
                 conn.close(f"no heartbeat for {self.heartbeat_timeout_s:g} s")
 
     @property
-    def plan(self) -> Message:
-        """The PLAN as the leader sent it (backend entries included); {} before it arrived."""
-        return dict(self._plan or {})
+    def plan(self) -> Plan | None:
+        """The PLAN as the leader sent it (backend extras included); None before it arrived."""
+        return self._plan
 
-    def send(self, message: Message) -> bool:
+    def send(self, message: SshdReady) -> bool:
         """Send a backend message to the leader (it arrives there as a `PeerMessage`)."""
         conn = self._conn
         return conn is not None and conn.send(message)
@@ -315,7 +312,7 @@ class Follower(Member):
         """This host's ranks failed: tell the leader, which aborts everyone else. `reason` is
         clipped to `wire.MAX_TEXT` bytes on the wire (the local decision keeps it whole)."""
         if self.decision.decide(exit_code, reason) and self._conn is not None:
-            self._conn.send({"type": "failed", "code": exit_code, "reason": wire.clip(reason)})
+            self._conn.send(Failed(exit_code, reason))
 
     def stopped(self, signum: int) -> None:
         """Stopped while meeting: FAILED {128+N, reason, host, signal} to the leader (which
@@ -326,15 +323,14 @@ class Follower(Member):
         conn = self._conn
         if self.decision.decide(code, reason) and conn is not None and not conn.closed:
             log.error("%s: telling the leader", reason)
-            message = {"type": "failed", "code": code, "reason": reason, "host": self.host}
-            conn.send({**message, "signal": signal_name(signum)})
+            conn.send(Failed(code, reason, host=self.host, signal=signal_name(signum)))
             conn.finish(STOP_LINGER_S)
         self.close()
 
     def barrier(self) -> tuple[int, str]:
         """After local success: report DONE and wait for the job's result."""
         if self._conn is not None and not self.decision.decided:
-            self._conn.send({"type": "done"})
+            self._conn.send(Done())
         self.decision.wait()
         return self.decision.exit_code, self.decision.reason
 

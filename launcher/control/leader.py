@@ -1,14 +1,15 @@
 """The leader's side of the control channel: meet the hosts, announce the plan, decide the result.
 
-See `rendezvous` for the protocol. The leader accepts connections on the control port; a
-connection counts as a host only after a valid HELLO from an expected host name (the frames are
-already authenticated under the job token and bound to this connection's challenge), which
-must arrive within `HELLO_TIMEOUT_S` of the connect. Rogue connections (garbage, wrong token,
-oversized or replayed frames, silence) lose only themselves: at most `MAX_PENDING` may be
-unauthenticated at once, and a new one evicts the oldest, so a flood of idle connections can
-delay a real host by one retry but never lock it out. Refusals are logged through `Refusals`:
-the first one in detail, then at most one summary line every `REFUSAL_LOG_EVERY_S` with counts
-by kind and by peer address, so a flood of thousands costs a few lines.
+See `follower` for the protocol's flow and `messages` for its messages. The leader accepts
+connections on the control port; a connection counts as a host only after a valid HELLO from an
+expected host name (the frames are already authenticated under the job token and bound to this
+connection's challenge), which must arrive within `HELLO_TIMEOUT_S` of the connect. Rogue
+connections (garbage, wrong token, oversized or replayed frames, silence) lose only themselves:
+at most `MAX_PENDING` may be unauthenticated at once, and a new one evicts the oldest, so a
+flood of idle connections can delay a real host by one retry but never lock it out. Refusals are
+logged through `Refusals`: the first one in detail, then at most one summary line every
+`REFUSAL_LOG_EVERY_S` with counts by kind and by peer address, so a flood of thousands costs a
+few lines.
 
 Until every host has arrived the membership is open: a host whose connection drops (or falls
 silent) before the plan is simply missing again and may reconnect. Once the last host is in, the
@@ -27,14 +28,19 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from launcher.control import wire
-from launcher.control.connection import Connection, Message
-from launcher.control.follower import (
-    STOP_LINGER_S,
-    Member,
-    Peer,
-    abort_message,
-    message_code,
-    stop_reason,
+from launcher.control.connection import Connection
+from launcher.control.follower import STOP_LINGER_S, Member, Peer, stop_reason
+from launcher.control.messages import (
+    Abort,
+    Done,
+    Failed,
+    Heartbeat,
+    Hello,
+    Message,
+    Plan,
+    Result,
+    SshdReady,
+    exhaustive,
 )
 from launcher.errors import (
     EXIT_FAILURE,
@@ -202,7 +208,7 @@ class Leader(Member):
             if now >= deadline:
                 error = PeersUnreachable(missing, now - self._started, what="hosts")
                 self.decision.decide(error.exit_code, str(error))
-                self._broadcast(abort_message(error.exit_code, str(error)))
+                self._broadcast(Abort(error.exit_code, str(error)))
                 raise error
             if now - last_progress >= PROGRESS_EVERY_S:
                 log.info("waiting for %d host(s): %s", len(missing), ", ".join(missing))
@@ -216,13 +222,13 @@ class Leader(Member):
             addrs = [p.addr for p in self._hellos.values() if p.addr]
         return addrs[0] if addrs else "127.0.0.1"
 
-    def announce(self, plan: Message) -> None:
+    def announce(self, plan: Plan) -> None:
         """Send the plan to every follower; from now on their silence counts."""
         now = time.monotonic()
         with self._lock:
             # A host that joined long ago has said nothing since its HELLO but heartbeats.
             self._seen = {h: max(t, now) for h, t in self._seen.items()}
-        self._broadcast({"type": "plan", **plan})
+        self._broadcast(plan)
 
     def _broadcast(self, message: Message, *, pending_too: bool = False) -> None:
         """To every joined host; with `pending_too`, also to connections that proved they hold
@@ -235,59 +241,60 @@ class Leader(Member):
             conn.send(message)
 
     def _on_message(self, conn: Connection, message: Message) -> None:
-        kind = message["type"]
-        if kind == "hello":
+        if isinstance(message, Hello):
             self._hello(conn, message)
             return
         if conn in self._unauth:
             conn.error_kind = "no hello"
-            conn.close(f"{kind!r:.40} before hello")
+            conn.close(f"{message.TYPE!r} before hello")
             return
         host = conn.peer
         with self._lock:
             self._seen[host] = time.monotonic()
-        if kind == "failed":
-            reason = wire.clip(str(message.get("reason", "")))
-            code = message_code(message, EXIT_FAILURE)
-            sig = message.get("signal")  # a stop signal's name, when that was the cause
-            if self.decision.decide(code, reason):
-                log.error("host %s failed: %s", host, reason)
-                named = wire.clip(sig, 40) if isinstance(sig, str) else ""
-                # Hosts not yet joined are told too: they would wait out the peer timeout.
-                self._broadcast(abort_message(code, reason, host, named), pending_too=True)
-                self.events.put(RemoteAbort(reason, code))
-            self.interrupt.nudge()
-        elif kind == "done":
-            with self._changed:
-                self._done.add(host)
-                self._changed.notify_all()
-        elif kind != "heartbeat":
-            self.events.put(PeerMessage(host, message))
+        match message:
+            case Failed(code=code, reason=reason, signal=signal):
+                if self.decision.decide(code, reason):
+                    log.error("host %s failed: %s", host, reason)
+                    # Hosts not yet joined are told too: they would wait out the peer timeout.
+                    self._broadcast(Abort(code, reason, host, signal), pending_too=True)
+                    self.events.put(RemoteAbort(reason, code))
+                self.interrupt.nudge()
+            case Done():
+                with self._changed:
+                    self._done.add(host)
+                    self._changed.notify_all()
+            case Heartbeat():
+                pass
+            case SshdReady():  # a backend's: whoever drives the backend reads it
+                self.events.put(PeerMessage(host, message))
+            case Plan() | Abort() | Result():  # the leader's words
+                raise wire.FrameError(f"host {host} sent {message.TYPE!r}", "unexpected")
+            case _:
+                exhaustive(message)
 
-    def _hello(self, conn: Connection, message: Message) -> None:
-        host = message.get("host")
-        slots = message.get("slots")
+    def _hello_problem(self, conn: Connection, hello: Hello) -> str:
+        """Why `hello` cannot make `conn` a host of the job ("" when it can); under the lock.
+        The message itself is valid already (`messages.decode`: a host name, slots 1..N)."""
+        if conn not in self._unauth:
+            return "not a new connection"
+        if hello.host not in self.expected or hello.host == self.host:
+            return "not a host of this job"
+        if hello.host in self._conns:
+            return "already joined"
+        if self._frozen:
+            return "the job has started"
+        return ""
+
+    def _hello(self, conn: Connection, hello: Hello) -> None:
         with self._lock:
-            problem = (
-                "not a new connection"
-                if conn not in self._unauth
-                else "not a host of this job"
-                if not isinstance(host, str) or host not in self.expected or host == self.host
-                else "already joined"
-                if host in self._conns
-                else "bad slot count"
-                if type(slots) is not int or slots < 1
-                else "the job has started"
-                if self._frozen
-                else ""
-            )
+            problem = self._hello_problem(conn, hello)
         if problem:
-            detail = f"refused a hello from {conn.peer} ({problem}): {message!r:.200}"
+            detail = f"refused a hello from {conn.peer} ({problem}): {hello!r:.200}"
             self._refusals.record("invalid hello", conn.peer, detail)
             conn.error_kind = "refused"  # logged already
             conn.close(f"invalid hello: {problem}")
             return
-        assert isinstance(host, str) and isinstance(slots, int)
+        host, slots = hello.host, hello.slots
         conn.peer = host
         conn.deadline = None
         addr = conn.sock.getsockname()[0]
@@ -341,13 +348,13 @@ class Leader(Member):
         reason = f"host {host} was lost ({why})"
         if self.decision.decide(EXIT_FAILURE, reason):
             log.error("%s: aborting the job", reason)
-            self._broadcast(abort_message(EXIT_FAILURE, reason))
+            self._broadcast(Abort(EXIT_FAILURE, reason))
             self.events.put(RemoteAbort(reason, EXIT_FAILURE))
 
     def _heartbeats(self) -> None:
         while not self._stop.wait(self.heartbeat_every):
             self._refusals.flush()
-            self._broadcast({"type": "heartbeat"})
+            self._broadcast(Heartbeat())
             now = time.monotonic()
             with self._lock:
                 silent = [
@@ -363,7 +370,7 @@ class Leader(Member):
         """This host's ranks failed: abort every follower with this root cause (clipped to
         `wire.MAX_TEXT` bytes on the wire; the local decision keeps it whole)."""
         if self.decision.decide(exit_code, reason):
-            self._broadcast(abort_message(exit_code, reason))
+            self._broadcast(Abort(exit_code, reason))
 
     def stopped(self, signum: int) -> None:
         """Stopped while meeting: ABORT {128+N, reason, host, signal} to every connected host
@@ -371,15 +378,14 @@ class Leader(Member):
         code, reason = signal_exit_code(signum), stop_reason(signum, self.host)
         if self.decision.decide(code, reason):
             log.error("%s: telling the other hosts", reason)
-            message = abort_message(code, reason, self.host, signal_name(signum))
-            self._broadcast(message, pending_too=True)
+            self._broadcast(Abort(code, reason, self.host, signal_name(signum)), pending_too=True)
         self.close(linger=STOP_LINGER_S)
 
     def conclude(self) -> tuple[int, str]:
         """The leader alone saw the whole job end well (MPI: mpirun's exit covers every host):
         send RESULT without waiting for DONE. Returns the job's (code, reason)."""
         if self.decision.decide(0, ""):
-            self._broadcast({"type": "result", "code": 0})
+            self._broadcast(Result(0))
         return self.decision.exit_code, self.decision.reason
 
     def barrier(self) -> tuple[int, str]:
@@ -389,7 +395,7 @@ class Leader(Member):
             while not self.decision.decided and not followers <= self._done:
                 self._changed.wait(self.heartbeat_every)
         if self.decision.decide(0, ""):
-            self._broadcast({"type": "result", "code": 0})
+            self._broadcast(Result(0))
         return self.decision.exit_code, self.decision.reason
 
     def close(self, linger: float = 0.0) -> None:

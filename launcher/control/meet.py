@@ -27,7 +27,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from launcher.control import wire
+from launcher.control import messages, wire
 from launcher.control.follower import (
     STOP_LINGER_S,
     Follower,
@@ -37,12 +37,14 @@ from launcher.control.follower import (
     Stopped,
 )
 from launcher.control.leader import Leader
-from launcher.errors import LauncherError, StopRequested
+from launcher.control.messages import Plan
+from launcher.errors import LauncherError, StopRequested, UsageError
 from launcher.events import Events
 from launcher.plan import HostSlots, World
 
 __all__ = [
     "HOROVOD_PORT_KEY",
+    "MPI_PUBKEY_KEY",
     "Interrupt",
     "MeetRequest",
     "MeetStopped",
@@ -66,12 +68,14 @@ class MeetRequest:
     job_name: str
     token: str | None
     leader_addr: str = ""  # how to reach the leader, when its name does not resolve
-    # Backend entries the leader adds to the PLAN (MPI: its ssh key; horovod: the port of its
-    # rendezvous server, under HOROVOD_PORT_KEY, which becomes World.horovod_rendezvous).
+    # Backend fields the leader adds to the PLAN, by their `messages.Plan` names (MPI: its ssh
+    # key under MPI_PUBKEY_KEY; horovod: the port of its rendezvous server under
+    # HOROVOD_PORT_KEY, which becomes World.horovod_rendezvous). `messages.Plan` checks them.
     plan_extra: Mapping[str, Any] = field(default_factory=dict)
 
 
-HOROVOD_PORT_KEY = "horovod_port"
+HOROVOD_PORT_KEY = messages.HOROVOD_PORT_KEY
+MPI_PUBKEY_KEY = messages.MPI_PUBKEY_KEY
 
 
 def job_token(request: MeetRequest) -> str:
@@ -104,6 +108,14 @@ def meet(
     `interrupt`, after telling the other hosts.
     """
     interrupt = interrupt if interrupt is not None else Interrupt()
+    for host in request.hosts:  # each goes over the channel, in a HELLO or the PLAN
+        try:
+            messages.host_name(host)
+        except ValueError as e:
+            raise UsageError(
+                f"host {host!r:.80} cannot be one of a multi-host job's hosts: it {e}",
+                hint="use plain host names such as algo-1",
+            ) from None
     key = wire.job_key(job_token(request))
     deadline = time.monotonic() + request.peer_timeout_s
     run_id = hashlib.sha256(key + str(time.time()).encode()).hexdigest()[:12]
@@ -141,6 +153,10 @@ def _lead(
     run_id: str,
 ) -> tuple[World, Member]:
     """`meet` on the first host: listen, wait for every HELLO, send the PLAN."""
+    extra = dict(request.plan_extra)
+    horovod_port, mpi_pubkey = extra.pop(HOROVOD_PORT_KEY, None), extra.pop(MPI_PUBKEY_KEY, None)
+    if extra:  # a bug of the caller: found before any host is told anything
+        raise ValueError(f"the PLAN has no field(s) {sorted(extra)}")
     leader = Leader(
         key=key,
         host=request.host,
@@ -164,10 +180,14 @@ def _lead(
         began, cpu = time.monotonic(), time.process_time()
         peers = leader.wait_for_peers(deadline, request.slots)
         master_port = request.master_port or free_port
-        layout = [[p.host, p.slots] for p in peers]
-        leader.announce(
-            {**request.plan_extra, "hosts": layout, "master_port": master_port, "run_id": run_id}
+        plan = Plan(
+            hosts=tuple((p.host, p.slots) for p in peers),
+            master_port=master_port,
+            run_id=run_id,
+            horovod_port=horovod_port,
+            mpi_pubkey=mpi_pubkey,
         )
+        leader.announce(plan)
         interrupt.check()  # a signal between the last wait and here still counts
     except (Stopped, StopRequested) as stop:
         raise _stopped(leader, stop) from None
@@ -186,8 +206,7 @@ def _lead(
         cpu_ms / len(peers),
     )
     hosts = tuple(HostSlots(p.host, p.slots, p.addr) for p in peers)
-    hvd_port = request.plan_extra.get(HOROVOD_PORT_KEY)
-    hvd = (peers[0].addr, int(hvd_port)) if hvd_port else None
+    hvd = (peers[0].addr, plan.horovod_port) if plan.horovod_port is not None else None
     return World(hosts, 0, peers[0].addr, master_port, run_id, hvd), leader
 
 
@@ -211,14 +230,25 @@ def _follow(
     try:
         plan, leader_addr = follower.join(deadline, request.slots)
         interrupt.check()
+        world = _world(plan, request.host, leader_addr)
     except (Stopped, StopRequested) as stop:
         raise _stopped(follower, stop) from None
     except BaseException:
-        follower.close()
+        follower.close()  # a follower that leaves after the PLAN is lost: the job aborts
         raise
-    hosts = tuple(HostSlots(str(h), int(n)) for h, n in plan["hosts"])
-    node_rank = [h.name for h in hosts].index(request.host)
-    hvd_port = plan.get(HOROVOD_PORT_KEY)
-    hvd = (leader_addr, int(hvd_port)) if hvd_port else None
-    world = World(hosts, node_rank, leader_addr, int(plan["master_port"]), str(plan["run_id"]), hvd)
     return world, follower
+
+
+def _world(plan: Plan, host: str, leader_addr: str) -> World:
+    """The `World` a follower's PLAN describes (checked by `messages.decode`: distinct host
+    names, slots, ports). Raises `LauncherError` when the plan does not name this host."""
+    names = [name for name, _ in plan.hosts]
+    if host not in names:
+        raise LauncherError(
+            f"the leader's plan does not name this host {host} (it names {len(names)} hosts:"
+            f" {', '.join(names[:8])}{', ...' if len(names) > 8 else ''})",
+            hint="give every host the same host list (resourceconfig.json)",
+        )
+    hosts = tuple(HostSlots(name, slots) for name, slots in plan.hosts)
+    hvd = (leader_addr, plan.horovod_port) if plan.horovod_port is not None else None
+    return World(hosts, names.index(host), leader_addr, plan.master_port, plan.run_id, hvd)

@@ -16,7 +16,9 @@ incoming direction to its own nonce, so neither has to trust the other's freshne
 `FrameReader` is the only parser: it enforces the size limit before buffering, checks the tag in
 constant time before decoding, then the version, the binding and the number, and raises
 `FrameError` (with a `kind` for the logs) for anything else, so a rogue or broken peer can only
-ever lose its own connection. `FrameWriter` numbers and binds one direction's frames.
+ever lose its own connection. `FrameWriter` numbers and binds one direction's frames. What an
+object may hold beyond the envelope (`ENVELOPE`: `v`, `ch`, `seq`) is `messages`' to check: its
+`decode` raises a `FrameError` too.
 
 Free text (a failure's root cause) goes over the channel through `clip`: at most `MAX_TEXT`
 bytes of UTF-8, cut on a character boundary and ending with "... [truncated N bytes]", so even
@@ -41,7 +43,7 @@ _HEADER = struct.Struct(">I")
 _TAG = 32
 _NONCE_BYTES = 16
 _NONCE = re.compile(r"[0-9a-f]{32}")
-_ENVELOPE = ("v", "ch", "seq")  # set by the writer; a message may not carry them itself
+ENVELOPE = ("v", "ch", "seq")  # set by the writer; a message may not carry them itself
 
 
 class FrameError(Exception):
@@ -112,7 +114,7 @@ class FrameWriter:
         Raises ValueError when the message sets an envelope field itself or the frame would
         exceed `MAX_FRAME` (free text must go through `clip`); no number is used up then.
         """
-        if reserved := [k for k in _ENVELOPE if k in message]:
+        if reserved := [k for k in ENVELOPE if k in message]:
             raise ValueError(f"message sets the envelope field(s) {reserved}")
         seq = self._seq + 1
         frame = _frame({**message, "v": VERSION, "ch": self._peer_nonce, "seq": seq}, self._key)

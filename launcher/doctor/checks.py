@@ -25,7 +25,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from launcher import gpus, procs, settings
+from launcher import commands, gpus, procs
 from launcher.doctor.findings import Finding, Report, Status, render_json, render_table
 from launcher.doctor.hostfacts import (
     HOROVOD_PROBE,
@@ -33,13 +33,12 @@ from launcher.doctor.hostfacts import (
     PROBE_TIMEOUT_S,
     TORCH_PROBE,
     GpuFacts,
-    Interface,
     nvml_facts,
-    read_interfaces,
 )
 from launcher.errors import ConfigError, SpawnError
-from launcher.plan import Backend
+from launcher.net import Interface, read_interfaces
 from launcher.sagemaker import config, job
+from launcher.settings import Backend
 
 
 @dataclass(frozen=True, slots=True)
@@ -298,17 +297,14 @@ def _job(
         except ConfigError as e:
             fix = e.hint or "correct it: `train` would exit 2 with this line"
             out.append(Finding("job", "SageMaker tree", Status.BROKEN, e.message, fix))
-    hps = cfg.hyperparameters.sagemaker if cfg else {}
-    hps_file = str(cfg.paths.input_config_dir / "hyperparameters.json") if cfg else ""
-    sources = settings.Sources({"backend": cli_backend}, environ, hps, hps_file)
-    default = Backend.NONE if cfg else Backend.TORCH  # `train`'s default, else `launcher run`'s
-    try:
-        chosen = settings.resolve(sources, default_backend=default)
+    try:  # the settings, the backend and the ranks exactly as `train` decides them
+        chosen = commands.settings_for({"backend": cli_backend}, environ, cfg)
     except ConfigError as e:
+        default = Backend.NONE if cfg else Backend.TORCH  # `train`'s, else `launcher run`'s
         fix = e.hint or "correct the value named here (see docs/usage.md)"
         return default, cfg, [*out, Finding("settings", "settings", Status.BROKEN, str(e), fix)]
-    backend = chosen.backend if cfg is None or cfg.in_distribution else Backend.NONE
-    slots = 1 if backend is Backend.NONE else settings.local_slots(chosen.procs_per_host, n_gpus)
+    cfg, backend = commands.choose_backend(cfg, chosen) if cfg else (None, chosen.backend)
+    slots = commands.host_slots(backend, chosen, n_gpus)
     token = "LAUNCHER_JOB_TOKEN" if chosen.job_token else "derived from the job (not a secret)"
     detail = (
         f"backend {backend.value}, {slots} process(es) on this host, grace {chosen.grace_s:g} s,"

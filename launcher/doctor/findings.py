@@ -12,7 +12,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from launcher import __version__
-from launcher.plan import Backend
+from launcher.settings import Backend
 
 
 class Status(enum.Enum):

@@ -1,23 +1,18 @@
 """Facts about this host for `launcher doctor`, gathered without importing heavy modules.
 
 NVML (driver, CUDA version, GPUs) through nvidia-ml-py, imported lazily; network interfaces
-from ioctls and /proc (no process started); and the fixed probe programs `doctor` runs in child
-processes for torch, Horovod and mpi4py, which the launcher itself never imports.
+(`net.read_interfaces`: ioctls and /proc, no process started); and the fixed probe programs
+`doctor` runs in child processes for torch, Horovod and mpi4py, which the launcher itself never
+imports.
 """
 
 from __future__ import annotations
 
-import fcntl
-import socket
-import struct
 from dataclasses import dataclass
-from pathlib import Path
 
 from launcher import gpus
 
 PROBE_TIMEOUT_S = 60.0  # a cold `import torch` from a slow disk takes tens of seconds
-_SIOCGIFFLAGS, _SIOCGIFADDR, _SIOCGIFNETMASK = 0x8913, 0x8915, 0x891B
-_IFF_UP_RUNNING = 0x1 | 0x40
 # Fixed programs, never built from user data. Each prints one JSON object on its last line;
 # {"error": ..., "missing": true} when the module itself is not installed.
 _PROBE = """import json
@@ -80,13 +75,6 @@ class GpuFacts:
     devices: tuple[gpus.GpuInfo, ...] = ()
 
 
-@dataclass(frozen=True, slots=True)
-class Interface:
-    name: str
-    up: bool
-    addresses: tuple[str, ...]  # "192.0.2.2/24", "fd00::2/64"
-
-
 def nvml_facts() -> GpuFacts:
     """Driver, CUDA driver version and every GPU, from NVML; `error` says why not (CPU host)."""
     try:
@@ -107,34 +95,3 @@ def nvml_facts() -> GpuFacts:
         pynvml.nvmlShutdown()
     driver = driver.decode() if isinstance(driver, bytes) else str(driver)
     return GpuFacts("", driver, f"{cuda // 1000}.{cuda % 1000 // 10}", devices)
-
-
-def read_interfaces() -> tuple[Interface, ...]:
-    """Every interface, its state and addresses, from ioctls and /proc (no process started)."""
-    ipv6: dict[str, list[str]] = {}
-    try:  # one line per address: hex address, index, prefix length, scope, flags, name
-        for line in Path("/proc/net/if_inet6").read_text().splitlines():
-            hexaddr, _, prefix, _, _, name = line.split()
-            text = socket.inet_ntop(socket.AF_INET6, bytes.fromhex(hexaddr))
-            ipv6.setdefault(name, []).append(f"{text}/{int(prefix, 16)}")
-    except (OSError, ValueError):
-        pass  # a host without IPv6
-    found = []
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
-        for _, name in socket.if_nameindex():
-            flags = _ioctl(sock, _SIOCGIFFLAGS, name)
-            up = flags is not None and struct.unpack_from("H", flags, 16)[0] & _IFF_UP_RUNNING
-            addrs = ipv6.get(name, [])
-            addr, mask = _ioctl(sock, _SIOCGIFADDR, name), _ioctl(sock, _SIOCGIFNETMASK, name)
-            if addr is not None:  # only the primary IPv4 address: enough to pick an interface
-                bits = bin(int.from_bytes(mask[20:24], "big")).count("1") if mask else 32
-                addrs = [f"{socket.inet_ntoa(addr[20:24])}/{bits}", *addrs]
-            found.append(Interface(name, up == _IFF_UP_RUNNING, tuple(addrs)))
-    return tuple(found)
-
-
-def _ioctl(sock: socket.socket, request: int, name: str) -> bytes | None:
-    try:
-        return fcntl.ioctl(sock.fileno(), request, struct.pack("256s", name.encode()[:15]))
-    except OSError:
-        return None  # EADDRNOTAVAIL: no IPv4 address on this interface

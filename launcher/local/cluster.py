@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from launcher.errors import UsageError
-from launcher.plan import Backend
+from launcher.settings import Backend
 
 _IGNORE = shutil.ignore_patterns("__pycache__", ".git", ".venv", "*.pyc", "launcher-jobs")
 

@@ -3,7 +3,7 @@
 Every host meets the others over the control channel first (as for every backend). Then:
 
 - **follower**: writes its own rank environment (`mpi.host_payload`), starts a per-job sshd
-  (`sshd.Helper`), checks it locally and reports `{addr, port, hostkey}` to the leader.
+  (a `procs.Helper`), checks it locally and reports `{addr, port, hostkey}` to the leader.
   It supervises nothing else: it waits on the control channel for the job's result (no
   `/tmp/done` polling, no fixed sleeps), stops sshd, writes the job's result and exits with the
   job's code. A SIGTERM reaches the leader as a failure, which stops mpirun everywhere.
@@ -17,6 +17,7 @@ Every host meets the others over the control channel first (as for every backend
 from __future__ import annotations
 
 import atexit
+import contextlib
 import json
 import logging
 import shutil
@@ -26,11 +27,12 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from launcher import settings
+from launcher import net, procs, settings
 from launcher.app import Result, RunOptions, execute, finish
 from launcher.containment import Containment
 from launcher.control.follower import Follower, Member
 from launcher.control.leader import Leader
+from launcher.control.messages import MPI_PUBKEY_KEY
 from launcher.errors import (
     ConfigError,
     LauncherError,
@@ -49,7 +51,7 @@ from launcher.supervise import STOPPING, forwarding_signals
 
 log = logging.getLogger("launcher")
 
-PLAN_KEY = "mpi_pubkey"  # the PLAN entry with the leader's per-job client public key
+PLAN_KEY = MPI_PUBKEY_KEY  # the PLAN field with the leader's per-job client public key
 SSHD_START_TIMEOUT_S = 30.0  # a follower's own sshd must answer within this (or the deadline)
 SSHD_STOP_GRACE_S = 2.0
 
@@ -63,36 +65,27 @@ class MpiSettings:
     mpirun: str
 
 
-def _count(value: Any) -> int:
-    return settings.count(value, settings.MAX_PROCESSES)  # the same rules as `resolve`
+def mpi_settings(chosen: settings.Settings | Sources) -> MpiSettings:
+    """The `mpi` backend's settings: the rows of `settings.SETTINGS` for `mpi`, which the
+    command's `settings.resolve` already read and checked with every other setting.
 
-
-def _port(value: Any) -> int:
-    return settings.port(value)
-
-
-def _absolute(program: Any) -> str:
-    return shutil.which(str(program)) or str(program)
-
-
-def mpi_settings(sources: Sources) -> MpiSettings:
-    """MPI settings with the usual precedence (environment > `sagemaker_*` hyperparameter)."""
+    Given `Sources` instead, those rows alone are read here, whatever backend the sources
+    name; a bad value raises `ConfigError` naming its source and key.
+    """
+    rows = [s for s in settings.SETTINGS if s.only is settings.Backend.MPI]
+    if isinstance(chosen, Sources):
+        values = {s.name: chosen.read(s) for s in rows}
+    else:
+        values = {s.name: getattr(chosen, s.name) for s in rows}
+    mpirun: str = values["mpirun"]
     return MpiSettings(
-        num_processes=sources.pick(
-            "mpi-num-processes",
-            "LAUNCHER_MPI_NUM_PROCESSES",
-            "sagemaker_mpi_num_processes",
-            _count,
-            None,
-        ),
-        custom_options=sources.pick(
-            "mpi-options", "LAUNCHER_MPI_OPTIONS", "sagemaker_mpi_custom_mpi_options", str, ""
-        ),
-        ssh_port=sources.pick("ssh-port", "LAUNCHER_SSH_PORT", None, _port, 0),
-        sshd=sources.pick("sshd", "LAUNCHER_SSHD", None, str, ""),
+        num_processes=values["mpi_num_processes"],
+        custom_options=values["mpi_options"],
+        ssh_port=values["ssh_port"],
+        sshd=values["sshd"],
         # An absolute mpirun makes Open MPI pass its prefix to the remote orted (PATH and
         # LD_LIBRARY_PATH), so images with Open MPI outside the default paths work.
-        mpirun=sources.pick("mpirun", "LAUNCHER_MPIRUN", None, _absolute, _absolute("mpirun")),
+        mpirun=shutil.which(mpirun) or mpirun,
     )
 
 
@@ -207,7 +200,7 @@ def run(run: MpiRun, member: Member | None, keys: SshKeys | None) -> tuple[int, 
 
 
 def _lead(run: MpiRun, leader: Leader, keys: SshKeys) -> tuple[int, str]:
-    masters: dict[str, sshd.Helper] = {}
+    masters: dict[str, procs.Helper] = {}
     try:
         peers = sshcheck.await_sshd(
             run.events,
@@ -224,7 +217,7 @@ def _lead(run: MpiRun, leader: Leader, keys: SshKeys) -> tuple[int, str]:
         raise
     finally:
         for master in masters.values():
-            master.stop(SSHD_STOP_GRACE_S)
+            master.close(SSHD_STOP_GRACE_S)  # for good: a check still retrying cannot restart it
 
 
 def _run_mpirun(
@@ -268,10 +261,9 @@ def _outcome(result: Result, hosts: list[tuple[str, int]]) -> tuple[int, str]:
 
 def _follow(run: MpiRun, follower: Follower, keys: SshKeys) -> tuple[int, str]:
     host = run.launch.world.host.name
-    server = sshd.Helper(f"{host} sshd", run.events, run.scope)
-    try:
+    with contextlib.ExitStack() as stack:  # closes sshd on the way out, by any path
         try:
-            _start_sshd(run, follower, keys, server)
+            server = _start_sshd(run, follower, keys, stack)
         except StopRequested as e:  # stopped while sshd started: the leader learns why
             follower.failed(e.exit_code, str(e))
             raise
@@ -280,28 +272,30 @@ def _follow(run: MpiRun, follower: Follower, keys: SshKeys) -> tuple[int, str]:
             follower.failed(error.exit_code, str(error))  # the leader fails the job at once
             raise error from None
         code = _wait_for_result(run, follower, server)
-    finally:
-        server.stop(SSHD_STOP_GRACE_S)
     reason = follower.decision.reason
     if run.output_dir is not None:
         finish(run.output_dir, code, f"{reason}\n")
     return code, reason
 
 
-def _start_sshd(run: MpiRun, follower: Follower, keys: SshKeys, server: sshd.Helper) -> None:
-    """Start this host's sshd, check it answers, report it to the leader. Raises
-    `LauncherError`/`OSError` saying why it cannot."""
+def _start_sshd(
+    run: MpiRun, follower: Follower, keys: SshKeys, stack: contextlib.ExitStack
+) -> procs.Helper:
+    """Start this host's sshd, check it answers, report it to the leader; returns it running.
+    It is registered on `stack` before it starts, so the stack's exit closes it, however this
+    ends. Raises `LauncherError`/`OSError` saying why it cannot."""
     began = time.monotonic()
     world = run.launch.world
-    pubkey = follower.plan.get(PLAN_KEY)
-    if not isinstance(pubkey, str) or not sshd.HOSTKEY_RE.match(pubkey):
+    plan = follower.plan
+    pubkey = plan.mpi_pubkey if plan is not None else None  # its form checked by decode
+    if pubkey is None:
         raise LauncherError(
-            f"the leader's plan has no usable ssh key ({PLAN_KEY}={pubkey!r})",
-            hint="run the same ml-launcher version on every host",
+            f"the leader's plan has no ssh key ({PLAN_KEY}): is it running the mpi backend?",
+            hint="run the same ml-launcher version and backend on every host",
         )
     folder = keys.folder
-    addr = sshd.local_address(world.master_addr, 9)
-    port = run.settings.ssh_port or sshd.free_port(addr)
+    addr = net.local_address(world.master_addr, 9)
+    port = run.settings.ssh_port or net.free_port(addr)
     sshd.write_private(folder / "host-env.json", json.dumps(mpi.host_payload(run.launch)))
     sshd.write_private(folder / "authorized_keys", f"{pubkey}\n")
     config = folder / "sshd_config"
@@ -313,10 +307,16 @@ def _start_sshd(run: MpiRun, follower: Follower, keys: SshKeys, server: sshd.Hel
     }
     text = sshd.sshd_config(folder, addr, port, sshd.current_user(), session)
     sshd.write_private(config, text)
-    argv = sshd.sshd_argv(sshd.sshd_binary(run.settings.sshd), config)
-    server.start(argv, folder, run.environ)
+    binary = sshd.sshd_binary(run.settings.sshd)
+    sshd.privsep_dir()
+    argv = sshd.sshd_argv(binary, config)
+    server = procs.Helper(
+        f"{world.host.name} sshd", argv, folder, run.environ, run.events, scope=run.scope
+    )
+    stack.callback(server.close, SSHD_STOP_GRACE_S)
+    server.start()
     deadline = time.monotonic() + min(run.peer_timeout_s, SSHD_START_TIMEOUT_S)
-    if not sshd.poll_until(lambda: sshd.says_ssh(addr, port, 0.5), deadline, alive=server.running):
+    if not sshd.poll_until(lambda: net.says_ssh(addr, port, 0.5), deadline, alive=server.running):
         if server.running():
             raise LauncherError(
                 f"no SSH banner on {addr}:{port} within {deadline - began:.0f} s",
@@ -335,9 +335,10 @@ def _start_sshd(run: MpiRun, follower: Follower, keys: SshKeys, server: sshd.Hel
         port,
         time.monotonic() - began,
     )
+    return server
 
 
-def _wait_for_result(run: MpiRun, follower: Follower, server: sshd.Helper) -> int:
+def _wait_for_result(run: MpiRun, follower: Follower, server: procs.Helper) -> int:
     """Block until the job's result is known; a stop signal or sshd's death fails the job."""
     host = run.launch.world.host.name
 
@@ -348,12 +349,11 @@ def _wait_for_result(run: MpiRun, follower: Follower, server: sshd.Helper) -> in
     threading.Thread(target=decided, daemon=True, name="mpi-result").start()
     with forwarding_signals(run.events):
         while not follower.decision.decided:
-            event = run.events.get()
-            if isinstance(event, SignalReceived) and event.signum in STOPPING:
-                name = signal_name(event.signum)
-                reason = f"the job was stopped by {name} on {host}"
-                follower.failed(signal_exit_code(event.signum), reason)
-            elif isinstance(event, RankExited):
-                tail = server.log_tail()[-300:]
-                follower.failed(1, f"sshd on {host} exited with {event.returncode}: {tail}")
+            match run.events.get():
+                case SignalReceived(signum=signum) if signum in STOPPING:
+                    reason = f"the job was stopped by {signal_name(signum)} on {host}"
+                    follower.failed(signal_exit_code(signum), reason)
+                case RankExited(returncode=returncode):
+                    tail = server.log_tail()[-300:]
+                    follower.failed(1, f"sshd on {host} exited with {returncode}: {tail}")
     return follower.decision.exit_code

@@ -21,33 +21,25 @@ path of this host's own rank environment (see `launcher.mpi.rank`).
 from __future__ import annotations
 
 import contextlib
-import ipaddress
 import os
 import pwd
 import re
 import shutil
-import socket
 import tempfile
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from launcher import procs
 from launcher.containment import Containment
+from launcher.control.messages import SshdReady
 from launcher.errors import LauncherError
-from launcher.events import Events
-from launcher.logs import OutputPump
 from launcher.mpi.rank import ENV_FILE_VAR
-from launcher.plan import Backend, HostSlots, JobSpec, LaunchPlan, RankSpec, World
 
-MESSAGE = "sshd"  # the control-channel message a follower sends when its sshd is ready
 HOSTKEY_RE = re.compile(r"^ssh-ed25519 [A-Za-z0-9+/]+={0,2}$")
 SSH_NAME_RE = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9._-]{0,252})$")
 CONNECT_TIMEOUT_S = 10
-BANNER = b"SSH-2.0-"
-PROBE_IDENT = b"SSH-2.0-launcher-probe\r\n"
 
 
 class SshError(LauncherError):
@@ -63,19 +55,19 @@ class SshPeer:
     port: int
     hostkey: str  # "ssh-ed25519 AAAA..."
 
-    def message(self) -> dict[str, Any]:
-        return {"type": MESSAGE, "addr": self.addr, "port": self.port, "hostkey": self.hostkey}
+    def message(self) -> SshdReady:
+        """The control-channel report of this sshd, which a follower sends to the leader.
+        Raises ValueError for a value the channel would refuse (see `SshdReady`)."""
+        return SshdReady(self.addr, self.port, self.hostkey)
 
 
-def peer_from_message(host: str, message: Mapping[str, Any]) -> SshPeer:
-    """Validate a follower's report (authenticated, but still checked). Raises ValueError."""
-    addr, port, hostkey = message.get("addr"), message.get("port"), message.get("hostkey")
-    if not isinstance(addr, str) or not isinstance(port, int) or not isinstance(hostkey, str):
-        raise ValueError(f"malformed sshd report from {host}: {message!r}")
-    ipaddress.ip_address(addr)  # raises ValueError
-    if not 0 < port < 65536 or not HOSTKEY_RE.match(hostkey) or not SSH_NAME_RE.match(host):
-        raise ValueError(f"malformed sshd report from {host}: {message!r}")
-    return SshPeer(host, addr, port, hostkey)
+def peer_from_message(host: str, message: SshdReady) -> SshPeer:
+    """A follower's report as the leader's ssh reaches it. The report was checked when it was
+    decoded (an IP address, a port, one ed25519 key); `host`, the follower's name from its
+    HELLO, must also be usable in an ssh configuration: else ValueError."""
+    if not SSH_NAME_RE.match(host):
+        raise ValueError(f"sshd report from {host!r:.80}: that name cannot be used with ssh")
+    return SshPeer(host, message.addr, message.port, message.hostkey)
 
 
 def check_name(host: str) -> str:
@@ -214,40 +206,6 @@ def keygen(path: Path, comment: str, environ: dict[str, str]) -> str:
     return " ".join(path.with_suffix(".pub").read_text().split()[:2])
 
 
-def local_address(towards: str, port: int) -> str:
-    """This host's address on the route to `towards` (the job interface). Sends nothing."""
-    family, _, _, _, sockaddr = socket.getaddrinfo(towards, port, type=socket.SOCK_DGRAM)[0]
-    with socket.socket(family, socket.SOCK_DGRAM) as sock:
-        sock.connect(sockaddr)
-        return str(sock.getsockname()[0])
-
-
-def free_port(addr: str) -> int:
-    family = socket.AF_INET6 if ":" in addr else socket.AF_INET
-    with socket.socket(family, socket.SOCK_STREAM) as sock:
-        sock.bind((addr, 0))
-        return int(sock.getsockname()[1])
-
-
-def says_ssh(addr: str, port: int, timeout: float) -> bool:
-    """True when something at addr:port accepts a connection and greets with an SSH banner."""
-    try:
-        with socket.create_connection((addr, port), timeout=timeout) as sock:
-            data = b""
-            while b"\n" not in data and len(data) < 256:
-                chunk = sock.recv(256)
-                if not chunk:
-                    break
-                data += chunk
-            if data.startswith(BANNER):
-                # Say who we are before leaving: sshd logs a probe that hangs up mid-greeting
-                # ("kex_exchange_identification: Connection closed") even at LogLevel ERROR.
-                sock.sendall(PROBE_IDENT)
-    except OSError:
-        return False
-    return data.startswith(BANNER)
-
-
 def current_user() -> str:
     return pwd.getpwuid(os.getuid()).pw_name
 
@@ -265,7 +223,8 @@ def sshd_binary(setting: str) -> str:
 
 
 def privsep_dir() -> None:
-    """sshd refuses to start without its privilege-separation directory."""
+    """Make /run/sshd, sshd's privilege-separation directory, which it refuses to start
+    without (a container rarely has it). Best effort: an error shows up as sshd's own."""
     with contextlib.suppress(OSError):
         Path("/run/sshd").mkdir(mode=0o755, exist_ok=True)
 
@@ -299,62 +258,9 @@ def poll_until(
         delay = min(delay * 2, most)
 
 
-class Helper:
-    """One long-running helper process (a follower's `sshd -D -e`, a leader's `ssh -M -N`
-    master), started through `procs` like a rank: its own process group, guarded by the
-    watchdog (so it dies with the launcher, even on SIGKILL), its log lines prefixed with
-    `label`, its exit posted as a `procs.RankExited` on `events`.
-
-    `stop` closes its process set: SIGTERM, SIGKILL after the grace period, and whatever it
-    left (an sshd session's processes) with it."""
-
-    def __init__(self, label: str, events: Events, scope: Containment | None) -> None:
-        self.label = label
-        self._events = events
-        self._scope = scope
-        self._pump: OutputPump | None = None
-        self._procs: procs.ProcessSet | None = None
-
-    def start(self, argv: tuple[str, ...], cwd: Path, environ: dict[str, str]) -> None:
-        """Start it; raises `SpawnError` when it cannot be started at all."""
-        spec = RankSpec(0, 0, self.label, argv, str(cwd), {}, "")
-        world = World((HostSlots(self.label, 1),), 0, "127.0.0.1", 0)
-        launch = LaunchPlan(JobSpec(argv, str(cwd), Backend.NONE), world, (spec,), environ)
-        self._pump = OutputPump()
-        self._pump.start()
-        self._procs = procs.ProcessSet(
-            launch, self._events, self._pump, scope=self._scope, name="helper"
-        )
-        self._procs.start()
-
-    @property
-    def scope(self) -> Containment | None:
-        return self._scope
-
-    def running(self) -> bool:
-        return self._procs is not None and bool(self._procs.running())
-
-    def log_tail(self) -> str:
-        """The end of its stderr (waits up to 0.5 s for the pipe to drain after an exit)."""
-        if self._procs is None or 0 not in self._procs.ranks:
-            return ""
-        if not self.running():
-            self._procs.wait_output(0.5)
-        return self._procs.ranks[0].stderr_tail.text().strip()
-
-    def stop(self, grace_s: float) -> None:
-        """SIGTERM to its group, SIGKILL after `grace_s`, reaped; idempotent."""
-        ps, pump = self._procs, self._pump
-        if ps is None or pump is None:
-            return
-        ps.close(grace_s)
-        ps.wait_output(1.0)
-        pump.stop(1.0)
-        self._procs = self._pump = None
-
-
 def sshd_argv(binary: str, config: Path) -> tuple[str, ...]:
-    privsep_dir()
+    """sshd in the foreground (it stays in our process group), logging to stderr. Call
+    `privsep_dir` before running it."""
     return (binary, "-D", "-e", "-f", str(config))
 
 

@@ -1,13 +1,13 @@
 """The leader's side of the `mpi` backend's SSH: await every follower's sshd and prove it.
 
-Each follower reports `{addr, port, hostkey}` over the control channel (a `PeerMessage`). For
-each report the leader adds the host to its per-job `ssh -F` configuration and known_hosts
-(`sshd.client_config`, `sshd.known_hosts`), starts one SSH master connection to it
-(`sshd.master_argv`, supervised like a rank) and logs in once over that connection
-(`ssh host true`). mpirun's own ssh connections later multiplex over the same masters, so each
-follower costs one SSH handshake. Transient network errors are retried with backoff until the
-deadline; a refused key or host key fails at once. Everything waits on the events queue: no
-sleep loops, and an ABORT from elsewhere ends the wait.
+Each follower reports `{addr, port, hostkey}` over the control channel (`messages.SshdReady`,
+posted here as a `PeerMessage`). For each report the leader adds the host to its per-job `ssh
+-F` configuration and known_hosts (`sshd.client_config`, `sshd.known_hosts`), starts one SSH
+master connection to it (`sshd.master_argv`, supervised like a rank) and logs in once over that
+connection (`ssh host true`). mpirun's own ssh connections later multiplex over the same
+masters, so each follower costs one SSH handshake. Transient network errors are retried with
+backoff until the deadline; a refused key or host key fails at once. Everything waits on the
+events queue: no sleep loops, and an ABORT from elsewhere ends the wait.
 """
 
 from __future__ import annotations
@@ -18,8 +18,10 @@ import threading
 import time
 from pathlib import Path
 
+from launcher import procs
 from launcher.containment import Containment
-from launcher.errors import EXIT_PEERS, JobAborted, LauncherError
+from launcher.control.messages import SshdReady
+from launcher.errors import EXIT_PEERS, JobAborted, LauncherError, SpawnError
 from launcher.events import Events, PeerMessage, RemoteAbort, SshdChecked
 from launcher.mpi import ssh as sshd
 from launcher.plan import World
@@ -39,7 +41,7 @@ def await_sshd(
     events: Events,
     world: World,
     folder: Path,
-    masters: dict[str, sshd.Helper],
+    masters: dict[str, procs.Helper],
     *,
     deadline: float,
     scope: Containment,
@@ -48,7 +50,9 @@ def await_sshd(
     """Every follower's sshd, reported and proven with a login, before the peer deadline.
 
     For each report an ssh master connection is started (`sshd.master_argv`); the login check
-    and later mpirun multiplex over it, so each follower costs one SSH handshake, not two."""
+    and later mpirun multiplex over it, so each follower costs one SSH handshake, not two.
+    Each master goes into `masters` before it starts: the caller closes every one of them
+    (`procs.Helper.close`) when the job ends, by any path."""
     waiting = {h.name for h in world.hosts[1:]}
     started = time.monotonic()
     peers: dict[str, sshd.SshPeer] = {}
@@ -67,37 +71,40 @@ def await_sshd(
                 hint="check that sshd (openssh-server) runs on every host and that the leader "
                 "reaches the followers' job interface; raise LAUNCHER_PEER_TIMEOUT if slow",
             ) from None
-        if isinstance(event, RemoteAbort):
-            error = JobAborted(event.reason)
-            error.exit_code = event.exit_code
-            raise error
-        if isinstance(event, PeerMessage) and event.message.get("type") == sshd.MESSAGE:
-            if event.host not in waiting or event.host in peers:
-                continue
-            try:
-                peer = sshd.peer_from_message(event.host, event.message)
-            except ValueError as e:
-                raise SshdUnreachable(
-                    str(e), hint="run the same ml-launcher version on every host"
-                ) from None
-            peers[event.host] = peer
-            write_client(folder, list(peers.values()))
-            label = f"{world.host.name} ssh {peer.host}"
-            masters[peer.host] = sshd.Helper(label, queue.SimpleQueue(), scope)
-            threading.Thread(
-                target=check,
-                args=(events, folder, peer.host, masters[peer.host]),
-                kwargs={"deadline": deadline, "environ": environ},
-                daemon=True,
-                name=f"ssh-check-{peer.host}",
-            ).start()
-        elif isinstance(event, SshdChecked):
-            if not event.ok:
-                raise SshdUnreachable(
-                    f"cannot log in to {event.host} over ssh: {event.detail}",
-                    hint="the host's sshd answered but refused our per-job key or host key",
+        match event:
+            case RemoteAbort(reason=reason, exit_code=code):
+                raise JobAborted(reason, exit_code=code)
+            case PeerMessage(host=host, message=SshdReady() as report):
+                if host not in waiting or host in peers:
+                    continue
+                try:
+                    peer = sshd.peer_from_message(host, report)
+                except ValueError as e:
+                    raise SshdUnreachable(
+                        str(e), hint="run the same ml-launcher version on every host"
+                    ) from None
+                peers[host] = peer
+                write_client(folder, list(peers.values()))
+                label = f"{world.host.name} ssh {peer.host}"
+                argv = sshd.master_argv(folder / "ssh_config", peer.host)
+                # Its exit matters only to `check` (through `running`): a queue nobody reads.
+                masters[peer.host] = procs.Helper(
+                    label, argv, folder, environ, queue.SimpleQueue(), scope=scope
                 )
-            ready.add(event.host)
+                threading.Thread(
+                    target=check,
+                    args=(events, folder, peer.host, masters[peer.host]),
+                    kwargs={"deadline": deadline, "environ": environ},
+                    daemon=True,
+                    name=f"ssh-check-{peer.host}",
+                ).start()
+            case SshdChecked(host=host, ok=ok, detail=detail):
+                if not ok:
+                    raise SshdUnreachable(
+                        f"cannot log in to {host} over ssh: {detail}",
+                        hint="the host's sshd answered but refused our per-job key or host key",
+                    )
+                ready.add(host)
     log.info(
         "ssh to %d host(s) verified %.3f s after the plan", len(ready), time.monotonic() - started
     )
@@ -118,18 +125,23 @@ def check(
     events: Events,
     folder: Path,
     host: str,
-    master: sshd.Helper,
+    master: procs.Helper,
     *,
     deadline: float,
     environ: dict[str, str],
 ) -> None:
     """Bring up the master connection to `host` (retrying transient network errors until the
-    deadline), then log in over it once: the result goes to the events queue as `SshdChecked`."""
+    deadline), then log in over it once: the result goes to the events queue as `SshdChecked`,
+    also when ssh cannot be started at all or the master was closed meanwhile."""
     config = folder / "ssh_config"
     socket_path = sshd.control_path(folder, host)
     delay = 0.05
     while True:
-        master.start(sshd.master_argv(config, host), folder, environ)
+        try:
+            master.start()
+        except SpawnError as e:
+            events.put(SshdChecked(host, False, str(e)))
+            return
         if sshd.poll_until(socket_path.exists, deadline, alive=master.running):
             code, tail = sshd.check_login(config, host, environ, master.scope)
             detail = last_line(tail) or f"ssh exited with {code}"

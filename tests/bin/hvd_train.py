@@ -38,7 +38,7 @@ def main() -> None:
     for step in range(args.steps):
         opt.zero_grad()
         loss = torch.nn.functional.mse_loss(model(x), y)
-        loss.backward()
+        loss.backward()  # type: ignore[no-untyped-call]  # torch leaves Tensor.backward untyped
         opt.step()
         losses.append(float(hvd.allreduce(loss.detach(), name="loss")))
         if step == 0 and hvd.rank() == args.fail_rank:

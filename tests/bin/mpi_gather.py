@@ -66,7 +66,7 @@ def main() -> int:
     time.sleep(args.sleep)  # a long job, for the signal tests
     if comm.Get_rank() == args.fail_rank:
         print(f"rank {args.fail_rank} fails on purpose", file=sys.stderr, flush=True)
-        return args.code
+        return int(args.code)
     return 0
 
 

@@ -8,7 +8,9 @@ them die and reap them instead of leaving zombies behind. Every test that uses `
 gets `no_leaks` (tests/helpers/procwatch.py): anything it started that is still alive
 afterwards fails the test.
 
-Waiting is always a poll with a deadline (`wait_for`), never a fixed sleep.
+Waiting is always a poll with a deadline (tests/helpers/waiting.py; `Launched.wait_until` stops
+at once when the launcher exits first), never a fixed sleep. Trees come from
+tests/helpers/trees.py (`sm_tree` is its one-host form).
 """
 
 from __future__ import annotations
@@ -29,14 +31,15 @@ from typing import Any
 import psutil
 import pytest
 
+from tests.helpers import waiting
 from tests.helpers.procwatch import LeakWatch, no_leaks  # noqa: F401 - fixture re-export
+from tests.helpers.trees import TRAIN_CHANNEL, write_tree
 
 REPO = Path(__file__).resolve().parents[2]
 BIN = REPO / "tests" / "bin"
 PYTHON = sys.executable
 HOST = "testhost"  # LAUNCHER_HOST_NAME: ranks' output is prefixed "[testhost:R] "
 PR_SET_CHILD_SUBREAPER = 36
-POLL_S = 0.01
 
 
 def prog(name: str) -> str:
@@ -47,17 +50,11 @@ def prog(name: str) -> str:
 def wait_for(
     what: str, condition: Callable[[], bool], timeout: float, *, proc: Launched | None = None
 ) -> float:
-    """Poll `condition` until it holds; return the seconds it took. Fails the test at the
-    deadline, or at once when `proc` (the launcher) exits first, showing its stderr."""
-    start = time.monotonic()
-    while not condition():
-        if proc is not None and proc.popen.poll() is not None:
-            pytest.fail(f"launcher exited ({proc.popen.returncode}) before {what}:\n{proc.err}")
-        if time.monotonic() - start > timeout:
-            detail = f"\nlauncher stderr:\n{proc.err}" if proc is not None else ""
-            pytest.fail(f"timed out after {timeout} s waiting for {what}{detail}")
-        time.sleep(POLL_S)
-    return time.monotonic() - start
+    """`tests.helpers.waiting.wait_for` in the argument order older tests use (`what` first);
+    with `proc`, `proc.wait_until`. New tests call those directly."""
+    if proc is not None:
+        return proc.wait_until(condition, timeout, what)
+    return waiting.wait_for(condition, timeout, what)
 
 
 def gone(pid: int) -> bool:
@@ -125,12 +122,26 @@ class Launched:
     def send(self, sig: int) -> None:
         self.popen.send_signal(sig)
 
+    def exited(self) -> str | None:
+        """Once it has exited, "launcher exited (CODE)"; None while it runs (a `stop_if`)."""
+        code = self.popen.poll()
+        return None if code is None else f"launcher exited ({code})"
+
+    def wait_until(self, condition: Callable[[], object], timeout: float, what: str) -> float:
+        """`waiting.wait_for` that gives up as soon as this launcher exits; its stderr is shown
+        either way. Returns the seconds the wait took."""
+        return waiting.wait_for(
+            condition,
+            timeout,
+            what,
+            stop_if=self.exited,
+            describe=lambda: f"launcher stderr:\n{self.err}",
+        )
+
     def ready(self, n: int, timeout: float = 30.0) -> list[dict[str, Any]]:
         """Wait until ranks 0..n-1 announced themselves; return their announcements."""
         names = [self.ready_dir / f"rank-{r}.json" for r in range(n)]
-        wait_for(
-            f"{n} ranks to be ready", lambda: all(p.exists() for p in names), timeout, proc=self
-        )
+        self.wait_until(lambda: all(p.exists() for p in names), timeout, f"{n} ranks to be ready")
         return [json.loads(p.read_text()) for p in names]
 
     def stderr_lines(self) -> list[str]:
@@ -210,21 +221,8 @@ def sm_tree(base: Path, script: str, hyperparameters: Mapping[str, str] | None =
     """A one-host SageMaker tree at `base` whose entry point `train.py` is `script`.
 
     `hyperparameters` are written as SageMaker writes them (every value a JSON string);
-    `sagemaker_program` is added. Returns `base`, for `SAGEMAKER_BASE_DIR`.
+    `sagemaker_program` is added. One File-mode channel, `train`. Returns `base`, for
+    `SAGEMAKER_BASE_DIR`.
     """
-    config = base / "input" / "config"
-    config.mkdir(parents=True)
-    hps = {"sagemaker_program": json.dumps("train.py"), **(hyperparameters or {})}
-    (config / "hyperparameters.json").write_text(json.dumps(hps))
-    (config / "resourceconfig.json").write_text(
-        json.dumps({"current_host": "algo-1", "hosts": ["algo-1"]})
-    )
-    (config / "inputdataconfig.json").write_text(
-        json.dumps({"train": {"TrainingInputMode": "File"}})
-    )
-    (base / "input" / "data" / "train").mkdir(parents=True)
-    (base / "output" / "data").mkdir(parents=True)
-    (base / "model").mkdir()
-    (base / "code").mkdir()
-    (base / "code" / "train.py").write_text(script)
-    return base
+    hps = hyperparameters or {}
+    return write_tree(base, "algo-1", ["algo-1"], hps, script, channels=TRAIN_CHANNEL)

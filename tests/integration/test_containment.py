@@ -16,7 +16,8 @@ from typing import Any
 import pytest
 
 from launcher import containment
-from tests.integration.conftest import Launch, Launched, gone, prog, wait_for
+from tests.helpers.waiting import wait_for
+from tests.integration.conftest import Launch, Launched, gone, prog
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -33,9 +34,11 @@ def escapees(ranks: list[dict[str, Any]]) -> list[int]:
     return [r["session"] for r in ranks] + [r["daemon"] for r in ranks]
 
 
-def cgroups_left() -> list[str]:
+def cgroups_of(job: Launched) -> list[str]:
+    """The job cgroups this test's launcher made and left (named `launcher-<pid>-<hex>`): other
+    launchers on the same machine have their own, and are none of this test's business."""
     own = containment.own_cgroup_dir()
-    return [] if own is None else sorted(p.name for p in own.glob("launcher-*"))
+    return [] if own is None else sorted(p.name for p in own.glob(f"launcher-{job.pid}-*"))
 
 
 @pytest.mark.parametrize("mode", MODES)
@@ -43,13 +46,12 @@ def cgroups_left() -> list[str]:
 def test_escapees_die_with_a_job_that_ends(
     launch: Launch, mode: str, code: int, ignore: bool
 ) -> None:
-    before = cgroups_left()
     job = start(launch, mode, "--exit", str(code), *(["--ignore-term"] if ignore else []))
     assert job.wait() == code, job.err
     ranks = job.ready(2)
     left = [pid for pid in escapees(ranks) if not gone(pid)]
     assert not left, f"alive after the launcher exited: {left}"
-    assert cgroups_left() == before
+    assert cgroups_of(job) == []
 
 
 @pytest.mark.parametrize("mode", MODES)
@@ -66,14 +68,13 @@ def test_escapees_die_when_the_launcher_is_stopped(launch: Launch, mode: str) ->
 def test_escapees_die_when_the_launcher_is_killed(launch: Launch, mode: str) -> None:
     """The watchdog's work: the launcher (their subreaper) is gone, so the cgroup or the
     environment marker is what finds them."""
-    before = cgroups_left()
     job = start(launch, mode, "--ignore-term")
     ranks = job.ready(2)
     pids = [r["pid"] for r in ranks] + escapees(ranks)
     job.send(signal.SIGKILL)
     job.wait()
-    wait_for("every rank and escapee to be gone", lambda: all(map(gone, pids)), 5)
-    wait_for("the job's cgroup to be removed", lambda: cgroups_left() == before, 5)
+    wait_for(lambda: all(map(gone, pids)), 5, "every rank and escapee to be gone")
+    wait_for(lambda: cgroups_of(job) == [], 5, "the job's cgroup to be removed")
 
 
 def test_the_job_cgroup_holds_the_ranks(launch: Launch, tmp_path: Path) -> None:
@@ -84,7 +85,7 @@ def test_the_job_cgroup_holds_the_ranks(launch: Launch, tmp_path: Path) -> None:
     ranks = job.ready(2)
     members = {
         int(pid)
-        for path in own.glob("launcher-*/**/cgroup.procs")
+        for path in own.glob(f"launcher-{job.pid}-*/**/cgroup.procs")
         for pid in path.read_text().split()
     }
     assert set(escapees(ranks)) | {r["pid"] for r in ranks} <= members

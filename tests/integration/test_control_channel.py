@@ -30,15 +30,15 @@ from typing import Any
 
 import pytest
 
-from launcher.control import follower as rendezvous
+from launcher import net
 from launcher.control import leader as leader_mod
-from launcher.control import wire
-from launcher.control.connection import Message
+from launcher.control import messages, wire
 from launcher.control.follower import Follower, Peer
 from launcher.control.leader import Leader
 from launcher.control.meet import Interrupt, MeetRequest, MeetStopped, listen_address, meet
-from launcher.errors import JobAborted, PeersUnreachable, StopRequested
-from launcher.events import PeerMessage, RemoteAbort
+from launcher.control.messages import Hello, Plan, SshdReady
+from launcher.errors import JobAborted, LauncherError, PeersUnreachable, StopRequested, UsageError
+from launcher.events import Event, PeerMessage, RemoteAbort
 from launcher.local import cluster as local
 
 pytestmark = pytest.mark.timeout(60)
@@ -48,6 +48,14 @@ KEY = wire.job_key(TOKEN)
 HOSTS = ("algo-1", "algo-2", "algo-3")
 HEARTBEAT_S = 0.6
 WAIT_S = 10.0  # upper bound for anything that should happen promptly
+HOSTKEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIBPbDzvk0T8F7jAr6I2v3i1fm3rhdThbWWEFF1sqTkgZ"
+
+Raw = dict[str, Any]  # a frame's JSON object, as raw ends send and read them
+
+
+def plan_of(*hosts: str) -> Raw:
+    """A valid PLAN on the wire, one slot per host, for fake leaders."""
+    return messages.encode(Plan(tuple((h, 1) for h in hosts), 29500, "r1"))
 
 
 # --- fixtures and helpers -----------------------------------------------------------------------
@@ -150,8 +158,8 @@ class Job:
     def meet(self, deadline_s: float = WAIT_S) -> list[Peer]:
         """The leader's side: wait for the peers and announce a plan, as meet() does."""
         peers = self.leader.wait_for_peers(time.monotonic() + deadline_s, 1)
-        layout = [[p.host, p.slots] for p in peers]
-        self.leader.announce({"hosts": layout, "master_port": 29500, "run_id": "r1"})
+        layout = tuple((p.host, p.slots) for p in peers)
+        self.leader.announce(Plan(layout, 29500, "r1"))
         return peers
 
     def close(self) -> None:
@@ -207,7 +215,7 @@ class RawEnd:
         self.nonce = wire.new_nonce()
         self.reader = wire.FrameReader(key, self.nonce)
         self.writer: wire.FrameWriter | None = None
-        self.inbox: list[Message] = []
+        self.inbox: list[Raw] = []
         self.sent = bytearray()  # every byte this end sent, for replays
         self.raw_send(wire.challenge(self.nonce, key))
 
@@ -235,14 +243,14 @@ class RawEnd:
         while self.writer is None:
             assert self._read(), "the peer closed before its challenge"
 
-    def receive(self) -> list[Message]:
+    def receive(self) -> list[Raw]:
         """The messages read so far and at least one more; [] at EOF."""
         while not self.inbox and self._read():
             pass
         got, self.inbox = self.inbox, []
         return got
 
-    def send(self, message: Message) -> None:
+    def send(self, message: Raw) -> None:
         assert self.writer is not None, "open() first"
         self.raw_send(self.writer.encode(message))
 
@@ -362,7 +370,7 @@ def refused(sock: socket.socket) -> bool:
     return True
 
 
-def events(q: queue.SimpleQueue[object]) -> list[object]:
+def events(q: queue.SimpleQueue[Event]) -> list[Event]:
     out = []
     with contextlib.suppress(queue.Empty):
         while True:
@@ -370,7 +378,7 @@ def events(q: queue.SimpleQueue[object]) -> list[object]:
     return out
 
 
-def wait_event(q: queue.SimpleQueue[object], timeout: float = WAIT_S) -> object:
+def wait_event(q: queue.SimpleQueue[Event], timeout: float = WAIT_S) -> Event:
     return q.get(timeout=timeout)
 
 
@@ -401,8 +409,7 @@ def test_hosts_meet_get_one_plan_and_leave_together(job: Job, logs: Records) -> 
     results = job.joined()
     for host in ("algo-2", "algo-3"):
         plan, addr = results[host]
-        assert plan["hosts"] == [["algo-1", 1], ["algo-2", 2], ["algo-3", 4]]
-        assert (plan["master_port"], plan["run_id"], plan["v"]) == (29500, "r1", 2)
+        assert plan == Plan((("algo-1", 1), ("algo-2", 2), ("algo-3", 4)), 29500, "r1")
         assert addr in ("127.0.0.1", "::1")
     logs.wait_for("host algo-2 joined with 2 slot(s)")
     finish(job)
@@ -424,8 +431,8 @@ def test_followers_started_before_the_leader_retry_until_it_listens(
             retried.set()
         return real_resolve(host, port)
 
-    real_resolve = rendezvous.resolve
-    monkeypatch.setattr(rendezvous, "resolve", counting_resolve)
+    real_resolve = net.resolve
+    monkeypatch.setattr(net, "resolve", counting_resolve)
     leader = Leader(
         key=KEY,
         host="algo-1",
@@ -442,7 +449,7 @@ def test_followers_started_before_the_leader_retry_until_it_listens(
         assert leader.port == port
         job.meet()
         plan, _ = job.joined()["algo-2"]
-        assert plan["hosts"] == [["algo-1", 1], ["algo-2", 1]]
+        assert plan.hosts == (("algo-1", 1), ("algo-2", 1))
     finally:
         job.close()
 
@@ -578,7 +585,7 @@ def test_a_silent_leader_is_lost_by_its_followers() -> None:
         accepted.append(conn)
         end = RawEnd(conn)
         assert end.receive()[0]["type"] == "hello"
-        end.send({"type": "plan", "hosts": [], "master_port": 1})
+        end.send(plan_of("algo-1", "algo-2"))
 
     thread = threading.Thread(target=fake_leader, daemon=True)
     thread.start()
@@ -592,7 +599,7 @@ def test_a_silent_leader_is_lost_by_its_followers() -> None:
     )
     try:
         plan, _ = member.join(time.monotonic() + WAIT_S, 1)
-        assert plan["type"] == "plan"
+        assert plan.hosts == (("algo-1", 1), ("algo-2", 1))
         start = time.monotonic()
         event = wait_event(member.events)
         assert isinstance(event, RemoteAbort)
@@ -609,7 +616,7 @@ def test_a_connection_dropped_before_the_plan_is_retried_not_fatal(logs: Records
     """A leader that drops a follower before the plan (flooded, restarting) costs a retry."""
     server = socket.create_server(("127.0.0.1", 0))
     port = server.getsockname()[1]
-    hellos: list[Message] = []
+    hellos: list[Raw] = []
 
     def fake_leader() -> None:
         for attempt in range(2):
@@ -618,7 +625,7 @@ def test_a_connection_dropped_before_the_plan_is_retried_not_fatal(logs: Records
                 end = RawEnd(conn)
                 hellos.extend(end.receive())
                 if attempt == 1:
-                    end.send({"type": "plan", "hosts": [["algo-1", 1]]})
+                    end.send(plan_of("algo-1"))
                     while end.receive():  # until the follower closes
                         pass
 
@@ -638,7 +645,7 @@ def test_a_connection_dropped_before_the_plan_is_retried_not_fatal(logs: Records
         member.close()
         thread.join(WAIT_S)
         server.close()
-    assert plan["hosts"] == [["algo-1", 1]]
+    assert plan.hosts == (("algo-1", 1),)
     assert [h["host"] for h in hellos] == ["algo-2", "algo-2"]
     assert not member.decision.decided and not events(member.events)
     logs.wait_for("lost the leader 127.0.0.1 before the plan", "reconnecting")
@@ -655,6 +662,107 @@ def test_a_host_that_leaves_before_the_plan_may_come_back(job: Job, logs: Record
     assert all(isinstance(r, tuple) for r in job.joined().values())
     finish(job)
     assert not events(job.leader.events)
+
+
+# --- messages that are not the protocol's (issue 13) -------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        {"type": "failed", "code": "7", "reason": "boom"},  # before: exit 1 for everyone
+        {"type": "failed", "code": 0, "reason": "boom"},  # before: a "failure" with code 0
+        {"type": "sshd", "addr": "10.0.0.3", "port": 22},  # no hostkey
+        {"type": "plan", "hosts": [["algo-1", 1]], "master_port": 1, "run_id": "r"},
+        {"type": "nonsense"},  # before: handed to the backend as a PeerMessage
+    ],
+    ids=["code a string", "code 0", "sshd without hostkey", "a plan", "unknown type"],
+)
+def test_a_joined_hosts_bad_message_loses_only_its_own_connection(
+    job: Job, logs: Records, bad: Raw
+) -> None:
+    job.join("algo-2")
+    end = RawEnd.connect(job.port)
+    end.send(messages.encode(Hello("algo-3", 1)))
+    logs.wait_for("host algo-3 joined")
+    end.send(bad)
+    assert refused(end.sock)
+    logs.wait_for("host algo-3 left before the job started (protocol error: ")
+    job.join("algo-3")
+    job.meet()
+    assert all(isinstance(r, tuple) for r in job.joined().values())
+    finish(job)
+    assert not events(job.leader.events)  # nothing of it reached the job
+
+
+def test_a_bad_plan_costs_the_follower_a_reconnect_not_a_crash(logs: Records) -> None:
+    """A PLAN whose hosts are not [host, slots] pairs is refused like any protocol error:
+    before, `join` returned it and `meet` failed with a traceback on `plan["hosts"]`."""
+    server = socket.create_server(("127.0.0.1", 0))
+
+    def fake_leader() -> None:
+        bad = {"type": "plan", "hosts": "algo-1,algo-2", "master_port": 29500, "run_id": "r1"}
+        for plan in (bad, plan_of("algo-1", "algo-2")):
+            conn, _ = server.accept()
+            with conn, contextlib.suppress(OSError):
+                end = RawEnd(conn)
+                end.receive()  # the HELLO
+                end.send(plan)
+                while end.receive():  # until the follower closes
+                    pass
+
+    thread = threading.Thread(target=fake_leader, daemon=True)
+    thread.start()
+    member = Follower(
+        key=KEY,
+        host="algo-2",
+        heartbeat_timeout_s=HEARTBEAT_S,
+        events=queue.SimpleQueue(),
+        leader="127.0.0.1",
+        port=int(server.getsockname()[1]),
+    )
+    try:
+        plan, _ = member.join(time.monotonic() + WAIT_S, 1)
+    finally:
+        member.close()
+        thread.join(WAIT_S)
+        server.close()
+    assert plan == Plan((("algo-1", 1), ("algo-2", 1)), 29500, "r1")
+    logs.wait_for("lost the leader 127.0.0.1 before the plan", "'plan' message: bad hosts")
+    assert not member.decision.decided
+
+
+def test_a_plan_without_this_host_fails_meet_with_one_line(logs: Records) -> None:
+    """Before: ValueError out of `list.index` (a traceback)."""
+    server = socket.create_server(("127.0.0.1", 0))
+
+    def fake_leader() -> None:
+        conn, _ = server.accept()
+        with conn, contextlib.suppress(OSError):
+            end = RawEnd(conn)
+            end.receive()
+            end.send(plan_of("algo-1", "algo-3"))
+            while end.receive():
+                pass
+
+    thread = threading.Thread(target=fake_leader, daemon=True)
+    thread.start()
+    try:
+        request = meet_request("algo-2", HOSTS, int(server.getsockname()[1]))
+        with pytest.raises(LauncherError, match="does not name this host algo-2") as error:
+            meet(request, queue.SimpleQueue(), 29500)
+    finally:
+        thread.join(WAIT_S)
+        server.close()
+    assert "algo-1, algo-3" in str(error.value)
+
+
+def test_a_host_name_the_channel_cannot_carry_is_a_usage_error() -> None:
+    hosts = ("algo-1", "a" * 254)
+    request = meet_request("algo-1", hosts, free_tcp_port(), peer_timeout_s=1.0)
+    with pytest.raises(UsageError, match="cannot be one of a multi-host job's hosts") as error:
+        meet(request, queue.SimpleQueue(), 29500)
+    assert error.value.exit_code == 2
 
 
 # --- rogue clients --------------------------------------------------------------------------------
@@ -678,7 +786,7 @@ def oversized(port: int) -> socket.socket:
     return sock
 
 
-def saying(message: Message) -> Rogue:
+def saying(message: Raw) -> Rogue:
     """A rogue that holds the job key and sends `message` first."""
 
     def make(port: int) -> socket.socket:
@@ -710,7 +818,21 @@ ROGUES: dict[str, tuple[Rogue, str]] = {
     "oversized frame": (oversized, f"frame length {wire.MAX_FRAME + 1} outside"),
     "unknown host": (saying({"type": "hello", "host": "algo-9", "slots": 1}), "not a host"),
     "bad slot count": (saying({"type": "hello", "host": "algo-3", "slots": True}), "bad slot"),
-    "message before hello": (saying({"type": "failed", "code": 1}), "'failed' before hello"),
+    "message before hello": (
+        saying({"type": "failed", "code": 1, "reason": "x"}),
+        "'failed' before hello",
+    ),
+    # Issue 13: every field is checked, not only those the leader reads.
+    "a hello with a field of its own": (
+        saying({"type": "hello", "host": "algo-3", "slots": 1, "admin": True}),
+        "'hello' message with unknown field(s) 'admin'",
+    ),
+    "an unknown message": (saying({"type": "shutdown"}), "unknown message type 'shutdown'"),
+    # A second challenge would re-bind what the leader sends: it is no message.
+    "a second challenge": (
+        saying({"type": "challenge", "nonce": "a" * 32}),
+        "unknown message type 'challenge'",
+    ),
     "the leader's own name": (
         saying({"type": "hello", "host": "algo-1", "slots": 1}),
         "not a host of this job",
@@ -925,7 +1047,7 @@ def test_a_leaders_frames_replayed_to_a_follower_are_refused(job: Job, logs: Rec
         member.close()
         server.close()
         thread.join(WAIT_S)
-    assert member.plan == {}
+    assert member.plan is None
     logs.wait_for("lost the leader 127.0.0.1 before the plan", "bound to another connection")
 
 
@@ -967,15 +1089,19 @@ def test_a_10_mb_root_cause_from_the_leader_reaches_every_follower_clipped(job: 
 def test_a_message_too_large_for_a_frame_is_dropped_not_the_connection(
     job: Job, logs: Records
 ) -> None:
+    """Every field of every message is bounded but a plan's host list: a plan for a few
+    thousand hosts of 250-character names exceeds a frame. It is dropped with an error line;
+    the connections live on (a backend message and the exit barrier still get through)."""
     job.join("algo-2")
     job.join("algo-3")
     job.meet()
     job.joined()
-    assert job.followers["algo-2"].send({"type": "sshd", "blob": "x" * wire.MAX_FRAME}) is False
-    logs.wait_for("control message 'sshd' to localhost not sent", "exceeds")
-    assert job.followers["algo-2"].send({"type": "sshd", "blob": "small"}) is True
-    event = wait_event(job.leader.events)
-    assert isinstance(event, PeerMessage) and event.message["blob"] == "small"
+    huge = Plan(tuple((f"h{i:0250d}", 1) for i in range(4500)), 29500, "r1")
+    job.leader.announce(huge)
+    logs.wait_for("control message 'plan' to algo-2 not sent", "exceeds")
+    report = SshdReady("10.0.0.2", 2222, HOSTKEY)
+    assert job.followers["algo-2"].send(report) is True
+    assert wait_event(job.leader.events) == PeerMessage("algo-2", report)
     finish(job)
 
 
@@ -1317,13 +1443,13 @@ def test_a_follower_stopped_before_it_reached_the_leader_just_leaves(
     interrupt = Interrupt()
     done: list[BaseException] = []
     attempts: list[str] = []
-    real_resolve = rendezvous.resolve
+    real_resolve = net.resolve
 
     def counting_resolve(host: str, port: int) -> list[tuple[int, tuple[str, int]]]:
         attempts.append(host)
         return real_resolve(host, port)
 
-    monkeypatch.setattr(rendezvous, "resolve", counting_resolve)
+    monkeypatch.setattr(net, "resolve", counting_resolve)
 
     def follow() -> None:
         try:
@@ -1379,7 +1505,7 @@ def local_job(tmp_path: Path, no_leaks: object) -> dict[int, dict[str, Any]]:
     (code / "inspect_rank.py").write_text(INSPECT)
     shared = tmp_path / "shared"
     shared.mkdir()
-    argv = [LAUNCHER, "local", "--hosts", "2", "--procs-per-host", "1"]
+    argv = [LAUNCHER, "local", "--hosts", "2", "--nproc-per-host", "1"]
     argv += ["--job-dir", str(tmp_path / "jobs"), str(code / "inspect_rank.py")]
     argv += ["--dir", str(shared)]
     env = {k: v for k, v in os.environ.items() if k != "LAUNCHER_JOB_TOKEN"}

@@ -92,7 +92,7 @@ def run_local(tmp_path: Path, hosts: int, procs: int, *hps: str, timeout: float 
         "local",
         "--hosts",
         str(hosts),
-        "--procs-per-host",
+        "--nproc-per-host",
         str(procs),
         "--grace-period",
         "5",

@@ -7,14 +7,14 @@ output/failure naming the signal, and exits 128+N, with no traceback.
 
 from __future__ import annotations
 
-import json
 import signal
 import socket
 from pathlib import Path
 
 import pytest
 
-from tests.integration.conftest import PYTHON, Launch, gone, sm_tree, wait_for
+from tests.helpers.trees import TRAIN_CHANNEL, write_tree
+from tests.integration.conftest import PYTHON, Launch, gone, sm_tree
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -47,7 +47,7 @@ def test_a_stop_while_requirements_install(launch: Launch, tmp_path: Path, sig: 
             "PIP_NO_INDEX": "1",
         },
     )
-    wait_for("pip to run the package's build", ready.exists, 60, proc=job)
+    job.wait_until(ready.exists, 60, "pip to run the package's build")
     build = int(ready.read_text())
     job.send(sig)
     assert job.wait(15) == 128 + sig, job.err
@@ -59,10 +59,9 @@ def test_a_stop_while_requirements_install(launch: Launch, tmp_path: Path, sig: 
 
 
 def two_host_tree(base: Path, current: str) -> Path:
-    sm_tree(base, "print('never runs')\n", {"sagemaker_torch_distributed_enabled": "true"})
-    config = base / "input" / "config" / "resourceconfig.json"
-    config.write_text(json.dumps({"current_host": current, "hosts": ["algo-1", "algo-2"]}))
-    return base
+    hps = {"sagemaker_torch_distributed_enabled": "true"}
+    hosts = ["algo-1", "algo-2"]
+    return write_tree(base, current, hosts, hps, "print('never runs')\n", channels=TRAIN_CHANNEL)
 
 
 @pytest.mark.parametrize("current", ["algo-1", "algo-2"])
@@ -84,7 +83,7 @@ def test_a_stop_while_the_hosts_meet(launch: Launch, tmp_path: Path, current: st
         },
     )
     waiting = "leading 2 hosts" if leads else "waiting for the leader"
-    wait_for("the launcher to wait for its peers", lambda: waiting in job.err, 30, proc=job)
+    job.wait_until(lambda: waiting in job.err, 30, "the launcher to wait for its peers")
     job.send(signal.SIGTERM)
     assert job.wait(10) == 128 + signal.SIGTERM, job.err
     failure = (base / "output" / "failure").read_text()

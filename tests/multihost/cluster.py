@@ -26,7 +26,6 @@ import shutil
 import signal
 import subprocess
 import tempfile
-import time
 from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,6 +35,7 @@ from typing import IO, Any
 import psutil
 
 from tests.helpers.procwatch import is_alive, pids_with_env, signal_all, wait_gone
+from tests.helpers.waiting import poll_until
 
 ID_VAR = "MLT_CLUSTER_ID"
 NETNS_ETC = Path("/etc/netns")
@@ -44,7 +44,6 @@ _NAME_RE = re.compile(r"^mlt-(\d+)-(\d+)-(sw|h\d+)$")
 _HOSTNAME_RE = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
 # Sets the UTS hostname from $1, then execs the real argv: nothing is pasted into the script.
 _IN_HOST_SH = 'hostname "$1" && shift && exec "$@"'
-_POLL_S = 0.01
 
 
 class ClusterError(RuntimeError):
@@ -378,12 +377,13 @@ class Cluster:
                 stdout=log_f,
                 stderr=subprocess.STDOUT,
             )
-        deadline = time.monotonic() + timeout
-        while not (pidfile.exists() and pidfile.read_text().strip()):
-            if proc.poll() is not None or time.monotonic() > deadline:
-                _killpg(proc)
-                raise ClusterError(f"sshd on {host.name} did not start: {log.read_text()!r}")
-            time.sleep(_POLL_S)
+
+        def written() -> bool:
+            return pidfile.exists() and bool(pidfile.read_text().strip())
+
+        if not poll_until(written, timeout, stop_if=lambda: proc.poll() is not None):
+            _killpg(proc)
+            raise ClusterError(f"sshd on {host.name} did not start: {log.read_text()!r}")
         self._sshd[host.name] = proc
         return proc
 

@@ -25,6 +25,8 @@ from typing import Any
 
 import pytest
 
+from tests.helpers.trees import cluster_resources, encode_hps, write_trees
+from tests.helpers.waiting import poll_until, wait_for
 from tests.multihost.cluster import Cluster, netns_key, pids_in_netns
 from tests.multihost.conftest import ClusterFactory
 
@@ -71,38 +73,18 @@ class Job:
 
 
 def make_trees(
-    root: Path,
-    cluster: Cluster,
-    program: str,
-    hps: Mapping[str, Any],
-    env_per_host: Mapping[str, Mapping[str, str]] | None = None,
+    root: Path, cluster: Cluster, program: str, hps: Mapping[str, Any]
 ) -> dict[str, Path]:
-    """One SageMaker tree per host, the program copied into each code/ directory."""
+    """One SageMaker tree per host at `root/<host>`, tests/bin/`program` copied into each code/.
+
+    No instance_groups: every host is a distribution host even without a distribution flag
+    (the horovod backend is chosen by LAUNCHER_BACKEND alone).
+    """
     hosts = [h.name for h in cluster.hosts]
-    trees = {}
-    for host in hosts:
-        base = root / host
-        config = base / "input" / "config"
-        config.mkdir(parents=True)
-        for sub in ("model", "output", "code", "input/data"):
-            (base / sub).mkdir(parents=True, exist_ok=True)
-        shutil.copy(BIN / program, base / "code" / program)
-        hyperparameters = {k: json.dumps(v) for k, v in hps.items()}
-        hyperparameters["sagemaker_program"] = json.dumps(program)
-        (config / "hyperparameters.json").write_text(json.dumps(hyperparameters))
-        resources = {
-            "current_host": host,
-            "hosts": hosts,
-            "current_group_name": "homogeneousCluster",
-            "current_instance_type": "ml.c5.xlarge",
-            # No instance_groups: every host is a distribution host even without a
-            # distribution flag (the horovod backend is chosen by LAUNCHER_BACKEND alone).
-            "network_interface_name": "eth0",
-        }
-        (config / "resourceconfig.json").write_text(json.dumps(resources))
-        (config / "inputdataconfig.json").write_text("{}")
-        trees[host] = base
-    return trees
+    resources = cluster_resources(hosts, instance_groups=False)
+    return write_trees(
+        root, hosts, encode_hps(hps), BIN / program, entry=program, resources=resources
+    )
 
 
 def start_job(
@@ -176,23 +158,34 @@ def private_folders(job: Job) -> list[tuple[str, Path]]:
     ]
 
 
+def left_in(cluster: Cluster) -> dict[str, set[int]]:
+    """The processes still running in each host namespace, by host (hosts with none left out)."""
+    keys = {h.name: netns_key(h.netns) for h in cluster.hosts}
+    left = {h: pids_in_netns({k}) for h, k in keys.items() if k is not None}
+    return {h: pids for h, pids in left.items() if pids}
+
+
 def assert_nothing_left(cluster: Cluster, job: Job, deadline_s: float = 5.0) -> None:
     """No process may be left in any host namespace once every `train` has exited (sshd, its
     sessions, orted and ranks included): poll briefly, since a killed sshd may take a moment."""
-    deadline = time.monotonic() + deadline_s
-    while True:
-        keys = {h.name: netns_key(h.netns) for h in cluster.hosts}
-        left = {h: pids_in_netns({k}) for h, k in keys.items() if k is not None}
-        left = {h: pids for h, pids in left.items() if pids}
-        if not left:
-            return
-        if time.monotonic() > deadline:
-            names = {
-                h: [Path(f"/proc/{p}/cmdline").read_bytes().replace(b"\0", b" ")[:120] for p in ps]
-                for h, ps in left.items()
-            }
-            raise AssertionError(f"processes left after the job: {names}\n{job.outputs}")
-        time.sleep(0.05)
+    if poll_until(lambda: not left_in(cluster), deadline_s, poll_s=0.05):
+        return
+    names = {
+        h: [Path(f"/proc/{p}/cmdline").read_bytes().replace(b"\0", b" ")[:120] for p in ps]
+        for h, ps in left_in(cluster).items()
+    }
+    raise AssertionError(f"processes left after the job: {names}\n{job.outputs}")
+
+
+def ranks_running(job: Job, out: Path) -> None:
+    """Wait until rank 0 wrote the gather (every rank is then running) while every `train`
+    runs."""
+
+    def exited() -> str | None:
+        codes = {h: p.poll() for h, p in job.procs.items()}
+        return f"train exited early {codes}" if any(c is not None for c in codes.values()) else None
+
+    wait_for(out.exists, 60, "every rank to run", stop_if=exited)
 
 
 def show(job: Job) -> str:
@@ -316,10 +309,7 @@ def test_mpi_sigterm_to_a_follower_stops_the_job_on_every_host(
     hps = {"sagemaker_mpi_enabled": True, "out": str(out), "sleep": 60}
     trees = make_trees(tmp_path / "trees", cluster, "mpi_gather.py", hps)
     job = start_job(cluster, trees)
-    deadline = time.monotonic() + 60
-    while not out.exists():  # every rank is running once rank 0 wrote the gather
-        assert time.monotonic() < deadline and all(p.poll() is None for p in job.procs.values())
-        time.sleep(0.05)
+    ranks_running(job, out)
     began = time.monotonic()
     job.procs["algo-2"].send_signal(signal.SIGTERM)  # the follower's `train` itself
     finish_job(job, timeout=30)
@@ -339,10 +329,7 @@ def test_mpi_leader_killed_leaves_nothing_running(
     hps = {"sagemaker_mpi_enabled": True, "out": str(out), "sleep": 60}
     trees = make_trees(tmp_path / "trees", cluster, "mpi_gather.py", hps)
     job = start_job(cluster, trees, env={"LAUNCHER_HEARTBEAT_TIMEOUT": "2"})
-    deadline = time.monotonic() + 60
-    while not out.exists():
-        assert time.monotonic() < deadline and all(p.poll() is None for p in job.procs.values())
-        time.sleep(0.05)
+    ranks_running(job, out)
     job.procs["algo-1"].send_signal(signal.SIGKILL)  # no teardown of its own at all
     # The watchdog stops mpirun and the ssh masters, Open MPI's lifeline ends orted and the
     # ranks, the follower sees its leader gone and stops sshd: finish_job checks that nothing

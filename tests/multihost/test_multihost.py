@@ -18,13 +18,15 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Mapping
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import psutil
 import pytest
 
+from tests.helpers.trees import cluster_resources, encode_hps, write_tree
+from tests.helpers.waiting import poll_until, wait_for
 from tests.multihost.cluster import Cluster, Host, netns_key, pids_in_netns
 from tests.multihost.conftest import ClusterFactory
 
@@ -69,30 +71,35 @@ def everyone_ready():
 
 
 if args.mode == "train":
+    import gc
     import torch
     import torch.distributed as dist
     from torch import nn
 
+    def train():
+        torch.manual_seed(0)
+        model = nn.parallel.DistributedDataParallel(nn.Linear(8, 1))
+        opt = torch.optim.SGD(model.parameters(), lr=0.05)
+        data = torch.Generator().manual_seed(rank)
+        for _ in range(args.steps):
+            x = torch.randn(64, 8, generator=data)
+            loss = ((model(x) - x.sum(1, keepdim=True)) ** 2).mean()
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+        if rank == 0:
+            torch.save(model.module.state_dict(), Path(os.environ["SM_MODEL_DIR"]) / "model.pt")
+        return [round(v, 6) for v in model.module.weight.flatten().tolist()]
+
     dist.init_process_group("gloo")
-    torch.manual_seed(0)
-    model = nn.parallel.DistributedDataParallel(nn.Linear(8, 1))
-    opt = torch.optim.SGD(model.parameters(), lr=0.05)
-    data = torch.Generator().manual_seed(rank)
-    for _ in range(args.steps):
-        x = torch.randn(64, 8, generator=data)
-        loss = ((model(x) - x.sum(1, keepdim=True)) ** 2).mean()
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-    weights = [round(v, 6) for v in model.module.weight.flatten().tolist()]
+    weights = train()
     print("RESULT " + json.dumps({**me, "weights": weights}), flush=True)
-    if rank == 0:
-        torch.save(model.module.state_dict(), Path(os.environ["SM_MODEL_DIR"]) / "model.pt")
-    # DDP holds the process group: drop it first, so that destroying the group joins gloo's
-    # worker threads now. Left to interpreter exit, a worker that still owns a finished work
-    # object can need the GIL while Python finalizes, and torch aborts the rank (SIGABRT,
+    # Everything that holds the process group (DDP, its reducer, the last loss's autograd graph
+    # through the parameters' hooks) is released first, so that destroying the group joins
+    # gloo's worker threads now. Left to interpreter exit, a worker that still owns a finished
+    # work object can need the GIL while Python finalizes, and torch aborts the rank (SIGABRT,
     # "terminate called without an active exception"; docs/troubleshooting.md).
-    del model, opt
+    gc.collect()
     dist.destroy_process_group()
 elif args.mode == "fail" and host == args.fail_host:
     everyone_ready()
@@ -100,41 +107,6 @@ elif args.mode == "fail" and host == args.fail_host:
 elif args.mode in ("hold", "fail"):
     time.sleep(120)  # the launchers must stop this long before
 """
-
-
-def write_tree(
-    root: Path, host: str, hosts: list[str], hps: Mapping[str, str], program: str = PROGRAM
-) -> Path:
-    """A SageMaker container tree for `host` (sagemaker-contract: input/config, code, model).
-
-    Torch distribution is enabled, the interface is eth0, `program` becomes code/prog.py and
-    `hps` its hyperparameters. Also used by bench/bench_multihost.py.
-    """
-    tree = root / host
-    config = tree / "input" / "config"
-    config.mkdir(parents=True)
-    for sub in ("code", "model", "output/data", "input/data"):
-        (tree / sub).mkdir(parents=True, exist_ok=True)
-    (tree / "code" / "prog.py").write_text(program)
-    group = {"instance_group_name": "homogeneousCluster", "instance_type": "ml.c5.xlarge"}
-    resources = {
-        "current_host": host,
-        "hosts": hosts,
-        "current_group_name": "homogeneousCluster",
-        "current_instance_type": "ml.c5.xlarge",
-        "instance_groups": [{**group, "hosts": hosts}],
-        "network_interface_name": "eth0",
-    }
-    params = {
-        "sagemaker_program": json.dumps("prog.py"),
-        "sagemaker_job_name": json.dumps(f"multihost-{root.name}"),
-        "sagemaker_torch_distributed_enabled": "true",
-        **{k: json.dumps(v) for k, v in hps.items()},
-    }
-    (config / "resourceconfig.json").write_text(json.dumps(resources))
-    (config / "hyperparameters.json").write_text(json.dumps(params))
-    (config / "inputdataconfig.json").write_text("{}")
-    return tree
 
 
 @dataclass
@@ -164,13 +136,27 @@ class Job:
         self.root = root
         self.shared = root / "shared"
         self.shared.mkdir()
-        self.hps = {"dir": str(self.shared), **hps}
         self.names = [h.name for h in cluster.hosts]
+        # Torch distribution on every host; the rank program's arguments as SageMaker encodes
+        # them (`--dir <shared> --mode ...`).
+        self.hps = {
+            "sagemaker_job_name": json.dumps(f"multihost-{root.name}"),
+            "sagemaker_torch_distributed_enabled": "true",
+            **encode_hps({"dir": str(self.shared), **hps}),
+        }
         self.launchers: dict[str, Launcher] = {}
 
     def start(self, name: str, **env: str) -> Launcher:
         host = self.cluster.host(name)
-        tree = write_tree(self.root / "trees", name, self.names, self.hps)
+        tree = write_tree(
+            self.root / "trees" / name,
+            name,
+            self.names,
+            self.hps,
+            PROGRAM,
+            entry="prog.py",
+            resources=cluster_resources(self.names),
+        )
         log = self.root / f"{name}.log"
         full_env = {
             "SAGEMAKER_BASE_DIR": str(tree),
@@ -188,14 +174,25 @@ class Job:
         for name in self.names:
             self.start(name, **env)
 
+    def exited_early(self) -> str | None:
+        """The first launcher that has exited, as "NAME exited (CODE)"; None while all run."""
+        for name, launcher in self.launchers.items():
+            if (code := launcher.proc.poll()) is not None:
+                return f"{name} exited ({code})"
+        return None
+
+    def wait_until(self, condition: Callable[[], object], timeout: float, what: str) -> None:
+        """Poll `condition` while every launcher runs; fail with their output at the deadline
+        or as soon as one of them exits."""
+        wait_for(condition, timeout, what, stop_if=self.exited_early, describe=self.output)
+
     def wait_ready(self, ranks: int = 3, timeout: float = 30) -> float:
         """Poll until `ranks` ranks have started; the time it happened."""
-        deadline = time.monotonic() + timeout
-        while len(list(self.shared.glob("ready-*"))) < ranks:
-            assert time.monotonic() < deadline, self.report("ranks did not all start")
-            for name, launcher in self.launchers.items():
-                assert launcher.proc.poll() is None, self.report(f"{name} exited early")
-            time.sleep(0.02)
+        self.wait_until(
+            lambda: len(list(self.shared.glob("ready-*"))) >= ranks,
+            timeout,
+            f"{ranks} ranks to start",
+        )
         return time.monotonic()
 
     def ranks(self) -> dict[int, dict[str, object]]:
@@ -207,38 +204,47 @@ class Job:
 
     def wait_exits(self, timeout: float) -> dict[str, int]:
         """Wait for every launcher to exit by itself; their exit codes (and exit times)."""
-        deadline = time.monotonic() + timeout
         codes: dict[str, int] = {}
-        while len(codes) < len(self.launchers):
+
+        def all_exited() -> bool:
             for name, launcher in self.launchers.items():
                 if name not in codes and (code := launcher.proc.poll()) is not None:
                     codes[name] = code
                     launcher.exited_at = time.monotonic()
-            assert time.monotonic() < deadline, self.report(f"only {sorted(codes)} exited")
-            time.sleep(0.01)
+            return len(codes) == len(self.launchers)
+
+        wait_for(
+            all_exited,
+            timeout,
+            "every launcher to exit",
+            describe=lambda: self.report(f"only {sorted(codes)} exited"),
+        )
         return codes
 
     def assert_nothing_left(self, timeout: float = 10) -> None:
         """No process of the job survives in any host namespace (ranks, watchdogs, launchers)."""
         keys = {k for h in self.cluster.hosts if (k := netns_key(h.netns))}
         assert len(keys) == len(self.cluster.hosts)
-        deadline = time.monotonic() + timeout
-        while left := pids_in_netns(keys):
-            if time.monotonic() >= deadline:
-                described = []
-                for pid in left:
-                    try:
-                        described.append(f"{pid}: {' '.join(psutil.Process(pid).cmdline())}")
-                    except psutil.Error:
-                        continue
-                raise AssertionError(f"processes left in the namespaces: {described}")
-            time.sleep(0.02)
+        if poll_until(lambda: not pids_in_netns(keys), timeout):
+            return
+        described = []
+        for pid in pids_in_netns(keys):
+            try:
+                described.append(f"{pid}: {' '.join(psutil.Process(pid).cmdline())}")
+            except psutil.Error:
+                continue
+        raise AssertionError(f"processes left in the namespaces: {described}")
 
     def report(self, what: str) -> str:
-        parts = [what]
-        for name, launcher in self.launchers.items():
-            parts.append(f"--- {name} (rc {launcher.proc.poll()}):\n{launcher.output()[-3000:]}")
-        return "\n".join(parts)
+        """`what`, then the end of every launcher's output."""
+        return "\n".join([what, self.output()])
+
+    def output(self) -> str:
+        """The last 3000 characters of each launcher's output, with its exit code."""
+        return "\n".join(
+            f"--- {name} (rc {launcher.proc.poll()}):\n{launcher.output()[-3000:]}"
+            for name, launcher in self.launchers.items()
+        )
 
 
 def first_line(text: str) -> str:
@@ -439,11 +445,7 @@ def test_a_launcher_stopped_while_the_hosts_meet_stops_every_host_at_once(
     job.start("algo-1")
     job.start("algo-2")
     leader = job.launchers["algo-1"]
-    deadline = time.monotonic() + 30
-    while "host algo-2 joined" not in leader.output():
-        assert time.monotonic() < deadline, job.report("algo-2 never joined")
-        assert all(launcher.proc.poll() is None for launcher in job.launchers.values())
-        time.sleep(0.05)
+    job.wait_until(lambda: "host algo-2 joined" in leader.output(), 30, "algo-2 to join")
     sent = time.monotonic()
     job.launchers[stopped].proc.send_signal(signal.SIGTERM)
     codes = job.wait_exits(15)

@@ -11,12 +11,12 @@ from __future__ import annotations
 import json
 import signal
 import subprocess
-import time
 from pathlib import Path
 
 import pytest
 
 from tests.helpers.procwatch import LeakWatch
+from tests.helpers.waiting import wait_for
 from tests.oracle import harness
 from tests.oracle.trees import TREES, Tree, build
 
@@ -24,6 +24,12 @@ pytestmark = [pytest.mark.oracle, pytest.mark.timeout(120)]
 
 PROGRAM = {"sagemaker_program": '"train.py"', "epochs": "2"}
 PLAIN = Tree("plain", PROGRAM)
+
+
+def exited(proc: subprocess.Popen[bytes]) -> str | None:
+    """Once `proc` has exited, "train exited (CODE)"; None while it runs (a `stop_if`)."""
+    code = proc.poll()
+    return None if code is None else f"train exited ({code})"
 
 
 def failure_text(workdir: Path) -> str:
@@ -226,10 +232,8 @@ def test_sigterm_reaches_the_user_program(
         our_train, env=env, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE
     )
     try:
-        deadline = time.monotonic() + 30
-        while not dump.exists() and proc.poll() is None and time.monotonic() < deadline:
-            time.sleep(0.02)  # poll with a deadline: the dump appears once the handler is set
-        assert dump.exists(), "the user program never started"
+        # The dump appears once the program's SIGTERM handler is set.
+        wait_for(dump.exists, 30, "the user program to start", stop_if=lambda: exited(proc))
         proc.send_signal(signal.SIGTERM)
         _, stderr = proc.communicate(timeout=30)
     finally:

@@ -23,6 +23,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from tests.helpers.trees import write_config
+
 REPO = Path(__file__).resolve().parents[2]
 DUMP_SCRIPT = REPO / "tests" / "bin" / "dump_env.py"
 
@@ -105,17 +107,18 @@ class Tree:
 
 
 def build(tree: Tree, base: Path) -> None:
-    """Write `tree` at `base` (which must not exist yet)."""
-    config_dir = base / "input" / "config"
-    config_dir.mkdir(parents=True)
+    """Write `tree` at `base` (which must not exist yet).
+
+    The config files and their folders come from tests/helpers/trees.py (`write_config`, which
+    keeps non-ASCII characters as they are); the code source is laid out here.
+    """
     hps = {k: _subst(v, base) for k, v in tree.hyperparameters.items()}
-    _write_json(config_dir / "hyperparameters.json", hps)
-    _write_json(config_dir / "resourceconfig.json", tree.resourceconfig)
-    _write_json(config_dir / "inputdataconfig.json", tree.inputdataconfig)
-    for channel in tree.inputdataconfig:
-        (base / "input" / "data" / channel).mkdir(parents=True, exist_ok=True)
-    (base / "output" / "data").mkdir(parents=True)
-    (base / "model").mkdir()
+    write_config(
+        base,
+        hyperparameters=hps,
+        resourceconfig=tree.resourceconfig,
+        inputdataconfig=tree.inputdataconfig,
+    )
     source = {
         "code": base / "code",
         "dir": base / "submit",
@@ -153,10 +156,6 @@ def _populate(tree: Tree, source: Path, *, only_program: bool) -> None:
 
 def _subst(value: Any, base: Path) -> Any:
     return value.replace("@BASE@", str(base)) if isinstance(value, str) else value
-
-
-def _write_json(path: Path, obj: Mapping[str, Any]) -> None:
-    path.write_text(json.dumps(obj, ensure_ascii=False, indent=1), encoding="utf-8")
 
 
 def _write(path: Path, text: str) -> None:

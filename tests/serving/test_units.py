@@ -98,22 +98,28 @@ def test_invalid_settings_name_variable_and_value(name: str, value: str) -> None
     assert caught.value.name == name and repr(value) in str(caught.value)
 
 
-def test_visible_gpus_honours_cuda_visible_devices() -> None:
-    assert gpus.visible_gpus({}, lambda: 0) == ()
-    assert gpus.visible_gpus({}, lambda: 2) == ("0", "1")
-    assert gpus.visible_gpus({"CUDA_VISIBLE_DEVICES": "1"}, lambda: 2) == ("1",)
-    assert gpus.visible_gpus({"CUDA_VISIBLE_DEVICES": "GPU-a,GPU-b"}, lambda: 4) == (
-        "GPU-a",
-        "GPU-b",
-    )
-    assert gpus.visible_gpus({"CUDA_VISIBLE_DEVICES": "0,-1,1"}, lambda: 2) == ("0",)
-    assert gpus.visible_gpus({"CUDA_VISIBLE_DEVICES": ""}, lambda: 2) == ()
-    assert gpus.visible_gpus({"CUDA_VISIBLE_DEVICES": "0,1,2"}, lambda: 2) == ("0", "1")
+DEVICES = (
+    gpus.Gpu(0, "GPU-0a0a0a0a-0000-1111-2222-333344445555"),
+    gpus.Gpu(1, "GPU-1b1b1b1b-0000-1111-2222-333344445555"),
+)
 
 
-def test_nvml_without_a_driver_counts_zero() -> None:
-    # This machine has the bindings but no driver: the real call must say 0, not raise.
-    assert gpus.nvml_device_count() == 0
+def test_visible_gpus_are_pinned_by_uuid_in_cuda_order() -> None:
+    # The rules are checked against the launcher's in tests/unit/test_visibility_table.py; here:
+    # what serve does with the answer, and that no devices means a CPU-only host.
+    assert gpus.visible({"CUDA_VISIBLE_DEVICES": "0"}, lambda: ()) == ()
+    assert gpus.visible({}, lambda: DEVICES) == DEVICES
+    assert gpus.visible({"CUDA_VISIBLE_DEVICES": "1,0"}, lambda: DEVICES) == DEVICES[::-1]
+    assert gpus.visible({"CUDA_VISIBLE_DEVICES": "GPU-1b"}, lambda: DEVICES) == DEVICES[1:]
+    picked = gpus.visible({"NVIDIA_VISIBLE_DEVICES": "none"}, lambda: DEVICES)
+    assert config.load({}, cpu_count=4, gpu_ids=[g.uuid for g in picked]).preload
+    cfg = config.load({}, cpu_count=4, gpu_ids=[g.uuid for g in DEVICES[::-1]])
+    assert cfg.gpu_for_slot(0) == DEVICES[1].uuid and not cfg.preload
+
+
+def test_nvml_without_a_driver_lists_no_device() -> None:
+    # This machine has the bindings but no driver: the real call must say (), not raise.
+    assert gpus.nvml_devices() == ()
 
 
 # -- codecs ------------------------------------------------------------------------------------

@@ -8,6 +8,7 @@ trees. Only NVML is faked, with a stand-in `pynvml` module, since this machine h
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import shutil
@@ -21,11 +22,15 @@ from typing import Any
 
 import pytest
 
-from launcher import gpus, procs
+from launcher import gpus, net, procs
 from launcher.doctor import checks as doctor
-from launcher.doctor.checks import Finding, GpuFacts, Interface, Io, Report, Status
-from launcher.plan import Backend
+from launcher.doctor import findings, hostfacts
+from launcher.doctor.checks import Io
+from launcher.doctor.findings import Finding, Report, Status
+from launcher.doctor.hostfacts import GpuFacts
+from launcher.net import Interface
 from launcher.procs import Captured
+from launcher.settings import Backend
 from tests.helpers.procwatch import LeakWatch
 
 REPO = Path(__file__).resolve().parents[2]
@@ -108,7 +113,7 @@ def test_a_host_with_everything_is_ready_for_every_backend(tmp_path: Path) -> No
     for backend in Backend:
         report = doctor.collect(environ(tmp_path), backend.value, fake_io())
         assert report.backend is backend
-        assert report.ready and report.exit_code == 0, doctor.render_table(report)
+        assert report.ready and report.exit_code == 0, findings.render_table(report)
 
 
 def test_missing_mpirun_blocks_only_the_mpi_backend(tmp_path: Path) -> None:
@@ -117,7 +122,7 @@ def test_missing_mpirun_blocks_only_the_mpi_backend(tmp_path: Path) -> None:
     found = by_key(mpi)["mpirun"]
     assert (found.status, found.required, found.blocking) == (Status.MISSING, True, True)
     assert mpi.exit_code == 1
-    table = doctor.render_table(mpi)
+    table = findings.render_table(mpi)
     assert "MISSING" in table and "apt-get install openmpi-bin" in table
     assert table.endswith("not ready for the mpi backend: mpi mpirun")  # one host: no ssh
     assert doctor.collect(env, "torch", fake_io()).exit_code == 0
@@ -135,6 +140,32 @@ def test_ssh_is_needed_only_by_a_multi_host_mpi_job(tmp_path: Path) -> None:
     assert {f.key for f in doctor.collect(env, None, fake_io()).findings if f.blocking} == {
         "mpirun"
     }
+
+
+def test_the_backend_and_ranks_are_decided_as_train_decides_them(tmp_path: Path) -> None:
+    """An explicit backend makes the current instance group distribute (`train` and `plan`
+    share that step with `doctor`): here one host of a heterogeneous cluster, no ssh."""
+    from launcher import commands
+
+    base = tree(tmp_path)
+    groups = [
+        {"instance_group_name": "a", "instance_type": "ml.c5.xlarge", "hosts": ["algo-1"]},
+        {"instance_group_name": "b", "instance_type": "ml.c5.xlarge", "hosts": ["algo-2"]},
+    ]
+    resources = {
+        "current_host": "algo-1",
+        "hosts": ["algo-1", "algo-2"],
+        "current_group_name": "a",
+        "instance_groups": groups,
+        "network_interface_name": "eth0",
+    }
+    (base / "input" / "config" / "resourceconfig.json").write_text(json.dumps(resources))
+    env = environ(tmp_path, PATH=str(tmp_path / "empty"), LAUNCHER_PROCS_PER_HOST="3")
+    report = doctor.collect(env, "mpi", fake_io())
+    prepared = commands.prepare(argparse.Namespace(backend="mpi"), env, base, dry_run=True)
+    assert report.backend is prepared.backend is Backend.MPI
+    assert by_key(report)["settings"].data["procs_per_host"] == prepared.slots == 3
+    assert {f.key for f in report.findings if f.blocking} == {"mpirun"}  # one host: no ssh
 
 
 def test_the_mpi_backend_needs_mpi4py(tmp_path: Path) -> None:
@@ -223,18 +254,18 @@ def test_nvml_facts_reads_driver_cuda_and_devices(monkeypatch: pytest.MonkeyPatc
     monkeypatch.setitem(sys.modules, "pynvml", fake_pynvml())
     # gpus.PynvmlProbe first loads the NVML library itself; any library stands in for it.
     monkeypatch.setattr(gpus, "NVML_LIBRARY", "libc.so.6")
-    facts = doctor.nvml_facts()
+    facts = hostfacts.nvml_facts()
     assert (facts.error, facts.driver, facts.cuda) == ("", "535.104.05", "12.2")
     assert [(g.name, g.memory_mib, g.cpu_affinity) for g in facts.devices] == [
         ("NVIDIA A100", 40960, (0, 1)),
         ("NVIDIA A100", 40960, (2, 3)),
     ]
     monkeypatch.setitem(sys.modules, "pynvml", fake_pynvml(fail_init=True))
-    assert doctor.nvml_facts() == GpuFacts("no NVML (Driver Not Loaded)")
+    assert hostfacts.nvml_facts() == GpuFacts("no NVML (Driver Not Loaded)")
 
 
 def test_real_nvml_answers_or_says_why_not() -> None:
-    facts = doctor.nvml_facts()
+    facts = hostfacts.nvml_facts()
     assert bool(facts.error) != bool(facts.driver), facts  # a CPU host here; a GPU host in CI-gpu
     assert facts.error or facts.devices
 
@@ -243,7 +274,7 @@ def test_real_nvml_answers_or_says_why_not() -> None:
 
 
 def test_real_interfaces_include_loopback_with_its_address() -> None:
-    found = {i.name: i for i in doctor.read_interfaces()}
+    found = {i.name: i for i in net.read_interfaces()}
     assert {name for _, name in socket.if_nameindex()} == set(found)
     assert found["lo"].up and "127.0.0.1/8" in found["lo"].addresses
 
@@ -329,7 +360,7 @@ def test_a_bad_setting_names_its_source(tmp_path: Path) -> None:
 
 def test_json_holds_every_finding(tmp_path: Path) -> None:
     report = doctor.collect(environ(tmp_path), "torch", fake_io())
-    document = json.loads(doctor.render_json(report))
+    document = json.loads(findings.render_json(report))
     assert (document["backend"], document["ready"]) == ("torch", True)
     assert [f["key"] for f in document["findings"]] == [f.key for f in report.findings]
     torch = next(f for f in document["findings"] if f["key"] == "torch")

@@ -8,6 +8,10 @@ The rules (docs/architecture.md, "Import boundaries"):
   `supervise`, `containment`, `watchdog`, `app`), at any level;
 - `collectives` imports only `launcher.contract` from the launcher;
 - `serving` imports nothing from `launcher`.
+
+And for the code around them: `bench` shares the test suite's helpers (`tests.helpers`, the
+simulated cluster) as ordinary package imports, never a test module and never through
+`sys.path`; the tests never import `bench`.
 """
 
 from __future__ import annotations
@@ -19,8 +23,10 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[2]
-SUBPACKAGES = ("sagemaker", "control", "mpi", "local", "doctor")
+SUBPACKAGES = ("sagemaker", "control", "mpi", "local", "doctor", "hangs")
 SUPERVISION = ("procs", "supervise", "containment", "watchdog", "app")
+# What the benchmarks may import from tests/: libraries, not test modules or fixtures.
+BENCH_MAY_IMPORT = ("tests.helpers", "tests.multihost.cluster")
 
 
 def imports(path: Path, *, top_level_only: bool) -> Iterator[tuple[int, str]]:
@@ -112,3 +118,33 @@ def test_every_subpackage_says_what_it_owns() -> None:
         init = REPO / "launcher" / name / "__init__.py"
         doc = ast.get_docstring(ast.parse(init.read_text()))
         assert doc and len(doc.split()) > 20, f"launcher/{name}/__init__.py needs its docstring"
+
+
+def _within(name: str, roots: tuple[str, ...]) -> bool:
+    return any(name == root or name.startswith(f"{root}.") for root in roots)
+
+
+def test_the_benchmarks_import_test_helpers_never_test_modules() -> None:
+    bad = [
+        f"{path.relative_to(REPO)}:{line} imports {name}"
+        for path in modules("bench")
+        for line, name in imports(path, top_level_only=False)
+        if _within(name, ("tests",)) and not _within(name, BENCH_MAY_IMPORT)
+    ]
+    bad += [
+        f"{p.relative_to(REPO)} edits sys.path"
+        for p in modules("bench")
+        if "sys.path" in p.read_text()
+    ]
+    assert not bad, bad
+
+
+def test_the_tests_never_import_the_benchmarks() -> None:
+    bad = [
+        f"{path.relative_to(REPO)}:{line} imports {name}"
+        for path in modules("tests")
+        if "data" not in path.relative_to(REPO).parts
+        for line, name in imports(path, top_level_only=False)
+        if _within(name, ("bench",))
+    ]
+    assert not bad, bad

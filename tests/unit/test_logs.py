@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import threading
 import time
@@ -177,3 +178,63 @@ def test_line_batches_end_at_line_ends_and_respect_the_limit(limit: int) -> None
 
 def test_pipe_writes_are_atomic_batches() -> None:
     assert logs.PIPE_BUF >= 512  # POSIX minimum; 4096 on Linux
+
+
+# --- a non-blocking console -----------------------------------------------------------------
+
+SLOW_READER_S = 0.5
+
+
+def full_nonblocking_pipe() -> tuple[int, int, bytes]:
+    """(read fd, write fd, what fills it): a pipe in non-blocking mode that takes no more."""
+    read_fd, write_fd = os.pipe()
+    os.set_blocking(write_fd, False)
+    filled = bytearray()
+    with contextlib.suppress(BlockingIOError):
+        while True:
+            filled += b"f" * os.write(write_fd, b"f" * 65536)
+    return read_fd, write_fd, bytes(filled)
+
+
+def read_all(read_fd: int, into: bytearray, start: threading.Event) -> None:
+    start.wait(SLOW_READER_S)  # the slow reader: it takes nothing for a while
+    while chunk := os.read(read_fd, 65536):
+        into += chunk
+
+
+def test_a_full_nonblocking_console_is_waited_for_without_burning_cpu() -> None:
+    read_fd, write_fd, filled = full_nonblocking_pipe()
+    received = bytearray()
+    reader = threading.Thread(target=read_all, args=(read_fd, received, threading.Event()))
+    reader.start()
+    payload = bytes(range(256)) * 1024
+    try:
+        cpu = time.process_time()
+        logs._write_all(write_fd, payload)
+        cpu = time.process_time() - cpu
+    finally:
+        os.close(write_fd)
+        reader.join(10.0)
+        os.close(read_fd)
+    assert bytes(received) == filled + payload  # every byte, in order, once the reader reads
+    # Spinning on EAGAIN costs a whole core while the reader sleeps; waiting costs next to none.
+    assert cpu < SLOW_READER_S / 5, f"{cpu:.3f} s of CPU while the reader slept"
+
+
+def test_a_console_nobody_reads_costs_one_bounded_wait_then_none() -> None:
+    read_fd, write_fd, filled = full_nonblocking_pipe()
+    try:
+        began = time.monotonic()
+        logs._write_all(write_fd, b"lost\n", stall_s=0.2)  # waits 0.2 s, then gives up
+        waited = time.monotonic() - began
+        began = time.monotonic()
+        logs._write_all(write_fd, b"lost too\n", stall_s=5.0)  # stalled: no second wait
+        again = time.monotonic() - began
+        assert 0.15 < waited < 5.0 and again < 1.0
+        assert os.read(read_fd, len(filled) + 100) == filled  # the pipe holds what filled it
+        logs._write_all(write_fd, b"back\n", stall_s=5.0)  # room again: written, stall cleared
+        assert write_fd not in logs._STALLED
+        assert os.read(read_fd, 100) == b"back\n"
+    finally:
+        os.close(write_fd)
+        os.close(read_fd)

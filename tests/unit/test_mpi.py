@@ -7,6 +7,8 @@ from pathlib import Path
 
 import pytest
 
+from launcher.control import messages
+from launcher.control.messages import MessageError, SshdReady
 from launcher.mpi import command as mpi
 from launcher.mpi import rank as mpirank
 from launcher.mpi import ssh as sshd
@@ -304,10 +306,14 @@ def test_sshd_and_client_configs_are_key_only_and_private(tmp_path: Path) -> Non
     ],
 )
 def test_malformed_sshd_reports_are_refused(message: dict[str, object]) -> None:
-    with pytest.raises(ValueError):
-        sshd.peer_from_message("algo-2", {"type": "sshd", **message})
+    with pytest.raises(MessageError):
+        messages.decode({"type": "sshd", **message})
 
 
 def test_a_valid_sshd_report_round_trips() -> None:
     peer = sshd.SshPeer("algo-2", "10.0.0.2", 2222, "ssh-ed25519 AAAAC3Nz+/=")
-    assert sshd.peer_from_message("algo-2", json.loads(json.dumps(peer.message()))) == peer
+    report = messages.decode(json.loads(json.dumps(messages.encode(peer.message()))))
+    assert isinstance(report, SshdReady)
+    assert sshd.peer_from_message("algo-2", report) == peer
+    with pytest.raises(ValueError, match="cannot be used with ssh"):
+        sshd.peer_from_message("-oProxyCommand=x", report)

@@ -33,11 +33,11 @@ def outcome(
     return Outcome(state, events, root, frozenset(terminated), **kw)  # type: ignore[arg-type]
 
 
-def tails(
+def traces(
     n: int, text: str = "", error_files: dict[int, str] | None = None
-) -> dict[int, tuple[str, str, str]]:
-    """(host, error file, stderr tail) of ranks 0..n-1, as `report.failures` takes them."""
-    return {r: (HOST, (error_files or {}).get(r, ""), text) for r in range(n)}
+) -> dict[int, report.RankTrace]:
+    """The traces of ranks 0..n-1, as `report.failures` takes them."""
+    return {r: report.RankTrace(HOST, (error_files or {}).get(r, ""), text) for r in range(n)}
 
 
 # --- exception lines -------------------------------------------------------------------------
@@ -134,7 +134,7 @@ def test_absent_error_file_is_ignored(tmp_path: Path) -> None:
 def test_the_error_file_wins_over_the_stderr_tail(tmp_path: Path) -> None:
     path = tmp_path / "error.json"
     path.write_text(json.dumps({"message": {"message": "RecordedError: from file"}}))
-    found = report.failures(outcome({0: (1, 1.0)}, 0), tails(1, TRACEBACK, {0: str(path)}))
+    found = report.failures(outcome({0: (1, 1.0)}, 0), traces(1, TRACEBACK, {0: str(path)}))
     assert found[0].message == "RecordedError: from file"
 
 
@@ -143,20 +143,20 @@ def test_the_error_file_wins_over_the_stderr_tail(tmp_path: Path) -> None:
 
 def test_root_cause_first_then_the_order_of_exit() -> None:
     result = outcome({0: (-15, 3.0), 1: (-15, 2.0), 2: (3, 5.0), 3: (0, 1.0)}, 2, {0, 1})
-    found = report.failures(result, tails(4, TRACEBACK))
+    found = report.failures(result, traces(4, TRACEBACK))
     assert [f.rank for f in found] == [2, 1, 0]  # rank 3 succeeded: not a failure
     assert [f.terminated for f in found] == [False, True, True]
 
 
 def test_a_terminated_rank_is_never_the_root_cause_even_if_it_exited_first() -> None:
     result = outcome({0: (1, 1.0), 1: (2, 2.0)}, 1, {0})
-    found = report.failures(result, tails(2))
+    found = report.failures(result, traces(2))
     assert report.headline(result, found) == f"rank 1 on {HOST} exited with code 2"
 
 
 def test_headline_names_the_signal_and_the_exception() -> None:
     result = outcome({0: (-signal.SIGSEGV, 1.0)}, 0)
-    found = report.failures(result, tails(1, "Fatal Python error: Segmentation fault\n"))
+    found = report.failures(result, traces(1, "Fatal Python error: Segmentation fault\n"))
     assert report.headline(result, found) == (
         f"rank 0 on {HOST} was killed by SIGSEGV (exit 139): Fatal Python error: Segmentation fault"
     )
@@ -165,7 +165,7 @@ def test_headline_names_the_signal_and_the_exception() -> None:
 
 def test_headline_of_a_stopped_job_and_of_a_remote_abort() -> None:
     stopped = outcome({0: (-15, 1.0)}, None, {0}, RunState.INTERRUPTED, stop_signal=15)
-    assert report.headline(stopped, report.failures(stopped, tails(1))) == (
+    assert report.headline(stopped, report.failures(stopped, traces(1))) == (
         "the job was stopped by SIGTERM, which was forwarded to every rank"
     )
     assert report.exit_code(stopped) == 143
@@ -177,7 +177,7 @@ def test_headline_of_a_stopped_job_and_of_a_remote_abort() -> None:
 
 def test_identical_errors_are_grouped() -> None:
     result = outcome({r: (1, float(r)) for r in range(4)} | {4: (-15, 9.0)}, 0, {4})
-    found = report.failures(result, tails(5, TRACEBACK))
+    found = report.failures(result, traces(5, TRACEBACK))
     text = report.failure_text(report.headline(result, found), found)
     lines = text.splitlines()
     assert lines[0] == f"rank 0 on {HOST} exited with code 1: ValueError: loss is nan at step 1200"
@@ -189,7 +189,7 @@ def test_identical_errors_are_grouped() -> None:
 def test_the_first_1024_characters_hold_the_root_cause() -> None:
     noise = "".join(f"step {i} loss {i / 7:.5f}\n" for i in range(5000)) + TRACEBACK
     result = outcome({r: (1, float(r)) for r in range(64)}, 17)
-    found = report.failures(result, tails(64, noise))
+    found = report.failures(result, traces(64, noise))
     text = report.failure_text(report.headline(result, found), found)
     head = text[:1024]
     assert f"rank 17 on {HOST} exited with code 1: ValueError: loss is nan at step 1200" in head
@@ -201,7 +201,7 @@ def test_the_traceback_from_the_error_file_is_in_the_report(tmp_path: Path) -> N
     payload = {"message": "E: x", "extraInfo": {"py_callstack": "the recorded stack\n"}}
     path.write_text(json.dumps({"message": payload}))
     result = outcome({0: (1, 1.0)}, 0)
-    found = report.failures(result, tails(1, "", {0: str(path)}))
+    found = report.failures(result, traces(1, "", {0: str(path)}))
     text = report.failure_text(report.headline(result, found), found)
     assert "Traceback of the root cause:\nthe recorded stack" in text
 

@@ -10,8 +10,7 @@ import pytest
 
 from launcher import settings
 from launcher.errors import ConfigError
-from launcher.plan import Backend
-from launcher.settings import Sources
+from launcher.settings import Backend, Setting, Sources
 
 
 def resolve(
@@ -148,23 +147,12 @@ def test_the_bounds() -> None:
 
 
 # (CLI attribute, flag, variable, hyperparameter, backend): the sources each setting has.
-NUMERIC = {
+# A setting without a flag has no CLI attribute either: the command line cannot set it.
+NUMERIC: dict[str, tuple[str | None, str | None, str, str | None, Backend]] = {
     "grace": ("grace_period", "--grace-period", "LAUNCHER_GRACE_PERIOD", None, Backend.TORCH),
-    "peer": ("peer_timeout", "--peer-timeout", "LAUNCHER_PEER_TIMEOUT", None, Backend.TORCH),
-    "heartbeat": (
-        "heartbeat_timeout",
-        "--heartbeat-timeout",
-        "LAUNCHER_HEARTBEAT_TIMEOUT",
-        None,
-        Backend.TORCH,
-    ),
-    "control-port": (
-        "control_port",
-        "--control-port",
-        "LAUNCHER_CONTROL_PORT",
-        None,
-        Backend.TORCH,
-    ),
+    "peer": (None, None, "LAUNCHER_PEER_TIMEOUT", None, Backend.TORCH),
+    "heartbeat": (None, None, "LAUNCHER_HEARTBEAT_TIMEOUT", None, Backend.TORCH),
+    "control-port": (None, None, "LAUNCHER_CONTROL_PORT", None, Backend.TORCH),
     "master-port": ("master_port", "--master-port", "LAUNCHER_MASTER_PORT", None, Backend.TORCH),
     "procs": (
         "nproc_per_host",
@@ -174,13 +162,13 @@ NUMERIC = {
         Backend.TORCH,
     ),
     "mpi-procs": (
-        "mpi_num_processes",
-        "--mpi-num-processes",
+        None,
+        None,
         "LAUNCHER_MPI_NUM_PROCESSES",
         "sagemaker_mpi_num_processes",
         Backend.MPI,
     ),
-    "ssh-port": ("ssh_port", "--ssh-port", "LAUNCHER_SSH_PORT", None, Backend.MPI),
+    "ssh-port": (None, None, "LAUNCHER_SSH_PORT", None, Backend.MPI),
 }
 NON_FINITE_TEXT = ["inf", "-inf", "+inf", "nan", "NaN", "-nan", "Infinity", "INFINITY", "1e999",
                    "-1e999", " inf ", "1" * 400]  # fmt: skip
@@ -217,9 +205,10 @@ def _bad_values(name: str) -> list[Any]:
     return values
 
 
-@pytest.mark.parametrize("name", list(NUMERIC))
+@pytest.mark.parametrize("name", [n for n, (_, flag, _, _, _) in NUMERIC.items() if flag])
 def test_bad_numbers_from_the_command_line_name_the_flag(name: str) -> None:
     attr, flag, _, _, backend = NUMERIC[name]
+    assert attr is not None and flag is not None
     for value in [*_bad_values(name), *NON_FINITE, *BAD_TYPES]:
         _raises_naming("command line", flag, cli={attr: value}, backend=backend)
 
@@ -271,12 +260,13 @@ def test_good_numbers_in_every_form(name: str, value: Any, expected: float) -> N
         "heartbeat": "heartbeat_timeout_s",
         "procs": "procs_per_host",
         "mpi-procs": "mpi_num_processes",
-    }.get(name, attr)
-    got = getattr(resolve(cli={attr: value}, default_backend=backend), field)
-    assert got == expected and type(got) is type(expected)
+    }.get(name, variable.removeprefix("LAUNCHER_").lower())
+    if attr is not None:
+        got = getattr(resolve(cli={attr: value}, default_backend=backend), field)
+        assert got == expected and type(got) is type(expected)
     if isinstance(value, str):
         got = getattr(resolve(environ={variable: value}, default_backend=backend), field)
-        assert got == expected
+        assert got == expected and type(got) is type(expected)
 
 
 def test_mpi_numbers_are_read_only_for_the_mpi_backend() -> None:
@@ -287,16 +277,33 @@ def test_mpi_numbers_are_read_only_for_the_mpi_backend() -> None:
     assert (got.backend, got.mpi_num_processes, got.ssh_port) == (Backend.MPI, 4, 0)
 
 
+def _row(parse: Any, default: Any, flag: str | None = "--x", hp: str | None = None) -> Setting:
+    return Setting("x", flag, "LAUNCHER_X", hp, parse, default, "a test setting")
+
+
 def test_a_parser_from_elsewhere_cannot_let_a_non_finite_or_huge_number_through() -> None:
-    """`mpijob` and others call `pick` with their own parsers (e.g. `int`, `float`)."""
+    """A row's parser may be any function (e.g. `int`, `float`): the safety net still holds."""
     sources = Sources({}, {}, {"sagemaker_x": math.inf}, HP_FILE)
     with pytest.raises(ConfigError, match=r"^/opt/ml/input/config/hp\.json: sagemaker_x: inf"):
-        sources.pick("x", "LAUNCHER_X", "sagemaker_x", int, 0)  # int(inf): OverflowError
+        sources.read(_row(int, 0, hp="sagemaker_x"))  # int(inf): OverflowError
     for value in ("1e999", "nan"):
         with pytest.raises(ConfigError, match=r"^environment: LAUNCHER_X: .*finite"):
-            Sources({}, {"LAUNCHER_X": value}, {}).pick("x", "LAUNCHER_X", None, float, 0.0)
+            Sources({}, {"LAUNCHER_X": value}, {}).read(_row(float, 0.0))
     with pytest.raises(ConfigError, match=r"^command line: --x: "):
-        Sources({"x": str(10**30)}, {}, {}).pick("x", "LAUNCHER_X", None, int, 0)
+        Sources({"x": str(10**30)}, {}, {}).read(_row(int, 0))
+
+
+def test_a_setting_without_a_flag_ignores_the_command_line_and_never_names_one() -> None:
+    row = _row(int, 7, flag=None)
+    assert Sources({"x": "inf"}, {}, {}).read(row) == 7
+    with pytest.raises(ConfigError) as caught:
+        Sources({"x": "1"}, {"LAUNCHER_X": "soon"}, {}).read(row)
+    assert str(caught.value).startswith("environment: LAUNCHER_X: 'soon' is invalid")
+    # The launcher's own rows: no phantom flag reaches an error message, whatever the input.
+    cli = {"peer_timeout": "inf", "control_port": "0", "ssh_port": "x", "mpi_num_processes": "0"}
+    got = resolve(cli=cli, default_backend=Backend.MPI)
+    assert (got.peer_timeout_s, got.control_port) == (settings.DEFAULT_PEER_TIMEOUT_S, 7787)
+    assert (got.ssh_port, got.mpi_num_processes) == (0, None)
 
 
 def test_messages_show_long_values_shortened() -> None:

@@ -15,7 +15,7 @@ from collections.abc import Iterable
 import pytest
 
 from launcher import report
-from launcher.events import RankExited, RemoteAbort, RunState, SignalReceived
+from launcher.events import Events, RankExited, RemoteAbort, RunState, SignalReceived
 from launcher.supervise import Supervisor, forwarding_signals
 
 TERM, KILL, INT = signal.SIGTERM, signal.SIGKILL, signal.SIGINT
@@ -27,7 +27,7 @@ class FakeRanks:
 
     def __init__(
         self,
-        events: queue.SimpleQueue[object],
+        events: Events,
         n: int,
         obeys: dict[int, Iterable[int]] | None = None,
     ) -> None:
@@ -72,7 +72,7 @@ def supervisor(ranks: FakeRanks, grace: float = 30.0, **kw: object) -> Superviso
 
 def setup(n: int, **obeys: Iterable[int]) -> FakeRanks:
     """`n` ranks; `r0=(KILL,)` scripts which signals end rank 0."""
-    events: queue.SimpleQueue[object] = queue.SimpleQueue()
+    events: Events = queue.SimpleQueue()
     return FakeRanks(events, n, {int(k[1:]): v for k, v in obeys.items()})
 
 
@@ -238,7 +238,7 @@ def test_without_fail_fast_the_other_ranks_run_on() -> None:
 
 
 def test_forwarding_signals_turns_signals_into_events_and_restores_handlers() -> None:
-    events: queue.SimpleQueue[object] = queue.SimpleQueue()
+    events: Events = queue.SimpleQueue()
     before = signal.getsignal(signal.SIGUSR2)
     with forwarding_signals(events):
         os.kill(os.getpid(), signal.SIGUSR2)
@@ -248,7 +248,7 @@ def test_forwarding_signals_turns_signals_into_events_and_restores_handlers() ->
 
 def test_lingering_forwarding_ignores_stop_signals_after_the_block() -> None:
     # A SIGTERM that reaches a launcher after its ranks ended must not kill it before it reports.
-    events: queue.SimpleQueue[object] = queue.SimpleQueue()
+    events: Events = queue.SimpleQueue()
     before = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGUSR2)}
     try:
         signal.signal(signal.SIGTERM, signal.SIG_DFL)  # a known start, whatever ran before
