@@ -12,19 +12,24 @@ import logging
 import queue
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from launcher import procs as processes
 from launcher import report
 from launcher.containment import Containment
-from launcher.errors import exit_code_for_rank, signal_exit_code, signal_name
-from launcher.events import Events, Outcome
+from launcher.errors import EXIT_HANG, exit_code_for_rank, signal_exit_code, signal_name
+from launcher.events import Events, HangDeclared, HangReport, Outcome
 from launcher.logs import OutputPump
 from launcher.plan import LaunchPlan
 from launcher.procs import ProcessSet
 from launcher.supervise import Supervisor, forwarding_signals, raising_signals
 from launcher.watchdog import Watchdog
+
+if TYPE_CHECKING:  # launcher.hangs is imported where a job uses it (`_hang_watch`)
+    from launcher.hangs.job import JobWatch
+    from launcher.hangs.verdict import Hung
 
 log = logging.getLogger("launcher")
 
@@ -39,6 +44,10 @@ class RunOptions:
     prefix: bool = True  # False for the single-process `train`: output passes unchanged
     output_dir: Path | None = None  # where output/success|failure go (None: nowhere)
     fail_fast: bool = True
+    # `--hang-timeout`: seconds, None for the automatic window, 0 for off (the default here:
+    # helpers such as `launcher local`'s zygote are never judged; the commands pass it on).
+    hang_timeout_s: float | None = 0.0
+    keep_dir: Path | None = None  # where a hang's stacks go without a log dir (output folder)
 
 
 @dataclass(frozen=True, slots=True)
@@ -82,8 +91,20 @@ def execute(
     events: Events | None = None,
     on_stop: Callable[[int, str], None] | None = None,
 ) -> Result:
-    """Start the plan's ranks, supervise them to the end, report. Never leaves a rank running."""
+    """Start the plan's ranks, supervise them to the end, report. Never leaves a rank running.
+
+    With hang detection on (`options.hang_timeout_s`), every rank gets its progress files and
+    the flight recorder's variables, and a hang ends the job with exit 124 after every rank's
+    stack was taken (`launcher.hangs.job`); in a multi-host job `on_stop` carries the culprit
+    line to the other hosts."""
     events = events if events is not None else queue.SimpleQueue()
+    watch = _hang_watch(plan, options)
+    if watch is not None:
+        ranks = tuple(
+            replace(spec, env={**spec.env, **watch.rank_env(spec.rank, plan.full_env(spec))})
+            for spec in plan.ranks
+        )
+        plan = replace(plan, ranks=ranks)
     pump = OutputPump()
     pump.start()
     procs = ProcessSet(
@@ -110,9 +131,13 @@ def execute(
             if on_stop is not None:
                 host = plan.world.host.name
                 supervisor.on_stop = lambda rank, sig: on_stop(*_stop_cause(procs, host, rank, sig))
+            if watch is not None:
+                _watch_hangs(watch, supervisor, procs, events, on_stop)
             outcome = supervisor.run()
             procs.close(options.grace_s)
     finally:
+        if watch is not None:
+            watch.close()
         procs.close(0.0)  # on an unexpected error: nothing may survive us
         procs.wait_output(OUTPUT_DRAIN_S)
         pump.stop(1.0)
@@ -122,11 +147,66 @@ def execute(
     }
     found = report.failures(outcome, traces)
     head = report.headline(outcome, found)
-    text = report.failure_text(head, found)
+    details = outcome.hang.details if outcome.hang is not None else ""
+    text = report.failure_text(head, found, details=details)
     result = Result(report.exit_code(outcome), head, outcome, text)
     if options.output_dir is not None:
         finish(options.output_dir, result.exit_code, text)
     return result
+
+
+def _hang_watch(plan: LaunchPlan, options: RunOptions) -> JobWatch | None:
+    """The hang detection of this run, its files created; None when it is off, or when the
+    job has no private folder (a helper's run) or its files cannot be created (logged: the
+    job runs on, unwatched, rather than not at all)."""
+    if options.hang_timeout_s == 0 or not plan.job.error_dir or not plan.ranks:
+        return None
+    from launcher.hangs.job import JobWatch  # noqa: PLC0415 - only jobs that are watched
+    from launcher.hangs.verdict import Policy  # noqa: PLC0415
+
+    policy = Policy.from_setting(options.hang_timeout_s)
+    try:
+        watch = JobWatch.prepare(
+            Path(plan.job.error_dir),
+            {spec.rank: spec.host for spec in plan.ranks},
+            policy,
+            log_dir=options.log_dir,
+            keep_dir=options.keep_dir,
+            multi=len(plan.world.hosts) > 1,
+        )
+    except OSError as e:
+        log.warning("hang detection is off: cannot create its files: %s", e)
+        return None
+    log.info("hang timeout: %s", policy.describe())
+    return watch
+
+
+def _watch_hangs(
+    watch: JobWatch,
+    supervisor: Supervisor,
+    procs: ProcessSet,
+    events: Events,
+    on_stop: Callable[[int, str], None] | None,
+) -> None:
+    """Connect the hang detection to the supervisor: the monitor's verdict becomes a
+    `HangDeclared` event; the supervisor has the stacks taken (`judge`, or `remote` for a
+    hang declared elsewhere) before it stops any rank; a hang declared here reaches the other
+    hosts with exit 124 and the culprit line."""
+
+    def pids() -> dict[int, int]:
+        return {rank: proc.popen.pid for rank, proc in procs.ranks.items()}
+
+    def judge(hung: Hung, final: bool) -> HangReport | None:
+        found = watch.judge(hung, pids(), final=final)
+        if found is not None:
+            log.error("%s", found.culprit)
+            if on_stop is not None:
+                on_stop(EXIT_HANG, found.culprit)
+        return found
+
+    supervisor.on_hang = judge
+    supervisor.on_remote_hang = lambda: watch.remote(pids())
+    watch.start(lambda hung: events.put(HangDeclared(hung)))
 
 
 def finish(output_dir: Path, exit_code: int, failure_text: str) -> None:

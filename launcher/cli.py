@@ -1,4 +1,4 @@
-"""Command lines: `train` (SageMaker's entry point) and `launcher run|plan|local|doctor`.
+"""Command lines: `train` (SageMaker's entry point) and `launcher run|plan|local|stacks|doctor`.
 
 Parses the arguments and hands them to `commands`. The only module that calls `sys.exit`.
 Every `LauncherError` becomes one prefixed line on stderr and its exit code (2 for bad input,
@@ -125,11 +125,18 @@ def _parser() -> argparse.ArgumentParser:
     loc = sub.add_parser("local", help="a SageMaker-shaped cluster of N hosts on this machine")
     loc.add_argument("--hosts", type=int, default=2, help="simulated hosts (default 2)")
     # The backend's default is torch here: it becomes the trees' distribution hyperparameter.
-    _add_settings(loc, ("backend", "procs_per_host", "grace_s"), {"backend": "torch"})
+    _add_settings(
+        loc, ("backend", "procs_per_host", "grace_s", "hang_timeout_s"), {"backend": "torch"}
+    )
     loc.add_argument("--job-dir", default="launcher-jobs", help="where job folders go")
     loc.add_argument("program")
     loc.add_argument("args", nargs=argparse.REMAINDER)
     loc.set_defaults(func=_local)
+    stk = sub.add_parser(
+        "stacks", help="print the current stack of every rank of the jobs running on this host"
+    )
+    stk.add_argument("--pid", type=int, help="only the job of the launcher with this pid")
+    stk.set_defaults(func=_stacks)
     doc = sub.add_parser("doctor", help="check this host for a backend: GPUs, network, frameworks")
     doc.add_argument(
         "--backend",
@@ -219,6 +226,10 @@ def _plan(args: argparse.Namespace, environ: dict[str, str]) -> NoReturn:
 
 def _local(args: argparse.Namespace, environ: dict[str, str]) -> NoReturn:
     _guard(lambda: _commands().local(args, environ))
+
+
+def _stacks(args: argparse.Namespace, environ: dict[str, str]) -> NoReturn:
+    _guard(lambda: _commands().stacks(args, environ))
 
 
 def _doctor(args: argparse.Namespace, environ: dict[str, str]) -> NoReturn:

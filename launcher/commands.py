@@ -12,7 +12,8 @@ are raised as `LauncherError` and turned into lines, failure files and exit code
     plan.build   this host's ranks
     backend      `_mpi` (mpirun / sshd) or `_execute` (the ranks, then the exit barrier)
 
-`launcher plan` is `show_plan`; `launcher doctor` decides the backend and the ranks with the
+`launcher plan` is `show_plan`; `launcher stacks` prints the running ranks' stacks;
+`launcher doctor` decides the backend and the ranks with the
 same steps (`settings_for`, `choose_backend`, `host_slots`). `run` is `train` without a tree,
 like torchrun.
 """
@@ -20,11 +21,9 @@ like torchrun.
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import os
 import queue
-import shutil
 import sys
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
@@ -116,7 +115,10 @@ def settings_for(
         sources = settings.Sources(cli, environ, {})
         return settings.resolve(sources, default_backend=Backend.TORCH)
     hps_file = str(cfg.paths.input_config_dir / "hyperparameters.json")
-    sources = settings.Sources(cli, environ, cfg.hyperparameters.sagemaker, hps_file)
+    # `sagemaker_*` and the launcher's own `launcher_*` (`launcher_hang_timeout`): both are kept
+    # from the user's script (sagemaker.files.hyperparameters).
+    hps = dict(cfg.hyperparameters.sagemaker)
+    sources = settings.Sources(cli, environ, hps, hps_file)
     return settings.resolve(sources, default_backend=Backend.NONE)
 
 
@@ -168,7 +170,7 @@ def train(args: argparse.Namespace, environ: dict[str, str], base: Path) -> int:
             return _train_job(replace(prepared, spec=spec), environ, scope)
         finally:
             if not chosen.log_dir:
-                shutil.rmtree(error_dir, ignore_errors=True)  # on every path, errors included
+                _remove(error_dir)  # on every path, errors included
 
 
 def show_plan(args: argparse.Namespace, environ: dict[str, str], base: Path) -> int:
@@ -269,6 +271,7 @@ def _execute(
         prepared.chosen,
         prefix=prepared.backend is not Backend.NONE,
         output_dir=None if member else output_dir,
+        keep_dir=output_dir,
     )
     if member is None:
         return _finish(execute(launch, options, scope, events=events))
@@ -330,7 +333,7 @@ def _mpi_run(
     return mpijob.MpiRun(
         launch=launch,
         settings=mpijob.mpi_settings(chosen),
-        options=_options(chosen),
+        options=_options(chosen, hangs=False),
         scope=scope,
         events=events,
         output_dir=output_dir,
@@ -361,14 +364,24 @@ def _mpi(run: MpiRun, member: Member | None, keys: SshKeys | None) -> int:
 
 
 def _options(
-    chosen: Settings, *, prefix: bool = True, output_dir: Path | None = None
+    chosen: Settings,
+    *,
+    prefix: bool = True,
+    output_dir: Path | None = None,
+    keep_dir: Path | None = None,
+    hangs: bool = True,
 ) -> RunOptions:
+    """How `execute` runs the ranks. `hangs=False` for a backend whose one process starts the
+    ranks itself (mpirun): its ranks would share one progress file, so none is judged.
+    `keep_dir` is where a hang's stacks go without a log dir (the output folder)."""
     return RunOptions(
         grace_s=chosen.grace_s,
         log_dir=chosen.log_dir,
         show_ranks=chosen.show_ranks,
         prefix=prefix,
         output_dir=output_dir,
+        hang_timeout_s=chosen.hang_timeout_s if hangs else 0.0,
+        keep_dir=keep_dir,
     )
 
 
@@ -397,6 +410,13 @@ def _error_dir(log_dir: Path | None) -> str:
             f"cannot create {path}: {e.strerror}", hint="set TMPDIR to a writable folder"
         ) from None
     return path
+
+
+def _remove(path: str) -> None:
+    """Remove a folder the launcher made, whatever is in it; errors ignored."""
+    import shutil  # noqa: PLC0415 - with bz2 and lzma, 2 ms of start-up a job does not need
+
+    shutil.rmtree(path, ignore_errors=True)
 
 
 def _single_host(host: str, slots: int, master_port: int, dry_run: bool) -> World:
@@ -438,6 +458,8 @@ def _print(
 
 
 def _print_plan(launch: LaunchPlan, as_json: bool) -> int:
+    import json  # noqa: PLC0415 - only a dry run prints JSON: `run`'s start-up skips it
+
     described = plan.describe(launch)
     if as_json:
         print(json.dumps(described, indent=2, sort_keys=True))
@@ -495,10 +517,11 @@ def run(args: argparse.Namespace, environ: dict[str, str]) -> int:
                     launch, chosen, environ, scope=scope, events=events, output_dir=out
                 )
                 return _mpi(mpi_run, None, None)
-            return _finish(execute(launch, _options(chosen, output_dir=out), scope))
+            options = _options(chosen, output_dir=out, keep_dir=out)
+            return _finish(execute(launch, options, scope))
         finally:
             if not chosen.log_dir:
-                shutil.rmtree(error_dir, ignore_errors=True)  # on every path, errors included
+                _remove(error_dir)  # on every path, errors included
 
 
 def local(args: argparse.Namespace, environ: dict[str, str]) -> int:
@@ -524,7 +547,12 @@ def local(args: argparse.Namespace, environ: dict[str, str]) -> int:
         ranks = (plan.RankSpec(0, 0, job.hosts[0], argv, str(Path.cwd()), {}, ""),)
         spec = JobSpec(argv, str(Path.cwd()), Backend.NONE)
         world = World((HostSlots(job.hosts[0], 1),), 0, "127.0.0.1", port)
-        launch = LaunchPlan(spec, world, ranks, environ)
+        # The hosts' `train` read the hang timeout from their environment (the zygote's, so this
+        # one's): the command line's value wins over an inherited variable, as everywhere.
+        host_environ = dict(environ)
+        if args.hang_timeout is not None:
+            host_environ["LAUNCHER_HANG_TIMEOUT"] = str(args.hang_timeout)
+        launch = LaunchPlan(spec, world, ranks, host_environ)
         options = RunOptions(grace_s=chosen.grace_s, prefix=False, fail_fast=False)
         result = execute(launch, options, scope)
     leader = result.outcome.exits.get(0)
@@ -533,6 +561,35 @@ def local(args: argparse.Namespace, environ: dict[str, str]) -> int:
     if code:
         log.error("local job failed (exit %d); see %s/*/output/failure", code, job.folder)
     return code
+
+
+def stacks(args: argparse.Namespace, environ: dict[str, str]) -> int:
+    """`launcher stacks`: print the current stack of every rank of every job running on this
+    host (or of the launcher `--pid`), found through the folder where running launchers
+    announce their jobs (`launcher.hangs.job.registry_dir`). Stops nothing: py-spy where
+    ptrace is allowed, else the ranks' stack signal. Returns 0, or 1 when no job runs here.
+    Only this host's ranks: the other hosts' are printed by `launcher stacks` there."""
+    from launcher.hangs import job as hangjob  # noqa: PLC0415 - only this command reads them
+
+    jobs = [(pid, f) for pid, f in hangjob.running_jobs(environ) if args.pid in (None, pid)]
+    if not jobs:
+        where = f" with launcher pid {args.pid}" if args.pid is not None else ""
+        log.error(
+            "no running job%s on this host (looked in %s)", where, hangjob.registry_dir(environ)
+        )
+        return 1
+    for pid, folder in jobs:
+        hosts, taken = hangjob.current_stacks(folder)
+        print(f"# job of launcher {pid}: {len(taken)} rank(s)")
+        for rank, stack in taken.items():
+            host = hosts.get(rank, "")
+            on = f" on {host}" if host else ""
+            how = f"taken with {stack.method}" if stack.ok else f"no stack: {stack.error}"
+            print(f"# rank {rank}{on}, pid {stack.pid}: {how}")
+            if stack.text:
+                print(stack.text.rstrip())
+        sys.stdout.flush()
+    return 0
 
 
 def doctor(args: argparse.Namespace, environ: dict[str, str]) -> int:

@@ -15,6 +15,9 @@ EXIT_SUCCESS = 0
 EXIT_FAILURE = 1
 EXIT_USAGE = 2  # bad configuration or command line
 EXIT_PEERS = 3  # peers (hosts, sshd) never arrived
+# The job made no progress for longer than the hang window (docs/hangs.md): every host exits
+# with it. 124 is what `timeout(1)` returns for a command it had to stop, which a hung job is.
+EXIT_HANG = 124
 
 
 class LauncherError(Exception):

@@ -2,7 +2,8 @@
 
 One queue per launcher (`Events`) carries them from the threads that see them to the one
 loop that decides: rank waiter threads post `RankExited`, signal handlers `SignalReceived`,
-the control channel `RemoteAbort` and `PeerMessage`, the MPI leader's login checks
+the control channel `RemoteAbort` and `PeerMessage`, the hang monitor `HangDeclared`, the
+MPI leader's login checks
 `SshdChecked`, the MPI follower's result watcher `JobDecided`. `Event` is their union, so a
 consumer's `isinstance` chain is checked by mypy. `RunState` and `Outcome` are what one
 supervision run concludes. Pure data: no I/O, no imports beyond the standard library.
@@ -17,6 +18,7 @@ from typing import TYPE_CHECKING, TypeAlias
 
 if TYPE_CHECKING:  # the core imports no subpackage at run time (tests/unit/test_layering.py)
     from launcher.control.messages import Message
+    from launcher.hangs.verdict import Hung
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,8 +69,31 @@ class JobDecided:
     """The job's result arrived over the control channel (an MPI follower waits for it)."""
 
 
+@dataclass(frozen=True, slots=True)
+class HangDeclared:
+    """The hang monitor found this host's ranks without progress for longer than the window
+    (`launcher.hangs.watch.Monitor`); `verdict` is its `Hung`. Posted once per run."""
+
+    verdict: Hung
+
+
+@dataclass(frozen=True, slots=True)
+class HangReport:
+    """What a hang left for the report: `culprit` opens output/failure (the same line on every
+    host: the declaring host's), `details` follow it (this host's ranks, stacks, dumps)."""
+
+    culprit: str
+    details: str
+
+
 Event: TypeAlias = (
-    RankExited | SignalReceived | RemoteAbort | PeerMessage | SshdChecked | JobDecided
+    RankExited
+    | SignalReceived
+    | RemoteAbort
+    | PeerMessage
+    | SshdChecked
+    | JobDecided
+    | HangDeclared
 )
 Events: TypeAlias = "queue.SimpleQueue[Event]"
 
@@ -78,6 +103,7 @@ class RunState(enum.Enum):
     FAILED = "failed"
     INTERRUPTED = "interrupted"
     ABORTED = "aborted"
+    HUNG = "hung"  # this host declared the hang (a host told of one ends ABORTED)
 
 
 @dataclass(frozen=True, slots=True)
@@ -91,3 +117,4 @@ class Outcome:
     stop_signal: int | None = None
     remote: RemoteAbort | None = None
     duration_s: float = 0.0
+    hang: HangReport | None = None  # set when the job ended for a hang, here or elsewhere

@@ -2,7 +2,8 @@
 
 The root cause comes first in `output/failure` because SageMaker shows only its first 1024
 characters: which rank on which host, its exit code or signal name, and the exception line
-(from the rank's error file in torch's `@record` format, else from its stderr tail). Identical
+(from the rank's error file in torch's `@record` format, else from its stderr tail); for a hang,
+the culprit line (`launcher.hangs.summary`) and then what every rank was doing. Identical
 errors on several ranks are grouped. An `output/failure` the user script wrote is never
 overwritten (the toolkit's rule), and a failed run never writes `output/success`.
 """
@@ -10,7 +11,6 @@ overwritten (the toolkit's rule), and a failed run never writes `output/success`
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import re
 from collections.abc import Mapping
@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from launcher.errors import exit_code_for_rank, signal_exit_code, signal_name
+from launcher.errors import EXIT_HANG, exit_code_for_rank, signal_exit_code, signal_name
 from launcher.events import Outcome, RunState
 
 _TRACEBACK = "Traceback (most recent call last):"
@@ -62,6 +62,8 @@ def read_error_file(path: str) -> tuple[str, str] | None:
     if not path:
         return None
     try:
+        import json  # noqa: PLC0415 - only once a rank failed: start-up skips it
+
         data: Any = json.loads(Path(path).read_text(encoding="utf-8", errors="replace"))
     except (OSError, ValueError):
         return None
@@ -134,6 +136,8 @@ def failures(outcome: Outcome, ranks: Mapping[int, RankTrace]) -> list[RankFailu
 
 def headline(outcome: Outcome, found: list[RankFailure]) -> str:
     """The first line of output/failure and of the launcher's final log line."""
+    if outcome.hang is not None:  # declared here, or elsewhere (then it is the abort's reason)
+        return outcome.hang.culprit
     if outcome.state is RunState.ABORTED and outcome.remote is not None:
         return outcome.remote.reason
     if outcome.state is RunState.INTERRUPTED and outcome.stop_signal is not None:
@@ -148,6 +152,8 @@ def headline(outcome: Outcome, found: list[RankFailure]) -> str:
 def exit_code(outcome: Outcome) -> int:
     if outcome.state is RunState.SUCCEEDED:
         return 0
+    if outcome.state is RunState.HUNG:
+        return EXIT_HANG
     if outcome.state is RunState.INTERRUPTED and outcome.stop_signal is not None:
         return signal_exit_code(outcome.stop_signal)
     if outcome.state is RunState.ABORTED and outcome.remote is not None:
@@ -157,9 +163,12 @@ def exit_code(outcome: Outcome) -> int:
     return 1
 
 
-def failure_text(first_line: str, found: list[RankFailure]) -> str:
-    """The whole failure report: root cause line, grouped errors, then the root's stderr."""
+def failure_text(first_line: str, found: list[RankFailure], *, details: str = "") -> str:
+    """The whole failure report: root cause line, `details` (a hang's: every rank, the
+    stacks), grouped errors, then the root's stderr."""
     parts = [first_line, ""]
+    if details:
+        parts += [details.rstrip(), ""]
     groups: dict[str, list[RankFailure]] = {}
     for failure in found:
         key = "terminated by the launcher" if failure.terminated else failure.message or failure.how

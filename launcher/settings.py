@@ -189,6 +189,8 @@ class Settings:
     leader_addr: str  # "": the leader's host name
     job_token: str | None
     host_name: str  # `launcher run`'s host name in prefixes; "": the node name
+    # Seconds without progress before the job is hung; None: automatic; 0: off (docs/hangs.md).
+    hang_timeout_s: float | None = None
     # The `mpi` backend's: read only when the backend is `mpi`, else these defaults.
     mpi_num_processes: int | None = None  # -np; None: every slot of every host
     mpi_options: str = ""
@@ -295,6 +297,19 @@ def procs_per_host(value: Any) -> int | str:
         ) from None
 
 
+def hang_timeout(value: Any) -> float | None:
+    """`--hang-timeout`: "auto" (None, the automatic window), 0 (off) or seconds up to
+    `MAX_SECONDS`, as `launcher.hangs.verdict.parse_setting` reads them (a JSON number from a
+    hyperparameter too). Raises ValueError."""
+    if isinstance(value, str):
+        # Lazily: `launcher run` without the setting imports nothing of launcher.hangs.
+        from launcher.hangs.verdict import parse_setting  # noqa: PLC0415
+
+        parsed = parse_setting(value)
+        return None if parsed is None else seconds(parsed)
+    return seconds(value)
+
+
 def _mpi_processes(value: Any) -> int:
     return count(value, MAX_PROCESSES)
 
@@ -395,6 +410,12 @@ SETTINGS: tuple[Setting, ...] = (
     Setting(
         "host_name", None, "LAUNCHER_HOST_NAME", None, _text, "",
         "launcher run: the host name in prefixes", shown="node name",
+    ),
+    Setting(
+        "hang_timeout_s", "--hang-timeout", "LAUNCHER_HANG_TIMEOUT", "launcher_hang_timeout",
+        hang_timeout, None,
+        "seconds without progress before the job is hung (exit 124); auto: learned, armed once"
+        " the job reports progress; 0: off", "SECONDS|auto|0", shown="auto",
     ),
     Setting(
         "mpi_num_processes", None, "LAUNCHER_MPI_NUM_PROCESSES", "sagemaker_mpi_num_processes",

@@ -7,6 +7,14 @@ launcher's signal handlers (`SignalReceived`) and, in multi-host jobs, the contr
 recorded as terminated and can never be the root cause. SIGTERM, SIGINT, SIGHUP, SIGUSR1 and
 SIGUSR2 are forwarded to every rank; the first three also stop the job (a second SIGINT kills at
 once, as users expect of Ctrl-C twice).
+
+A hang (`HangDeclared`, from the hang monitor) is a failure acted on before anything is
+killed: `on_hang` takes every rank's stack and names the culprit, then every rank is stopped
+as for a failure and the outcome carries the report (exit 124). `on_hang` may defer (return
+None: a host of a multi-host job whose ranks single no culprit out waits one more window for
+the host that holds it); the verdict is then judged again, finally, when the window ends. A
+`RemoteAbort` with exit 124 (a hang declared by another host) first has this host's stacks
+taken (`on_remote_hang`).
 """
 
 from __future__ import annotations
@@ -18,11 +26,16 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from types import FrameType
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
-from launcher.errors import StopRequested
+if TYPE_CHECKING:
+    from launcher.hangs.verdict import Hung
+
+from launcher.errors import EXIT_HANG, StopRequested
 from launcher.events import (
     Events,
+    HangDeclared,
+    HangReport,
     Outcome,
     RankExited,
     RemoteAbort,
@@ -104,6 +117,12 @@ class Supervisor:
     on_stop: Callable[[int | None, int | None], None] | None = None
     clock: Callable[[], float] = time.monotonic
     fail_fast: bool = True  # False: a failure is recorded but the others run on (local clusters)
+    # (verdict, final) -> the hang's report, taken before any rank is stopped; None: defer
+    # (only when not final). Unset: a `HangDeclared` is ignored.
+    on_hang: Callable[[Hung, bool], HangReport | None] | None = None
+    # Another host declared a hang: take this host's evidence; returns the report's details.
+    on_remote_hang: Callable[[], str] | None = None
+    _deferred: tuple[float, Hung] | None = None  # a verdict to judge again (when, verdict)
     _pending: set[int] = field(default_factory=set)
     _terminated: set[int] = field(default_factory=set)
     _stopping_since: float | None = None
@@ -119,6 +138,7 @@ class Supervisor:
         root: int | None = None
         stop_signal: int | None = None
         remote: RemoteAbort | None = None
+        hang: HangReport | None = None
         while self._pending:
             event = self._next_event()
             if event is None:
@@ -150,7 +170,23 @@ class Supervisor:
             elif isinstance(event, RemoteAbort):
                 if state is RunState.SUCCEEDED:
                     state, remote = RunState.ABORTED, event
+                    self._deferred = None
+                    if event.exit_code == EXIT_HANG and self.on_remote_hang is not None:
+                        hang = HangReport(event.reason, self.on_remote_hang())
                 self._stop(signal.SIGTERM)
+            elif (
+                isinstance(event, HangDeclared)
+                and state is RunState.SUCCEEDED
+                and self.on_hang is not None
+            ):
+                final = self._deferred is not None and self._deferred[1] is event.verdict
+                self._deferred = None
+                found = self.on_hang(event.verdict, final)
+                if found is None:  # judged again one window later, unless told first
+                    self._deferred = (self.clock() + event.verdict.window_s, event.verdict)
+                else:
+                    state, hang = RunState.HUNG, found
+                    self._stop(signal.SIGTERM)
         return Outcome(
             state=state,
             exits=exits,
@@ -159,9 +195,16 @@ class Supervisor:
             stop_signal=stop_signal,
             remote=remote,
             duration_s=self.clock() - start,
+            hang=hang,
         )
 
     def _next_event(self) -> object | None:
+        if self._stopping_since is None and self._deferred is not None:
+            at, verdict = self._deferred
+            try:
+                return self.events.get(timeout=max(at - self.clock(), 0.0))
+            except queue.Empty:
+                return HangDeclared(verdict)  # the deferred verdict, judged finally
         if self._stopping_since is None:
             return self.events.get()
         limit = self.grace_s if not self._killed else self.grace_s + KILL_WAIT_S

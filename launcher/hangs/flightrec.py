@@ -14,7 +14,9 @@ going into the job's log directory, unless the user chose otherwise:
 torch appends the global rank to the dump prefix (`rank_3`). A variable with two names is one
 setting: torch reads the current name first and the older one after, so when the user set
 either name (even to the empty string) we set neither, else ours would silently win over
-theirs. Both names are set otherwise, for old and new torch alike.
+theirs. Otherwise only the current name is set: torch 2.13 prints a deprecation warning on
+every rank's start for an older name it finds, gloo jobs included. A torch too old to know the
+current names gets no flight recorder from us (set the older names yourself there).
 """
 
 from __future__ import annotations
@@ -42,7 +44,7 @@ def environment(
     user: Mapping[str, str], log_dir: Path, *, buffer_size: int = BUFFER_SIZE
 ) -> dict[str, str]:
     """The flight-recorder variables to add to a rank's environment `user` (what the rank would
-    get without them): only settings the user left unset, in every spelling. Pure."""
+    get without them): only settings the user left unset, under their current name. Pure."""
     if buffer_size < 0:
         raise ValueError(f"flight-recorder buffer size {buffer_size!r} must be >= 0")
     ours: dict[str, str] = {}
@@ -52,7 +54,7 @@ def environment(
         (DUMP_FILE_VARS, str(folder(log_dir) / PREFIX)),
     ):
         if not any(name in user for name in names):
-            ours.update(dict.fromkeys(names, value))
+            ours[names[0]] = value
     return ours
 
 

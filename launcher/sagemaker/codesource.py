@@ -63,7 +63,6 @@ import contextlib
 import os
 import shutil
 import stat
-import tempfile
 from collections import deque
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
@@ -112,6 +111,8 @@ def prepare(
         code_dir.mkdir(parents=True, exist_ok=True)
         return f"{code_dir} is empty and no {SOURCE_KEY} is set"
     if source.startswith("s3://"):
+        import tempfile  # noqa: PLC0415 - only when code is fetched: `train` starts without it
+
         with tempfile.TemporaryDirectory(prefix="launcher-code-") as tmp:
             archive = Path(tmp) / "sourcedir.tar.gz"
             _download_s3(source, archive, hps_file, environ)
@@ -753,6 +754,8 @@ def _extract_checked(
     tar: tarfile.TarFile, members: list[tarfile.TarInfo], dest: Path, parent: Path
 ) -> None:
     """Write, verify and move the checked members; undo everything on any failure."""
+    import tempfile  # noqa: PLC0415 - only when an archive is extracted
+
     if dest.is_dir() and any(dest.iterdir()):
         raise _Refused(None, f"cannot be extracted: {dest} is not empty", _HINT_EMPTY)
     made: list[Path] = []

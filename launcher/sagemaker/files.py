@@ -32,6 +32,7 @@ from launcher.sagemaker.tree import (
     DEFAULT_GROUP,
     DEFAULT_INSTANCE_TYPE,
     DEFAULT_INTERFACE,
+    LAUNCHER_PREFIX,
     MAX_CONFIG_BYTES,
     MAX_NESTING,
     RESERVED_HYPERPARAMETERS,
@@ -311,7 +312,7 @@ def hyperparameters(path: Path, raw: dict[str, Any]) -> Hyperparameters:
                 problem,
                 hint="no environment variable or argument can hold it: remove it from the value",
             )
-        if key.startswith("sagemaker_") or key in RESERVED_HYPERPARAMETERS:
+        if key.startswith(("sagemaker_", LAUNCHER_PREFIX)) or key in RESERVED_HYPERPARAMETERS:
             sagemaker[key] = decoded
         else:
             user[key] = decoded

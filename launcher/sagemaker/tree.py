@@ -39,6 +39,10 @@ RESERVED_HYPERPARAMETERS = frozenset(
         "sagemaker_s3_output",
     }
 )
+# The launcher's own hyperparameters (`launcher_hang_timeout`): settings for the launcher, like
+# `sagemaker_*`, so never arguments or SM_HP_* of the user's script. The toolkit does not know
+# them (it would pass them on); a script written for it does not expect them either.
+LAUNCHER_PREFIX = "launcher_"
 # The flags that mark the current instance group as distributed (sagemaker-contract §10.1).
 DISTRIBUTION_FLAGS = (
     "sagemaker_mpi_enabled",

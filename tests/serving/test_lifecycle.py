@@ -9,12 +9,12 @@ import signal
 import subprocess
 import threading
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import pytest
 
+from tests.helpers.waiting import wait_for
 from tests.serving.conftest import USER_CODE, make_tree
 from tests.serving.serverproc import SERVE, Answer, ServeProcess, ping, running
 
@@ -23,15 +23,6 @@ pytestmark = [
     # The tests build their models with torch.jit, which torch 2.13 marks deprecated.
     pytest.mark.filterwarnings("ignore:`torch.jit.* is deprecated:DeprecationWarning"),
 ]
-
-
-def wait_for(predicate: Callable[[], object], deadline_s: float, what: str) -> None:
-    end = time.monotonic() + deadline_s
-    while time.monotonic() < end:
-        if predicate():
-            return
-        time.sleep(0.01)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def test_ping_is_200_only_once_every_worker_loaded_and_again_after_a_death(

@@ -9,13 +9,14 @@ import os
 import signal
 import socket
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import psutil
 import pytest
 
 from tests.helpers.procwatch import LeakWatch
+from tests.helpers.waiting import wait_for
 from tests.serving.conftest import make_tree
 from tests.serving.serverproc import ServeProcess, ping
 
@@ -24,15 +25,6 @@ pytestmark = [
     # The tests build their models with torch.jit, which torch 2.13 marks deprecated.
     pytest.mark.filterwarnings("ignore:`torch.jit.* is deprecated:DeprecationWarning"),
 ]
-
-
-def wait_for(predicate: Callable[[], object], deadline_s: float, what: str) -> None:
-    end = time.monotonic() + deadline_s
-    while time.monotonic() < end:
-        if predicate():
-            return
-        time.sleep(0.01)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def assert_stopped_cleanly(server: ServeProcess, signum: int) -> None:

@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 
 from launcher.errors import EXIT_USAGE, ConfigError
-from launcher.sagemaker import config
+from launcher.sagemaker import config, smenv
 
 ONE_HOST = {"current_host": "algo-1", "hosts": ["algo-1"]}
 
@@ -74,6 +74,14 @@ def test_hyperparameter_decoding(raw: Any, decoded: Any) -> None:
 
 def test_nan_decodes_like_python_json() -> None:
     assert math.isnan(config.decode_hyperparameter("NaN"))
+
+
+def test_the_launchers_own_hyperparameters_never_reach_the_script(tmp_path: Path) -> None:
+    """`launcher_hang_timeout` is a setting of the launcher: neither an argument nor SM_HP_*."""
+    job = load(tree(tmp_path, {"epochs": "3", "launcher_hang_timeout": '"60"'}))
+    assert dict(job.hyperparameters.user) == {"epochs": 3}
+    assert job.hyperparameters.sagemaker["launcher_hang_timeout"] == "60"
+    assert "--launcher_hang_timeout" not in smenv.user_args(job.hyperparameters.user)
 
 
 def test_hyperparameters_split_into_user_sagemaker_and_framework(tmp_path: Path) -> None:

@@ -80,7 +80,9 @@ def test_the_settings_dataclass_has_one_field_per_row() -> None:
     fields = [f.name for f in dataclasses.fields(settings.Settings)]
     assert fields == [s.name for s in SETTINGS]
     assert all(s.env and s.env.startswith("LAUNCHER_") for s in SETTINGS)
-    assert all(s.hp is None or s.hp.startswith("sagemaker_") for s in SETTINGS)
+    # The launcher's own hyperparameters are `sagemaker_*`, or `launcher_*` for settings that
+    # are the launcher's alone (`launcher_hang_timeout`).
+    assert all(s.hp is None or s.hp.startswith(("sagemaker_", "launcher_")) for s in SETTINGS)
 
 
 def _options(parser: argparse.ArgumentParser) -> dict[str, str]:
