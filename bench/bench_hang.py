@@ -103,6 +103,18 @@ def _env(ready_dir: Path, tmp: Path) -> dict[str, str]:
     }
 
 
+def _start(argv: list[str], ready_dir: Path, tmp: Path) -> subprocess.Popen[bytes]:
+    """`argv` from the repository, with the ranks' environment and its output discarded."""
+    return subprocess.Popen(
+        argv,
+        cwd=ROOT,
+        env=_env(ready_dir, tmp),
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+
+
 def launcher_round(window: float, tmp: Path) -> dict[str, float]:
     """One launcher run of the stuck script: the verdict's quiet time and the exit latency."""
     ready_dir, out = tmp / "ready", tmp / "output"
@@ -121,14 +133,7 @@ def launcher_round(window: float, tmp: Path) -> dict[str, float]:
         HANG_RANK,
         *STUCK,
     ]
-    proc = subprocess.Popen(
-        argv,
-        cwd=ROOT,
-        env=_env(ready_dir, tmp),
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
+    proc = _start(argv, ready_dir, tmp)
     try:
         stuck = _wait("rank 1 stuck", lambda: _stage(ready_dir, 1) == "stuck", proc, 120)
         code = proc.wait(2 * window + 60)
@@ -150,14 +155,7 @@ def torchrun_round(bound: float, tmp: Path) -> float | None:
     ready_dir = tmp / "ready"
     ready_dir.mkdir()
     argv = [str(VENV_BIN / "torchrun"), "--nproc-per-node", "2", HANG_RANK, *STUCK]
-    proc = subprocess.Popen(
-        argv,
-        cwd=ROOT,
-        env=_env(ready_dir, tmp),
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
+    proc = _start(argv, ready_dir, tmp)
     try:
         stuck = _wait("rank 1 stuck", lambda: _stage(ready_dir, 1) == "stuck", proc, 120)
         try:
@@ -186,14 +184,7 @@ def watch_cpu(ranks: int, seconds: float, window: float, tmp: Path) -> dict[str,
         f"{window:g}",
         str(script),
     ]
-    proc = subprocess.Popen(
-        argv,
-        cwd=ROOT,
-        env=_env(ready_dir, tmp),
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
+    proc = _start(argv, ready_dir, tmp)
     try:
         _wait("every rank", lambda: len(list(ready_dir.iterdir())) >= ranks, proc, 120)
         me = psutil.Process(proc.pid)

@@ -22,7 +22,6 @@ import contextlib
 import json
 import logging
 import os
-import shutil
 import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
@@ -218,6 +217,8 @@ class JobWatch:
         found = flightrec.find_dumps([str(self.flight_dir / flightrec.PREFIX)], since=self._started)
         if not found or self._flight_kept:
             return found
+        import shutil  # noqa: PLC0415 - only after a hang with dumps: every launch skips it
+
         kept = []
         for dump in found:
             target = self.stacks_dir.parent / flightrec.FOLDER / dump.name

@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import os
 import re
-import shutil
 import sys
 import threading
 import time
@@ -231,6 +230,8 @@ def find_py_spy(environ: Mapping[str, str] | None = None) -> str | None:
     if beside.is_file() and os.access(beside, os.X_OK):
         return str(beside)
     path = (os.environ if environ is None else environ).get("PATH")
+    import shutil  # noqa: PLC0415 - only when stacks are taken: every launch skips it
+
     return shutil.which(PY_SPY, path=path)
 
 

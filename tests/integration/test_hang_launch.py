@@ -126,12 +126,9 @@ def test_hang_timeout_0_turns_detection_off(launch: Launch, tmp_path: Path) -> N
     assert not (tmp_path / "launcher-running").exists()  # nothing of hang detection ran
 
 
-def test_launcher_stacks_prints_every_rank_of_a_running_job(launch: Launch, tmp_path: Path) -> None:
-    job = hang_job(launch, tmp_path, "steady", window=60)
-    wait_stage(job, 0, "steady")
-    wait_stage(job, 1, "steady")
-    env = {**os.environ, "TMPDIR": str(tmp_path)}
-    shown = subprocess.run(
+def launcher_stacks(env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    """`launcher stacks` as a user runs it, its output captured."""
+    return subprocess.run(
         [sys.executable, "-m", "launcher", "stacks"],
         cwd=REPO,
         env=env,
@@ -140,6 +137,14 @@ def test_launcher_stacks_prints_every_rank_of_a_running_job(launch: Launch, tmp_
         timeout=60,
         check=False,
     )
+
+
+def test_launcher_stacks_prints_every_rank_of_a_running_job(launch: Launch, tmp_path: Path) -> None:
+    job = hang_job(launch, tmp_path, "steady", window=60)
+    wait_stage(job, 0, "steady")
+    wait_stage(job, 1, "steady")
+    env = {**os.environ, "TMPDIR": str(tmp_path)}
+    shown = launcher_stacks(env)
     assert shown.returncode == 0, shown.stderr
     for rank in (0, 1):
         assert f"# rank {rank} on {HOST}, pid " in shown.stdout, shown.stdout
@@ -147,15 +152,7 @@ def test_launcher_stacks_prints_every_rank_of_a_running_job(launch: Launch, tmp_
     assert job.exited() is None  # taking the stacks stopped nothing
     job.send(signal.SIGTERM)
     assert job.wait(30) == 128 + signal.SIGTERM, job.err
-    nothing = subprocess.run(
-        [sys.executable, "-m", "launcher", "stacks"],
-        cwd=REPO,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+    nothing = launcher_stacks(env)
     assert nothing.returncode == 1 and "no running job" in nothing.stderr, nothing
 
 

@@ -129,7 +129,10 @@ class Launcher:
 
 
 class Job:
-    """One `train` per simulated host, each with its own tree; a shared folder for the ranks."""
+    """One `train` per simulated host, each with its own tree; a shared folder for the ranks.
+    `program` is the ranks' code/prog.py (a subclass may give its own)."""
+
+    program: str = PROGRAM
 
     def __init__(self, cluster: Cluster, root: Path, **hps: str) -> None:
         self.cluster = cluster
@@ -153,7 +156,7 @@ class Job:
             name,
             self.names,
             self.hps,
-            PROGRAM,
+            self.program,
             entry="prog.py",
             resources=cluster_resources(self.names),
         )

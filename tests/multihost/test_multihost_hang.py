@@ -14,9 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers.trees import cluster_resources, write_tree
 from tests.multihost.conftest import ClusterFactory
-from tests.multihost.test_multihost import GRACE_S, HEARTBEAT_S, TRAIN, Job, Launcher, first_line
+from tests.multihost.test_multihost import Job, first_line
 
 pytestmark = [pytest.mark.multihost, pytest.mark.timeout(150)]
 
@@ -58,29 +57,7 @@ collectives.all_reduce(x)
 class HangJob(Job):
     """`Job` with the program above."""
 
-    def start(self, name: str, **env: str) -> Launcher:
-        host = self.cluster.host(name)
-        tree = write_tree(
-            self.root / "trees" / name,
-            name,
-            self.names,
-            self.hps,
-            PROGRAM,
-            entry="prog.py",
-            resources=cluster_resources(self.names),
-        )
-        log = self.root / f"{name}.log"
-        full_env = {
-            "SAGEMAKER_BASE_DIR": str(tree),
-            "LAUNCHER_PEER_TIMEOUT": "30",
-            "LAUNCHER_HEARTBEAT_TIMEOUT": f"{HEARTBEAT_S:g}",
-            "LAUNCHER_GRACE_PERIOD": f"{GRACE_S:g}",
-            **env,
-        }
-        with log.open("wb") as out:
-            proc = self.cluster.popen(host, [TRAIN], env=full_env, stdout=out, stderr=out)
-        launcher = self.launchers[name] = Launcher(host, proc, tree, log)
-        return launcher
+    program = PROGRAM
 
 
 def test_a_follower_rank_stuck_before_a_collective_ends_every_host_with_124(
