@@ -10,16 +10,17 @@ from __future__ import annotations
 
 import logging
 import queue
+import threading
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 from launcher import procs as processes
 from launcher import report
 from launcher.containment import Containment
-from launcher.errors import EXIT_HANG, exit_code_for_rank, signal_exit_code, signal_name
+from launcher.errors import exit_code_for_rank, signal_exit_code, signal_name
 from launcher.events import Events, HangDeclared, HangReport, Outcome
 from launcher.logs import OutputPump
 from launcher.plan import LaunchPlan
@@ -48,6 +49,24 @@ class RunOptions:
     # helpers such as `launcher local`'s zygote are never judged; the commands pass it on).
     hang_timeout_s: float | None = 0.0
     keep_dir: Path | None = None  # where a hang's stacks go without a log dir (output folder)
+
+
+class HangPeers(Protocol):
+    """The other hosts of a multi-host job, for hang detection (`control.follower.Member`):
+    `hang` and `held` block, bounded, until every host took its ranks' stacks (the hold);
+    `local_stacks` is what this host answers when the leader asks for them (`launcher
+    stacks`), and `gather_stacks` asks every other host (the leader's; {} elsewhere)."""
+
+    local_stacks: Callable[[], str] | None
+
+    def hang(self, reason: str) -> None:
+        """This host declared the hang (`reason`: the culprit line); its stacks are taken."""
+
+    def held(self) -> None:
+        """Another host's verdict reached this host, whose stacks are taken."""
+
+    def gather_stacks(self, timeout: float) -> dict[str, str]:
+        """Every other host's ranks' stacks now, as text by host."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -90,13 +109,15 @@ def execute(
     *,
     events: Events | None = None,
     on_stop: Callable[[int, str], None] | None = None,
+    peers: HangPeers | None = None,
 ) -> Result:
     """Start the plan's ranks, supervise them to the end, report. Never leaves a rank running.
 
     With hang detection on (`options.hang_timeout_s`), every rank gets its progress files and
     the flight recorder's variables, and a hang ends the job with exit 124 after every rank's
-    stack was taken (`launcher.hangs.job`); in a multi-host job `on_stop` carries the culprit
-    line to the other hosts."""
+    stack was taken (`launcher.hangs.job`); in a multi-host job `peers` carries the culprit
+    line to the other hosts and holds every host's ranks until all stacks are taken, and the
+    leader answers `launcher stacks` for every host (`launcher.hangs.ondemand`)."""
     events = events if events is not None else queue.SimpleQueue()
     watch = _hang_watch(plan, options)
     if watch is not None:
@@ -132,12 +153,14 @@ def execute(
                 host = plan.world.host.name
                 supervisor.on_stop = lambda rank, sig: on_stop(*_stop_cause(procs, host, rank, sig))
             if watch is not None:
-                _watch_hangs(watch, supervisor, procs, events, on_stop)
+                _watch_hangs(watch, supervisor, procs, events, peers)
             outcome = supervisor.run()
             procs.close(options.grace_s)
     finally:
         if watch is not None:
             watch.close()
+        if peers is not None:
+            peers.local_stacks = None
         procs.close(0.0)  # on an unexpected error: nothing may survive us
         procs.wait_output(OUTPUT_DRAIN_S)
         pump.stop(1.0)
@@ -173,6 +196,8 @@ def _hang_watch(plan: LaunchPlan, options: RunOptions) -> JobWatch | None:
             log_dir=options.log_dir,
             keep_dir=options.keep_dir,
             multi=len(plan.world.hosts) > 1,
+            run_id=plan.world.run_id,
+            leader=len(plan.world.hosts) > 1 and plan.world.node_rank == 0,
         )
     except OSError as e:
         log.warning("hang detection is off: cannot create its files: %s", e)
@@ -186,12 +211,14 @@ def _watch_hangs(
     supervisor: Supervisor,
     procs: ProcessSet,
     events: Events,
-    on_stop: Callable[[int, str], None] | None,
+    peers: HangPeers | None,
 ) -> None:
     """Connect the hang detection to the supervisor: the monitor's verdict becomes a
     `HangDeclared` event; the supervisor has the stacks taken (`judge`, or `remote` for a
     hang declared elsewhere) before it stops any rank; a hang declared here reaches the other
-    hosts with exit 124 and the culprit line."""
+    hosts with exit 124 and the culprit line, and no host stops a rank before every host has
+    taken its stacks (`peers`). In a multi-host job every host answers the leader's request
+    for its stacks, and the leader answers `launcher stacks` for every host."""
 
     def pids() -> dict[int, int]:
         return {rank: proc.popen.pid for rank, proc in procs.ranks.items()}
@@ -200,13 +227,47 @@ def _watch_hangs(
         found = watch.judge(hung, pids(), final=final)
         if found is not None:
             log.error("%s", found.culprit)
-            if on_stop is not None:
-                on_stop(EXIT_HANG, found.culprit)
+            if peers is not None:
+                peers.hang(found.culprit)
         return found
 
+    def remote() -> str:
+        details = watch.remote(pids())
+        if peers is not None:
+            peers.held()
+        return details
+
     supervisor.on_hang = judge
-    supervisor.on_remote_hang = lambda: watch.remote(pids())
+    supervisor.on_remote_hang = remote
+    if peers is not None:
+        _answer_stacks(watch, peers)
     watch.start(lambda hung: events.put(HangDeclared(hung)))
+
+
+def _answer_stacks(watch: JobWatch, peers: HangPeers) -> None:
+    """`launcher stacks` across hosts: this host answers the leader with its ranks' stacks;
+    the leader also serves every host's on its local socket (closed with the watch)."""
+    from launcher.hangs import job as hangjob  # noqa: PLC0415 - only jobs that are watched
+    from launcher.hangs import ondemand  # noqa: PLC0415
+
+    folder = watch.folder
+    peers.local_stacks = lambda: hangjob.stacks_text(folder)
+    if not watch.leader:
+        return
+
+    def everything() -> str:
+        others: dict[str, str] = {}
+        asking = threading.Thread(
+            target=lambda: others.update(peers.gather_stacks(ondemand.GATHER_TIMEOUT_S)),
+            daemon=True,
+            name="stacks-gather",
+        )
+        asking.start()  # every host takes its stacks at the same time
+        mine = hangjob.stacks_text(folder)
+        asking.join()
+        return "\n".join([mine, *others.values()]) + "\n"
+
+    watch.serve(everything)
 
 
 def finish(output_dir: Path, exit_code: int, failure_text: str) -> None:

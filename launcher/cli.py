@@ -136,6 +136,11 @@ def _parser() -> argparse.ArgumentParser:
         "stacks", help="print the current stack of every rank of the jobs running on this host"
     )
     stk.add_argument("--pid", type=int, help="only the job of the launcher with this pid")
+    stk.add_argument(
+        "--local",
+        action="store_true",
+        help="this host's ranks only (by default the leader of a multi-host job answers for all)",
+    )
     stk.set_defaults(func=_stacks)
     doc = sub.add_parser("doctor", help="check this host for a backend: GPUs, network, frameworks")
     doc.add_argument(

@@ -276,7 +276,7 @@ def _execute(
     if member is None:
         return _finish(execute(launch, options, scope, events=events))
     try:
-        result = execute(launch, options, scope, events=events, on_stop=member.failed)
+        result = execute(launch, options, scope, events=events, on_stop=member.failed, peers=member)
         code, reason = member.barrier() if result.exit_code == 0 else (result.exit_code, "")
     finally:
         member.close()
@@ -568,8 +568,13 @@ def stacks(args: argparse.Namespace, environ: dict[str, str]) -> int:
     host (or of the launcher `--pid`), found through the folder where running launchers
     announce their jobs (`launcher.hangs.job.registry_dir`). Stops nothing: py-spy where
     ptrace is allowed, else the ranks' stack signal. Returns 0, or 1 when no job runs here.
-    Only this host's ranks: the other hosts' are printed by `launcher stacks` there."""
+
+    The leader of a multi-host job answers for every host (`launcher.hangs.ondemand`: each
+    follower takes its own ranks' stacks when asked over the control channel); a follower's
+    launcher found beside its leader (`launcher local`) is then not printed twice. `--local`:
+    this host's ranks only."""
     from launcher.hangs import job as hangjob  # noqa: PLC0415 - only this command reads them
+    from launcher.hangs import ondemand  # noqa: PLC0415
 
     jobs = [(pid, f) for pid, f in hangjob.running_jobs(environ) if args.pid in (None, pid)]
     if not jobs:
@@ -578,16 +583,25 @@ def stacks(args: argparse.Namespace, environ: dict[str, str]) -> int:
             "no running job%s on this host (looked in %s)", where, hangjob.registry_dir(environ)
         )
         return 1
+    infos = {pid: hangjob.job_info(folder) for pid, folder in jobs}
+    led = {info.get("run_id") for info in infos.values() if info.get("leader")}
     for pid, folder in jobs:
-        hosts, taken = hangjob.current_stacks(folder)
-        print(f"# job of launcher {pid}: {len(taken)} rank(s)")
-        for rank, stack in taken.items():
-            host = hosts.get(rank, "")
-            on = f" on {host}" if host else ""
-            how = f"taken with {stack.method}" if stack.ok else f"no stack: {stack.error}"
-            print(f"# rank {rank}{on}, pid {stack.pid}: {how}")
-            if stack.text:
-                print(stack.text.rstrip())
+        info = infos[pid]
+        everyone = None
+        if not args.local and info.get("leader"):
+            path = ondemand.socket_path(hangjob.registry_dir(environ), pid)
+            everyone = ondemand.ask(path, ondemand.ASK_TIMEOUT_S)
+        elif not args.local and info.get("run_id") in led and info.get("run_id"):
+            continue  # its leader, running here too, prints this host's ranks
+        if everyone is not None:
+            print(f"# job of launcher {pid} (every host, through the leader)")
+            print(everyone.rstrip())
+        else:
+            text = hangjob.stacks_text(folder)
+            ranks = sum(line.startswith("# rank ") for line in text.splitlines())
+            print(f"# job of launcher {pid}: {ranks} rank(s)")
+            if text:
+                print(text)
         sys.stdout.flush()
     return 0
 

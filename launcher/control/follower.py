@@ -11,8 +11,12 @@ the leader is heard.
 
 FAILED (a follower's ranks failed, with the root cause) makes the leader ABORT every host with
 that same cause; a lost follower or a failing leader does the same; a lost leader aborts each
-follower on its own. On success followers report DONE and wait at the exit barrier for the
-leader's RESULT, so no host leaves while others still train.
+follower on its own. A hang (FAILED with code 124, or the leader's own verdict) is held first:
+the leader sends HOLD, every host takes its ranks' stacks and answers HELD, and only then the
+ABORT goes out (`leader`'s docstring; `Member.hang`, `Member.held`). On success followers
+report DONE and wait at the exit barrier for the leader's RESULT, so no host leaves while others
+still train. `launcher stacks` on the leader's host asks every follower for its ranks' stacks
+(STACKS?, answered by STACKS: `Leader.gather_stacks`).
 
 Every message is one of the frozen types of `messages` (the protocol in full: fields, bounds,
 what `decode` refuses); a message a role does not expect from its peer (a PLAN from a
@@ -36,6 +40,7 @@ import queue
 import socket
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from launcher import net
@@ -46,15 +51,20 @@ from launcher.control.messages import (
     Done,
     Failed,
     Heartbeat,
+    Held,
     Hello,
+    Hold,
     Message,
     Plan,
     Result,
     SshdReady,
+    Stacks,
+    StacksWanted,
     exhaustive,
 )
 from launcher.errors import (
     EXIT_FAILURE,
+    EXIT_HANG,
     JobAborted,
     PeersUnreachable,
     StopRequested,
@@ -68,6 +78,11 @@ log = logging.getLogger("launcher")
 PROGRESS_EVERY_S = 5.0
 STOP_LINGER_S = 2.0  # a stopped host waits at most this for its last words to be read
 CONNECT_TIMEOUT_S = 2.0  # one connect attempt; a stop signal is seen between attempts
+# A hang's hold: how long the leader waits for every host's stacks after it sent HOLD (taking
+# them is bounded by two methods of `hangs.job.STACK_TIMEOUT_S` each), and how long a follower
+# waits for the ABORT that releases it. A host that does not answer in time is not waited for.
+HOLD_TIMEOUT_S = 12.0
+RELEASE_WAIT_S = HOLD_TIMEOUT_S + 3.0
 
 
 class Stopped(Exception):
@@ -145,6 +160,9 @@ class Member:
     decision: Decision = field(default_factory=Decision)
     # What the thread in `meet` waits on; the caller's signal handler posts to it.
     interrupt: Interrupt = field(default_factory=Interrupt)
+    # This host's ranks' stacks as `launcher stacks` prints them, taken now without stopping
+    # anything; set while the ranks run with hang detection on (`app.execute`), else None.
+    local_stacks: Callable[[], str] | None = None
     _stop: threading.Event = field(default_factory=threading.Event)
 
     @property
@@ -154,6 +172,23 @@ class Member:
     def failed(self, exit_code: int, reason: str) -> None:
         """This host stopped the job (a rank failed, or a stop signal): tell the others."""
         raise NotImplementedError
+
+    def hang(self, reason: str) -> None:
+        """This host declared a hang (`reason`: the culprit line) and took its ranks' stacks.
+        Tell the others, then block until every host has taken its own stacks (the hold), at
+        most `RELEASE_WAIT_S`: only then may any rank be stopped. Decides the job's result
+        (124, `reason`) unless it was already decided."""
+        raise NotImplementedError
+
+    def held(self) -> None:
+        """Another host's hang verdict reached this host, which took its ranks' stacks: block
+        until every host has (at most `RELEASE_WAIT_S`); then the ranks may be stopped."""
+        raise NotImplementedError
+
+    def gather_stacks(self, timeout: float) -> dict[str, str]:
+        """Every other host's ranks' stacks, as text by host: only the leader can ask them
+        (`Leader.gather_stacks`); a follower has no one to ask and returns {}."""
+        return {}
 
     def stopped(self, signum: int) -> None:
         """This host was stopped by `signum` while meeting: tell the others, then close.
@@ -187,6 +222,8 @@ class Follower(Member):
     _dropped: str = ""  # why the current connection ended before the plan
     _wake: threading.Lock = field(default_factory=threading.Lock)
     _seen: float = field(default_factory=time.monotonic)
+    _evidence: bool = False  # this host's stacks are taken: a HOLD is answered at once
+    _released: threading.Event = field(default_factory=threading.Event)  # ABORT, RESULT, lost
 
     def join(self, deadline: float, slots: int) -> tuple[Plan, str]:
         """Connect (retrying until `deadline`), say HELLO, return (PLAN, leader address).
@@ -270,11 +307,25 @@ class Follower(Member):
                 self.interrupt.nudge()
             case Abort(code=code, reason=reason):
                 self._abort_locally(code, reason)
+                self._released.set()
             case Result(code=code):
                 self.decision.decide(code, "")
+                self._released.set()
+            case Hold(reason=reason):
+                if self._evidence:  # declared here, or held already: the stacks are taken
+                    conn.send(Held())
+                else:  # the supervisor takes the stacks, then calls `held`
+                    self._abort_locally(EXIT_HANG, reason)
+            case StacksWanted(id=request):
+                threading.Thread(
+                    target=self._send_stacks,
+                    args=(conn, request),
+                    daemon=True,
+                    name="control-stacks",
+                ).start()  # taking them takes a while: the heartbeats must go on meanwhile
             case Heartbeat():
                 pass
-            case Hello() | Failed() | Done() | SshdReady():  # a follower's words
+            case Hello() | Failed() | Done() | SshdReady() | Held() | Stacks():  # a follower's
                 raise wire.FrameError(f"the leader sent {message.TYPE!r}", "unexpected")
             case _:
                 exhaustive(message)
@@ -288,6 +339,7 @@ class Follower(Member):
                 self.interrupt.nudge()
                 return
         self._abort_locally(EXIT_FAILURE, f"lost the leader {self.leader} ({why})")
+        self._released.set()
 
     def _heartbeats(self) -> None:
         while not self._stop.wait(self.heartbeat_every):
@@ -313,6 +365,43 @@ class Follower(Member):
         clipped to `wire.MAX_TEXT` bytes on the wire (the local decision keeps it whole)."""
         if self.decision.decide(exit_code, reason) and self._conn is not None:
             self._conn.send(Failed(exit_code, reason))
+
+    def hang(self, reason: str) -> None:
+        """FAILED {124, reason} to the leader, which holds every other host while it takes its
+        stacks; or HELD, when the leader's HOLD came first. Then wait for the ABORT."""
+        self._evidence = True
+        conn = self._conn
+        if conn is not None:
+            conn.send(
+                Failed(EXIT_HANG, reason) if self.decision.decide(EXIT_HANG, reason) else Held()
+            )
+        self._await_release()
+
+    def held(self) -> None:
+        """HELD to the leader, then wait for the ABORT."""
+        self._evidence = True
+        conn = self._conn
+        if conn is not None:
+            conn.send(Held())
+        self._await_release()
+
+    def _send_stacks(self, conn: Connection, request: int) -> None:
+        source = self.local_stacks
+        if source is None:
+            text = f"# {self.host}: no stacks (its ranks are not running, or hang detection is off)"
+        else:
+            try:
+                text = source()
+            except Exception as e:  # the leader gets the reason instead of silence
+                text = f"# {self.host}: could not take the stacks: {e}"
+        conn.send(Stacks(request, text))
+
+    def _await_release(self) -> None:
+        if not self._released.wait(RELEASE_WAIT_S):
+            log.warning(
+                "the leader did not end the hang's hold within %.0f s: stopping this host's ranks",
+                RELEASE_WAIT_S,
+            )
 
     def stopped(self, signum: int) -> None:
         """Stopped while meeting: FAILED {128+N, reason, host, signal} to the leader (which

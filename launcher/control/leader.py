@@ -14,6 +14,12 @@ few lines.
 Until every host has arrived the membership is open: a host whose connection drops (or falls
 silent) before the plan is simply missing again and may reconnect. Once the last host is in, the
 membership is frozen: from then on a lost host aborts the job.
+
+A hang (exit 124) is the one failure that is not aborted at once: every host must take its
+ranks' stacks while they still hang, before any host's teardown breaks their collective. The
+leader holds the job: HOLD to every follower that has not taken its stacks yet, then wait (at
+most `HOLD_TIMEOUT_S` from the HOLD) for each one's HELD or its loss, then ABORT everyone. The
+hang is the leader's own verdict (`hang`) or a follower's FAILED with code 124.
 """
 
 from __future__ import annotations
@@ -29,21 +35,26 @@ from dataclasses import dataclass, field
 
 from launcher.control import wire
 from launcher.control.connection import Connection
-from launcher.control.follower import STOP_LINGER_S, Member, Peer, stop_reason
+from launcher.control.follower import HOLD_TIMEOUT_S, STOP_LINGER_S, Member, Peer, stop_reason
 from launcher.control.messages import (
     Abort,
     Done,
     Failed,
     Heartbeat,
+    Held,
     Hello,
+    Hold,
     Message,
     Plan,
     Result,
     SshdReady,
+    Stacks,
+    StacksWanted,
     exhaustive,
 )
 from launcher.errors import (
     EXIT_FAILURE,
+    EXIT_HANG,
     JobAborted,
     PeersUnreachable,
     signal_exit_code,
@@ -131,6 +142,13 @@ class Leader(Member):
     _started: float = field(default_factory=time.monotonic)
     _lock: threading.Lock = field(default_factory=threading.Lock)
     _changed: threading.Condition = field(init=False)
+    # A hang's hold: the followers whose stacks are awaited, and until when; None: no hold.
+    _holding: set[str] | None = None
+    _hold_until: float = 0.0
+    _hold_ended: bool = False
+    # `launcher stacks` requests: id -> host -> text, filled by the followers' answers.
+    _requests: dict[int, dict[str, str]] = field(default_factory=dict)
+    _next_request: int = 1
 
     def __post_init__(self) -> None:
         self._changed = threading.Condition(self._lock)
@@ -252,6 +270,23 @@ class Leader(Member):
         with self._lock:
             self._seen[host] = time.monotonic()
         match message:
+            case Failed(code=code, reason=reason, signal=signal) if (
+                code == EXIT_HANG and not signal
+            ):
+                # A follower's hang verdict; its stacks are taken. Hold the others.
+                if self._hold(reason, exclude=host):
+                    log.error("host %s declared a hang: %s", host, reason)
+                    self.events.put(RemoteAbort(reason, code))
+                else:
+                    self._held(host)
+                self.interrupt.nudge()
+            case Held():
+                self._held(host)
+            case Stacks(id=request, text=text):
+                with self._changed:
+                    if request in self._requests:
+                        self._requests[request][host] = text
+                        self._changed.notify_all()
             case Failed(code=code, reason=reason, signal=signal):
                 if self.decision.decide(code, reason):
                     log.error("host %s failed: %s", host, reason)
@@ -267,7 +302,7 @@ class Leader(Member):
                 pass
             case SshdReady():  # a backend's: whoever drives the backend reads it
                 self.events.put(PeerMessage(host, message))
-            case Plan() | Abort() | Result():  # the leader's words
+            case Plan() | Abort() | Result() | Hold() | StacksWanted():  # the leader's words
                 raise wire.FrameError(f"host {host} sent {message.TYPE!r}", "unexpected")
             case _:
                 exhaustive(message)
@@ -321,6 +356,8 @@ class Leader(Member):
                 if not frozen:
                     del self._hellos[host]
                     self._seen.pop(host, None)
+                if self._holding is not None:
+                    self._holding.discard(host)  # a lost host's stacks are not waited for
                 self._changed.notify_all()
             else:
                 return  # refused or evicted: already logged
@@ -371,6 +408,80 @@ class Leader(Member):
         `wire.MAX_TEXT` bytes on the wire; the local decision keeps it whole)."""
         if self.decision.decide(exit_code, reason):
             self._broadcast(Abort(exit_code, reason))
+
+    def hang(self, reason: str) -> None:
+        """This host declared the hang: HOLD every follower, wait for their stacks, ABORT."""
+        self._hold(reason, exclude="")
+        self._release()
+
+    def held(self) -> None:
+        """A follower declared the hang (its HOLD went out on arrival): this host's stacks are
+        taken too; wait for the other followers', then ABORT everyone."""
+        self._release()
+
+    def _hold(self, reason: str, *, exclude: str) -> bool:
+        """Decide the job's result as this hang; if it is the first decision, HOLD every joined
+        follower but `exclude` (which took its stacks already). The decision and the start of
+        the hold are one step under the lock: a `_release` that finds the job decided as a hang
+        always finds its hold too. False when the job was decided before."""
+        with self._changed:
+            if not self.decision.decide(EXIT_HANG, reason):
+                return False
+            self._holding = {h for h in self._conns if h != exclude}
+            self._hold_until = time.monotonic() + HOLD_TIMEOUT_S
+            conns = [self._conns[h] for h in sorted(self._holding)]
+        for conn in conns:
+            conn.send(Hold(reason))
+        return True
+
+    def gather_stacks(self, timeout: float) -> dict[str, str]:
+        """Every joined follower's ranks' stacks as text (host -> text), asked for now; a
+        follower that does not answer within `timeout` seconds (or is lost) gets a line saying
+        so. Blocks; safe from any thread, several requests at once included."""
+        with self._changed:
+            request, self._next_request = self._next_request, self._next_request + 1
+            answers = self._requests[request] = {}
+            hosts = sorted(self._conns)
+            conns = [self._conns[h] for h in hosts]
+        for conn in conns:
+            conn.send(StacksWanted(request))
+        deadline = time.monotonic() + timeout
+        with self._changed:
+            while (missing := [h for h in hosts if h not in answers and h in self._conns]) and (
+                left := deadline - time.monotonic()
+            ) > 0:
+                self._changed.wait(left)
+            del self._requests[request]
+        for host in hosts:
+            if host not in answers:
+                why = f"no answer within {timeout:g} s" if host in missing else "lost"
+                answers[host] = f"# {host}: no stacks ({why})"
+        return {h: answers[h] for h in hosts}
+
+    def _held(self, host: str) -> None:
+        with self._changed:
+            if self._holding is not None:
+                self._holding.discard(host)
+                self._changed.notify_all()
+
+    def _release(self) -> None:
+        """Wait for the hold to end (every HELD, or its deadline), then ABORT every follower
+        with the job's result, once. Returns at once when no hold is under way (the job was
+        decided by another failure, whose ABORT went out already)."""
+        with self._changed:
+            if self._holding is None or self._hold_ended:
+                return
+            while self._holding and (left := self._hold_until - time.monotonic()) > 0:
+                self._changed.wait(left)
+            late = sorted(self._holding)
+            self._hold_ended = True
+        if late:
+            log.warning(
+                "no stacks from %s within %g s of the hang's hold: not waiting for them",
+                ", ".join(late),
+                HOLD_TIMEOUT_S,
+            )
+        self._broadcast(Abort(self.decision.exit_code or EXIT_HANG, self.decision.reason))
 
     def stopped(self, signum: int) -> None:
         """Stopped while meeting: ABORT {128+N, reason, host, signal} to every connected host

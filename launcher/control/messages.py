@@ -13,6 +13,11 @@ every earlier version 2 launcher:
     done      follower -> leader   (none)                      this host's ranks succeeded
     result    leader -> followers  code                        the exit barrier opens
     sshd      follower -> leader   addr, port, hostkey         mpi: this host's sshd is ready
+    hold      leader -> followers  reason                      a hang: take your ranks' stacks
+                                                               now, stop nothing until ABORT
+    held      follower -> leader   (none)                      this host's stacks are taken
+    stacks?   leader -> followers  id                          `launcher stacks`: send yours
+    stacks    follower -> leader   id, text                    this host's ranks' stacks now
 
 Bounds, checked whenever a message is built (here or by `decode`): a host name is 1 to
 `MAX_HOST_NAME` printable characters without whitespace (the rule `resourceconfig.json` follows,
@@ -56,6 +61,10 @@ MAX_RUN_ID = 64
 MAX_SIGNAL = 40  # bytes of a stop signal's name ("SIGTERM", "signal 99")
 MAX_ADDR = 64  # an IPv6 address with a zone index fits
 MAX_SSH_KEY = 1024  # an ed25519 public key is 80 characters
+MAX_REQUEST_ID = 2**31 - 1
+# A host's stacks as text: 8 ranks of deep stacks fit; JSON escaping (6x at most) stays
+# below `wire.MAX_FRAME`.
+MAX_STACKS_TEXT = 128 * 1024
 HOROVOD_PORT_KEY = "horovod_port"  # the PLAN field with the leader's Horovod rendezvous port
 MPI_PUBKEY_KEY = "mpi_pubkey"  # the PLAN field with the leader's per-job ssh client key
 _RUN_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
@@ -281,10 +290,82 @@ class SshdReady(_Checked):
     hostkey: str = field(metadata=_checked(_ssh_key))
 
 
-Message: TypeAlias = Hello | Plan | Heartbeat | Failed | Abort | Done | Result | SshdReady
+@dataclass(frozen=True, slots=True)
+class Hold(_Checked):
+    """leader -> followers: a hang was declared (`reason`: the culprit line). Take this host's
+    ranks' stacks now and answer HELD; stop no rank until the ABORT that follows, so that no
+    host's teardown moves another host's ranks out of the collective they hang in."""
+
+    TYPE: ClassVar[str] = "hold"
+    reason: str = field(metadata=_checked(_reason))
+
+
+@dataclass(frozen=True, slots=True)
+class Held(_Checked):
+    """follower -> leader: this host's ranks' stacks are taken (answer to HOLD, or after this
+    host declared the hang itself); it waits for the ABORT."""
+
+    TYPE: ClassVar[str] = "held"
+
+
+def _request_id(value: object) -> int:
+    return _integer(value, 1, MAX_REQUEST_ID)
+
+
+def _stacks_text(value: object) -> str:
+    return _text(value, MAX_STACKS_TEXT)
+
+
+@dataclass(frozen=True, slots=True)
+class StacksWanted(_Checked):
+    """leader -> followers (`launcher stacks` on the leader's host): send this host's ranks'
+    current stacks, taken without stopping them, as `Stacks` with the same `id`."""
+
+    TYPE: ClassVar[str] = "stacks?"
+    id: int = field(metadata=_checked(_request_id))
+
+
+@dataclass(frozen=True, slots=True)
+class Stacks(_Checked):
+    """follower -> leader: this host's ranks' stacks for request `id`, as `launcher stacks`
+    prints them (clipped to `MAX_STACKS_TEXT` bytes)."""
+
+    TYPE: ClassVar[str] = "stacks"
+    id: int = field(metadata=_checked(_request_id))
+    text: str = field(metadata=_checked(_stacks_text))
+
+
+Message: TypeAlias = (
+    Hello
+    | Plan
+    | Heartbeat
+    | Failed
+    | Abort
+    | Done
+    | Result
+    | SshdReady
+    | Hold
+    | Held
+    | StacksWanted
+    | Stacks
+)
 
 _TYPES: dict[str, type[Message]] = {
-    cls.TYPE: cls for cls in (Hello, Plan, Heartbeat, Failed, Abort, Done, Result, SshdReady)
+    cls.TYPE: cls
+    for cls in (
+        Hello,
+        Plan,
+        Heartbeat,
+        Failed,
+        Abort,
+        Done,
+        Result,
+        SshdReady,
+        Hold,
+        Held,
+        StacksWanted,
+        Stacks,
+    )
 }
 # Per type: (every field, the required ones).
 _FIELDS = {

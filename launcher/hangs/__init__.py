@@ -15,6 +15,9 @@ wires in (docs/hangs.md):
 * `flightrec`: torch's flight-recorder variables for the ranks (never overriding the user's)
   and the dumps found afterwards.
 * `summary`: pure. The culprit line that opens `output/failure`, and the details under it.
+* `ondemand`: `launcher stacks` across hosts: the leader's local socket that answers with
+  every host's stacks, and its client.
+* `job`: the wiring of all of these for one run (`JobWatch`) and `launcher stacks`' reading.
 
 The rank's side (writing progress, dumping stacks on the signal) is in `launcher.contract`,
 because it must run without torch and `collectives` imports nothing else of the launcher.

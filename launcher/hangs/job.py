@@ -27,7 +27,7 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 from launcher.events import HangReport
-from launcher.hangs import flightrec, progress, stacks, summary
+from launcher.hangs import flightrec, ondemand, progress, stacks, summary
 from launcher.hangs.progress import ProgressReader, RankFiles
 from launcher.hangs.verdict import NS, Hung, Policy, RankProgress, Suspect, Tracker, suspects
 from launcher.hangs.watch import Monitor
@@ -64,6 +64,7 @@ class JobWatch:
         multi: bool,
         registered: Path | None,
         flight_kept: bool = True,
+        leader: bool = False,
     ) -> None:
         self.folder = folder
         self.files = dict(files)
@@ -74,6 +75,8 @@ class JobWatch:
         self.multi = multi
         self._registered = registered
         self._flight_kept = flight_kept  # False: in the run dir, which its command removes
+        self.leader = leader  # of a multi-host job: `serve` answers `launcher stacks` for all
+        self._server: ondemand.StacksServer | None = None
         self._monitor: Monitor | None = None
         self._taken: dict[int, stacks.RankStack] | None = None
         self._started = time.time()
@@ -88,6 +91,8 @@ class JobWatch:
         log_dir: Path | None,
         keep_dir: Path | None,
         multi: bool,
+        run_id: str = "",
+        leader: bool = False,
     ) -> JobWatch:
         """Create the files of every rank in `hosts` (rank -> host name) under `run_dir`.
 
@@ -108,7 +113,15 @@ class JobWatch:
         flight = flightrec.folder(log_dir if log_dir is not None else run_dir)
         flight.mkdir(mode=0o700, parents=True, exist_ok=True)
         (folder / JOB_FILE).write_text(
-            json.dumps({"launcher_pid": os.getpid(), "host": host, "hosts": hosts})
+            json.dumps(
+                {
+                    "launcher_pid": os.getpid(),
+                    "host": host,
+                    "hosts": hosts,
+                    "run_id": run_id,
+                    "leader": leader,  # of a multi-host job: answers for every host
+                }
+            )
         )
         registered = _register(folder)
         return cls(
@@ -121,6 +134,7 @@ class JobWatch:
             multi=multi,
             registered=registered,
             flight_kept=log_dir is not None,
+            leader=leader,
         )
 
     def rank_env(self, rank: int, user: Mapping[str, str]) -> dict[str, str]:
@@ -173,10 +187,24 @@ class JobWatch:
         taken = self._stacks(samples, pids)
         return self._details(hung, (), taken)
 
+    def serve(self, provide: Callable[[], str]) -> None:
+        """Answer `launcher stacks` with `provide()` (every host's stacks) on this job's
+        socket beside its registry entry, until `close`. Without a registry entry: nothing."""
+        if self._registered is None:
+            return
+        server = ondemand.StacksServer(
+            ondemand.socket_path(self._registered.parent, os.getpid()), provide
+        )
+        if server.start():
+            self._server = server
+
     def close(self) -> None:
         """Stop the monitor and withdraw the job from `launcher stacks`. Idempotent."""
         if self._monitor is not None:
             self._monitor.stop()
+        if self._server is not None:
+            self._server.close()
+            self._server = None
         if self._registered is not None:
             with contextlib.suppress(OSError):
                 self._registered.unlink()
@@ -270,13 +298,36 @@ def running_jobs(environ: Mapping[str, str] | None = None) -> list[tuple[int, Pa
     return sorted(jobs)
 
 
+def job_info(folder: Path) -> dict[str, object]:
+    """The job's announcement in progress folder `folder` (`JOB_FILE`); {} when unreadable."""
+    try:
+        info = json.loads((folder / JOB_FILE).read_text())
+    except (OSError, ValueError):
+        return {}
+    return info if isinstance(info, dict) else {}
+
+
+def stacks_text(folder: Path) -> str:
+    """Every attached rank's stack in `folder`, taken now without stopping anything, as
+    `launcher stacks` prints it: a header line per rank, then its stack."""
+    hosts, taken = current_stacks(folder)
+    lines = []
+    for rank, stack in taken.items():
+        on = f" on {hosts[rank]}" if hosts.get(rank) else ""
+        how = f"taken with {stack.method}" if stack.ok else f"no stack: {stack.error}"
+        lines.append(f"# rank {rank}{on}, pid {stack.pid}: {how}")
+        if stack.text:
+            lines.append(stack.text.rstrip())
+    return "\n".join(lines)
+
+
 def current_stacks(folder: Path) -> tuple[dict[int, str], dict[int, stacks.RankStack]]:
     """Every attached rank's stack in the progress folder `folder`, taken now without
     stopping anything: (rank -> host, rank -> stack). Ranks not attached yet are left out."""
     try:
-        info = json.loads((folder / JOB_FILE).read_text())
-        hosts = {int(r): str(h) for r, h in info.get("hosts", {}).items()}
-    except (OSError, ValueError, AttributeError):
+        announced = job_info(folder).get("hosts", {})
+        hosts = {int(r): str(h) for r, h in announced.items()}  # type: ignore[attr-defined]
+    except (ValueError, AttributeError):
         hosts = {}
     paths = {}
     for path in folder.glob("rank-*.progress"):

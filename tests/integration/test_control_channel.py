@@ -9,6 +9,7 @@ finish the job with exit 0. After every test no channel thread may be left runni
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import hmac
 import json
@@ -31,6 +32,7 @@ from typing import Any
 import pytest
 
 from launcher import net
+from launcher.control import follower as follower_mod
 from launcher.control import leader as leader_mod
 from launcher.control import messages, wire
 from launcher.control.follower import Follower, Peer
@@ -1527,3 +1529,147 @@ def test_launcher_local_ranks_never_see_the_job_token(
 ) -> None:
     assert sorted(local_job) == [0, 1]
     assert [r["token"] for r in local_job.values()] == [None, None]
+
+
+# --- the hang's hold ------------------------------------------------------------------------------
+# A hang is the one failure after which no host may stop a rank at once: every host must take its
+# ranks' stacks while they still hang, or a host's teardown breaks the collective the others wait
+# in and their stacks show the wreck instead (docs/hangs.md). Whoever declares the hang (the
+# leader, or a follower through FAILED 124) has the leader HOLD every other host; `hang` and
+# `held` block until the leader's ABORT, which goes out only when every host said HELD, was lost,
+# or the hold's deadline passed.
+
+CULPRIT = "hang: no progress for 30 s; suspect rank 3 on host algo-2 at train.py:12 in step"
+
+
+def started(target: Callable[[], None], name: str) -> threading.Thread:
+    thread = threading.Thread(target=target, name=name, daemon=True)
+    thread.start()
+    return thread
+
+
+def ended(*threads: threading.Thread) -> None:
+    for thread in threads:
+        thread.join(WAIT_S)
+        assert not thread.is_alive(), f"{thread.name} is still held"
+
+
+def meet_all(job: Job) -> None:
+    job.join("algo-2")
+    job.join("algo-3")
+    job.meet()
+    job.joined()
+
+
+def test_a_followers_hang_holds_every_host_until_each_took_its_stacks(job: Job) -> None:
+    meet_all(job)
+    leader, f2, f3 = job.leader, job.followers["algo-2"], job.followers["algo-3"]
+    declarer = started(lambda: f2.hang(CULPRIT), "algo-2 hang")
+    # The leader and the other follower learn the verdict at once, to take their stacks...
+    assert wait_event(leader.events) == RemoteAbort(CULPRIT, 124)
+    assert wait_event(f3.events) == RemoteAbort(CULPRIT, 124)
+    # ...and nobody is released before every host took them: algo-3 has, the leader not yet.
+    other = started(f3.held, "algo-3 held")
+    assert declarer.is_alive() and other.is_alive()
+    start = time.monotonic()
+    leader.held()  # returns once algo-3's HELD is in, and sends the ABORT that releases all
+    assert time.monotonic() - start < follower_mod.HOLD_TIMEOUT_S
+    ended(declarer, other)
+    for member in (leader, f2, f3):
+        assert (member.decision.exit_code, member.decision.reason) == (124, CULPRIT)
+    assert not events(f2.events)  # the declaring host is told nothing it did not know
+
+
+def test_the_leaders_hang_holds_every_follower_then_aborts_them(job: Job) -> None:
+    meet_all(job)
+    leader, f2, f3 = job.leader, job.followers["algo-2"], job.followers["algo-3"]
+    declarer = started(lambda: leader.hang(CULPRIT), "algo-1 hang")
+    for follower in (f2, f3):
+        assert wait_event(follower.events) == RemoteAbort(CULPRIT, 124)
+    held2 = started(f2.held, "algo-2 held")
+    assert declarer.is_alive() and held2.is_alive()  # algo-3's stacks are not taken yet
+    held3 = started(f3.held, "algo-3 held")
+    ended(declarer, held2, held3)
+    assert f2.decision.exit_code == f3.decision.exit_code == 124
+
+
+def test_two_hosts_declaring_at_once_end_in_one_release(job: Job) -> None:
+    meet_all(job)
+    leader, f2, f3 = job.leader, job.followers["algo-2"], job.followers["algo-3"]
+    threads = [
+        started(lambda: leader.hang(CULPRIT), "algo-1 hang"),
+        started(lambda: f2.hang("hang: algo-2's own verdict"), "algo-2 hang"),
+    ]
+    assert wait_event(f3.events).exit_code == 124  # type: ignore[union-attr]
+    threads.append(started(f3.held, "algo-3 held"))
+    ended(*threads)
+    assert {m.decision.exit_code for m in (leader, f2, f3)} == {124}
+
+
+def test_a_host_lost_during_the_hold_is_not_waited_for(
+    job: Job, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(leader_mod, "HOLD_TIMEOUT_S", 60.0)  # only the loss can end it soon
+    meet_all(job)
+    leader, f2, f3 = job.leader, job.followers["algo-2"], job.followers["algo-3"]
+    declarer = started(lambda: leader.hang(CULPRIT), "algo-1 hang")
+    assert wait_event(f3.events).exit_code == 124  # type: ignore[union-attr]
+    other = started(f3.held, "algo-3 held")
+    f2.close()  # algo-2 dies before it answers
+    ended(declarer, other)
+
+
+def test_a_silent_host_delays_the_release_only_to_the_holds_deadline(
+    job: Job, monkeypatch: pytest.MonkeyPatch, logs: Records
+) -> None:
+    monkeypatch.setattr(leader_mod, "HOLD_TIMEOUT_S", 0.5)
+    meet_all(job)
+    leader, f2, f3 = job.leader, job.followers["algo-2"], job.followers["algo-3"]
+    start = time.monotonic()
+    leader.hang(CULPRIT)  # neither follower answers: the hold ends at its deadline
+    assert 0.5 <= time.monotonic() - start < 0.5 + WAIT_S / 2
+    logs.wait_for("no stacks from algo-2, algo-3 within 0.5 s of the hang's hold")
+    # The ABORT still reaches them: their late HELD returns at once, released.
+    ended(started(f2.held, "algo-2 held"), started(f3.held, "algo-3 held"))
+    assert f2.decision.exit_code == f3.decision.exit_code == 124
+
+
+def test_declarations_and_holds_racing_in_any_order_always_release_every_host() -> None:
+    """Stress (100 rounds): the leader's and a follower's verdicts race each other and the
+    third host's HELD; whatever the interleaving, every host is released, with exit 124."""
+    for round_ in range(100):
+        job = Job(make_leader())
+        try:
+            meet_all(job)
+            leader, f2, f3 = job.leader, job.followers["algo-2"], job.followers["algo-3"]
+            calls: list[Callable[[], None]] = [
+                functools.partial(leader.hang, CULPRIT),
+                functools.partial(f2.hang, "hang: algo-2's own verdict"),
+                f3.held,
+            ]
+            order = [calls[(round_ + i) % 3] for i in range(3)]
+            ended(*(started(call, f"round {round_} call {i}") for i, call in enumerate(order)))
+            assert {m.decision.exit_code for m in (leader, f2, f3)} == {124}, round_
+        finally:
+            job.close()
+
+
+# --- `launcher stacks` through the leader -------------------------------------------------------
+
+
+def test_the_leader_gathers_every_followers_stacks_and_names_the_silent_one(job: Job) -> None:
+    meet_all(job)
+    f2, f3 = job.followers["algo-2"], job.followers["algo-3"]
+    f2.local_stacks = lambda: "# rank 1 on algo-2, pid 7: taken with py-spy\n  step (train.py:3)"
+    assert job.leader.gather_stacks(WAIT_S) == {
+        "algo-2": "# rank 1 on algo-2, pid 7: taken with py-spy\n  step (train.py:3)",
+        "algo-3": "# algo-3: no stacks (its ranks are not running, or hang detection is off)",
+    }
+    stuck = threading.Event()
+    f3.local_stacks = lambda: "late" if stuck.wait(WAIT_S) else "never"
+    start = time.monotonic()
+    answers = job.leader.gather_stacks(0.5)
+    assert time.monotonic() - start < WAIT_S / 2
+    assert answers["algo-3"] == "# algo-3: no stacks (no answer within 0.5 s)"
+    stuck.set()  # its late answer is dropped: the request is over
+    assert job.leader.gather_stacks(WAIT_S)["algo-3"] == "late"

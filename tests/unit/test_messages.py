@@ -22,12 +22,16 @@ from launcher.control.messages import (
     Done,
     Failed,
     Heartbeat,
+    Held,
     Hello,
+    Hold,
     Message,
     MessageError,
     Plan,
     Result,
     SshdReady,
+    Stacks,
+    StacksWanted,
     decode,
     encode,
 )
@@ -94,13 +98,18 @@ EXAMPLES: list[tuple[Message, dict[str, Any]]] = [
         SshdReady("fd00::2", 22, HOSTKEY),
         {"type": "sshd", "addr": "fd00::2", "port": 22, "hostkey": HOSTKEY},
     ),
+    (Hold("hang: no progress for 30 s"), {"type": "hold", "reason": "hang: no progress for 30 s"}),
+    (Held(), {"type": "held"}),
+    (StacksWanted(7), {"type": "stacks?", "id": 7}),
+    (Stacks(7, "# rank 1 on algo-2"), {"type": "stacks", "id": 7, "text": "# rank 1 on algo-2"}),
 ]
 
 
 def test_every_message_type_has_an_example() -> None:
     assert {type(m) for m, _ in EXAMPLES} == set(messages._TYPES.values())
     assert {t.TYPE for t in messages._TYPES.values()} == {
-        *("hello", "plan", "heartbeat", "failed", "abort", "done", "result", "sshd")
+        *("hello", "plan", "heartbeat", "failed", "abort", "done", "result", "sshd", "hold"),
+        *("held", "stacks?", "stacks"),
     }
 
 
@@ -152,6 +161,14 @@ def test_a_10_mb_reason_is_clipped_when_the_message_is_built_and_when_decoded() 
     assert len(frame) - 4 <= wire.MAX_FRAME
 
 
+def test_a_hosts_stacks_are_clipped_to_their_bound_and_fit_a_frame() -> None:
+    huge = "  File x.py, line 1\n" * 100_000
+    stacks = Stacks(1, huge)
+    assert len(stacks.text.encode()) <= messages.MAX_STACKS_TEXT
+    frame = wire.FrameWriter(KEY, MINE).encode(encode(Stacks(1, "\x01" * 10**6)))
+    assert len(frame) - 4 <= wire.MAX_FRAME  # the worst JSON escaping still fits
+
+
 def test_a_signal_name_is_clipped_to_its_bound() -> None:
     failed = Failed(143, "stopped", signal="SIG" + "X" * 100)
     assert len(failed.signal.encode()) <= messages.MAX_SIGNAL
@@ -188,6 +205,10 @@ def valid(kind: str) -> dict[str, Any]:
         "done": {"type": "done"},
         "result": {"type": "result", "code": 0},
         "sshd": {"type": "sshd", "addr": "10.0.0.2", "port": 22, "hostkey": HOSTKEY},
+        "hold": {"type": "hold", "reason": "hang: no progress"},
+        "held": {"type": "held"},
+        "stacks?": {"type": "stacks?", "id": 7},
+        "stacks": {"type": "stacks", "id": 7, "text": "# rank 1"},
     }
     return dict(objects[kind])
 
@@ -255,6 +276,11 @@ BAD_FIELDS: list[tuple[str, str, object, str]] = [
     ("sshd", "port", "22", "bad port '22'"),
     ("sshd", "hostkey", "ssh-ed25519 AAAA\nHost *", "bad hostkey"),
     ("sshd", "hostkey", "", "bad hostkey ''"),
+    ("hold", "reason", None, "bad reason None: must be a string"),
+    ("stacks?", "id", 0, "bad id 0: must be an integer from 1 to 2147483647"),
+    ("stacks?", "id", "7", "bad id '7'"),
+    ("stacks", "id", 2**31, "bad id 2147483648"),
+    ("stacks", "text", 7, "bad text 7: must be a string"),
 ]
 
 
