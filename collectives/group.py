@@ -101,7 +101,8 @@ def init(backend: str = "auto", timeout: timedelta | float = DEFAULT_TIMEOUT) ->
     is started: a world of one whose collectives are identities. A script that already called
     `torch.distributed.init_process_group` keeps its group. Faulthandler is enabled. Under our
     launcher the rank's progress file is attached and its stack dump installed before the
-    rendezvous (so a rank stuck there can be seen), and joining counts as progress.
+    rendezvous (so a rank stuck there can be seen); the rendezvous is a progress section (it
+    pauses hang timing: `timeout` bounds it), and joining counts as progress.
 
     Raises `CollectiveError` (op "init") when the rendezvous fails or times out, when MPI
     launched the rank without MASTER_ADDR/MASTER_PORT, or when Horovod is wanted but missing;
@@ -119,17 +120,20 @@ def init(backend: str = "auto", timeout: timedelta | float = DEFAULT_TIMEOUT) ->
     td = timeout if isinstance(timeout, timedelta) else timedelta(seconds=timeout)
     cuda = torch.cuda.device_count() if torch.cuda.is_available() else 0
     chosen = choose_backend(backend, rank_env, cuda, dist.is_nccl_available())
-    if chosen == "horovod":
-        state = _init_horovod(rank_env, td, cuda)
-    elif dist.is_initialized():
-        name = str(dist.get_backend())
-        state = Active(rank_env, name, td, TorchEngine(name, dist.get_world_size(), td), False)
-    elif not env.launched():
-        state = Active(rank_env, "none", td, _LOCAL, owns_group=False)
-    else:
-        state = _init_torch(rank_env, chosen, td, cuda)
-    _publish(state)
-    liveness.progress()
+    # The rendezvous is a section: it waits for the slowest rank of the job to start (another
+    # host may still be installing or downloading), which `timeout` bounds, not the hang
+    # window; timing it as a stall would declare a skewed start-up hung. Leaving it is progress.
+    with liveness.section("init"):
+        if chosen == "horovod":
+            state = _init_horovod(rank_env, td, cuda)
+        elif dist.is_initialized():
+            name = str(dist.get_backend())
+            state = Active(rank_env, name, td, TorchEngine(name, dist.get_world_size(), td), False)
+        elif not env.launched():
+            state = Active(rank_env, "none", td, _LOCAL, owns_group=False)
+        else:
+            state = _init_torch(rank_env, chosen, td, cuda)
+    _publish(state)  # joined: leaving the section was this rank's progress
     return state.env
 
 

@@ -127,8 +127,11 @@ def live_groups(pgids: Iterable[int]) -> set[int]:
 
 
 def group_members(pgids: set[int]) -> set[tuple[int, int]]:
-    """(pid, pgid) of every live process whose group is one of `pgids`: one scan of /proc."""
+    """(pid, pgid) of every live process whose group is one of `pgids`: one scan of /proc
+    (none for no group: every job's teardown asks about groups that are all gone)."""
     members: set[tuple[int, int]] = set()
+    if not pgids:
+        return members
     try:
         entries = os.listdir("/proc")  # noqa: PTH208 - names only, many times a second
     except OSError:

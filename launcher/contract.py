@@ -21,7 +21,7 @@ from __future__ import annotations
 import os
 import sys
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import IO
@@ -306,7 +306,8 @@ def _read(environ: Mapping[str, str]) -> RankEnv | None:
 #
 # Layout, PROGRESS_SIZE (128) bytes: bytes 0-7 are PROGRESS_MAGIC; then unsigned 64-bit
 # words in the host's byte order (writer and reader always share a host), indexed as below;
-# bytes 72-103 hold the open section's name (UTF-8, NUL-padded); the rest is reserved (zero).
+# bytes 72-103 hold the open section's name (UTF-8, NUL-padded); word 13 (bytes 104-111) is
+# P_EXITING_NS; the rest is reserved (zero).
 # Times are CLOCK_MONOTONIC in nanoseconds (Python's `time.monotonic_ns()`), which every
 # process of a host shares. Each word is written with one aligned 8-byte store, so a reader
 # never sees half of a word; it may see a new count with the previous time, which is harmless.
@@ -324,6 +325,7 @@ P_PID = 5  # the process that attached (the one to ask for stacks); 0: nobody ye
 P_STACK_SIGNAL = 6  # the signal that makes that process dump its stacks; 0: none, send none
 P_ATTACHED_NS = 7  # when that process attached
 P_TRACER_PID = 8  # the launcher, written at creation: may ptrace the rank (see allow_tracer)
+P_EXITING_NS = 13  # when the process began to shut down (its work is done); 0: not yet
 SECTION_NAME_OFFSET = 72
 SECTION_NAME_SIZE = 32
 PR_SET_PTRACER = 0x59616D61  # prctl option (Yama): name the process that may ptrace us
@@ -381,6 +383,14 @@ class ProgressFile:
         words[P_COUNT] += 1
         words[P_LAST_NS] = time.monotonic_ns()
 
+    def exiting(self) -> None:
+        """Say that this process has begun to shut down (once: the first time counts). Its
+        teardown (a process group destroyed, CUDA freed, interpreter finalised) is not timed
+        as a stall; the launcher bounds it by the section limit while the process lives."""
+        words = self.words
+        if words[P_EXITING_NS] == 0:
+            words[P_EXITING_NS] = time.monotonic_ns()
+
     def enter_section(self, name: str) -> None:
         """Open a section (nested ones count; the outermost names it): hang timing pauses."""
         words = self.words
@@ -430,7 +440,26 @@ def attach_progress(environ: Mapping[str, str] | None = None) -> ProgressFile | 
         return None
     _progress_words = _progress.words
     allow_tracer(_progress.words[P_TRACER_PID])
+    _at_shutdown(_progress.exiting)
     return _progress
+
+
+def _at_shutdown(mark: Callable[[], None]) -> None:
+    """Call `mark` as early as the interpreter's shutdown allows: with threading's own exit
+    hooks, which run before non-daemon threads are joined and before every `atexit` handler
+    (the `collectives` group teardown among them, which can take seconds); else as an atexit
+    handler. A process killed by a signal never calls it, and needs not: it is gone."""
+    import threading  # noqa: PLC0415 - only ranks that report progress
+
+    register = getattr(threading, "_register_atexit", None)  # CPython 3.9+, private
+    try:
+        if register is None:
+            raise RuntimeError("no threading exit hooks")
+        register(mark)
+    except RuntimeError:  # already shutting down, or another Python
+        import atexit  # noqa: PLC0415
+
+        atexit.register(mark)
 
 
 def allow_tracer(pid: int, scope_file: str = YAMA_PTRACE_SCOPE) -> bool | None:

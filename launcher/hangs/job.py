@@ -25,12 +25,18 @@ import os
 import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from launcher.events import HangReport
-from launcher.hangs import flightrec, ondemand, progress, stacks, summary
+from launcher.hangs import flightrec, progress
 from launcher.hangs.progress import ProgressReader, RankFiles
 from launcher.hangs.verdict import NS, Hung, Policy, RankProgress, Suspect, Tracker, suspects
 from launcher.hangs.watch import Monitor
+
+# Taking, writing and serving stacks happens after a verdict or on request: every launch
+# would pay their import (some 3 ms of CPU) for nothing. Each use imports them.
+if TYPE_CHECKING:
+    from launcher.hangs import ondemand, stacks
 
 log = logging.getLogger("launcher")
 
@@ -162,6 +168,8 @@ class JobWatch:
                 hung.quiet_s,
             )
             return None
+        from launcher.hangs import summary  # noqa: PLC0415 - after a verdict only
+
         line = summary.culprit_line(hung, found, taken, self.hosts)
         return HangReport(line, self._details(hung, found, taken))
 
@@ -192,6 +200,8 @@ class JobWatch:
         socket beside its registry entry, until `close`. Without a registry entry: nothing."""
         if self._registered is None:
             return
+        from launcher.hangs import ondemand  # noqa: PLC0415 - the leader of a watched job
+
         server = ondemand.StacksServer(
             ondemand.socket_path(self._registered.parent, os.getpid()), provide
         )
@@ -214,6 +224,8 @@ class JobWatch:
         self, samples: Sequence[RankProgress], pids: Mapping[int, int]
     ) -> dict[int, stacks.RankStack]:
         if self._taken is None:
+            from launcher.hangs import stacks  # noqa: PLC0415 - after a verdict only
+
             targets = [
                 stacks.Target(
                     s.rank,
@@ -230,6 +242,8 @@ class JobWatch:
     def _details(
         self, hung: Hung, found: Sequence[Suspect], taken: Mapping[int, stacks.RankStack]
     ) -> str:
+        from launcher.hangs import stacks, summary  # noqa: PLC0415 - after a verdict only
+
         written: Path | None = None
         try:
             stacks.write(self.stacks_dir, taken, self.hosts)
@@ -335,6 +349,8 @@ def current_stacks(folder: Path) -> tuple[dict[int, str], dict[int, stacks.RankS
             paths[int(path.stem.split("-", 1)[1])] = path
     with ProgressReader(paths) as reader:
         samples = reader.read()
+    from launcher.hangs import stacks  # noqa: PLC0415 - `launcher stacks` and its server only
+
     targets = [
         stacks.Target(s.rank, s.pid, folder / f"rank-{s.rank}.stacks", s.stack_signal)
         for s in samples

@@ -25,6 +25,7 @@ from launcher import contract
 from launcher.hangs.verdict import RankProgress
 
 _WORDS = struct.Struct("=8Q")  # host byte order, as the rank writes them
+_WORD = struct.Struct("=Q")
 _NAME_END = contract.SECTION_NAME_OFFSET + contract.SECTION_NAME_SIZE
 
 
@@ -74,7 +75,8 @@ def decode(rank: int, data: bytes) -> RankProgress:
     if depth:
         raw = data[contract.SECTION_NAME_OFFSET : _NAME_END]
         name = raw.split(b"\0", 1)[0].decode("utf-8", "replace")
-    return RankProgress(rank, count, last, attached, depth, since, name, pid, signum)
+    (exiting,) = _WORD.unpack_from(data, contract.P_EXITING_NS * _WORD.size)
+    return RankProgress(rank, count, last, attached, depth, since, name, pid, signum, exiting)
 
 
 class ProgressReader:

@@ -28,6 +28,12 @@ any rank is inside one (the other ranks usually wait for it in a collective); le
 progress. A section is still bounded: a rank inside one for longer than `section_limit_s`
 (default one hour) makes the job hung, with that rank as the suspect.
 
+A rank that has begun to shut down (`contract.P_EXITING_NS`, set from the interpreter's first
+exit hook) has done its work: its teardown is not timed as a stall, and a job whose every
+attached rank is exiting is not judged, except that an exit which lasts longer than
+`section_limit_s` is a hang too (the `Monitor` drops the samples of processes that are gone,
+so a rank that exited long ago is never judged).
+
 Times are nanoseconds of one monotonic clock (CLOCK_MONOTONIC, which every process of a host
 shares). A sample from another host must be rebased onto this host's clock first (`rebase`).
 """
@@ -38,8 +44,10 @@ import math
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING
 
-from launcher.hangs.stacks import RankStack
+if TYPE_CHECKING:  # the stacks are taken only after a verdict: a launch does not import them
+    from launcher.hangs.stacks import RankStack
 
 NS = 1_000_000_000
 DEFAULT_WINDOW_S = 300.0
@@ -121,6 +129,7 @@ class RankProgress:
     section: str = ""  # the open section's name
     pid: int = 0  # the process that attached: the one whose stack to take
     stack_signal: int = 0  # the signal that makes it dump its stacks (0: none registered)
+    exiting_ns: int = 0  # when it began to shut down, its work done (0: still working)
 
     @property
     def attached(self) -> bool:
@@ -128,12 +137,18 @@ class RankProgress:
 
     @property
     def in_section(self) -> bool:
-        return self.section_depth > 0
+        """Inside a section that pauses the job's timing (a rank that is exiting pauses
+        nothing: a section it never left is over)."""
+        return self.section_depth > 0 and not self.exiting_ns
+
+    @property
+    def exiting(self) -> bool:
+        return self.exiting_ns != 0
 
     @property
     def alive_ns(self) -> int:
-        """The rank's newest sign of life: its last progress, or its attach."""
-        return max(self.last_ns, self.attached_ns)
+        """The rank's newest sign of life: its last progress, its attach or its exit."""
+        return max(self.last_ns, self.attached_ns, self.exiting_ns)
 
 
 def rebase(sample: RankProgress, their_now_ns: int, our_now_ns: int) -> RankProgress:
@@ -199,6 +214,7 @@ class Tracker:
             progress_ns,
             section_seen,
             max((r.attached_ns for r in ranks), default=0),
+            max((r.exiting_ns for r in ranks), default=0),
         )
         return replace(
             self,
@@ -233,13 +249,17 @@ class Tracker:
         overrun = tuple(
             r.rank
             for r in self.ranks
-            if r.in_section and r.section_since_ns and now_ns - r.section_since_ns > limit_ns
+            if (r.in_section and r.section_since_ns and now_ns - r.section_since_ns > limit_ns)
+            or (r.exiting and now_ns - r.exiting_ns > limit_ns)
         )
         window = self.window_s()
         if overrun:
             return self._hung(now_ns, window, overrun)
         if any(r.in_section for r in self.ranks):
             return None
+        attached = [r for r in self.ranks if r.attached]
+        if not self.ranks or (attached and all(r.exiting for r in attached)):
+            return None  # the work is done; only each exit's own bound (the limit) applies
         if now_ns - self.alive_ns > window * NS:
             return self._hung(now_ns, window, ())
         return None
@@ -282,6 +302,12 @@ def suspects(hung: Hung, stacks: Mapping[int, RankStack]) -> tuple[Suspect, ...]
         by_rank = {r.rank: r for r in hung.ranks}
         for rank in hung.overrun:
             sample = by_rank[rank]
+            if sample.exiting:
+                held = (hung.at_ns - sample.exiting_ns) / NS
+                reasons[rank] = [
+                    f"shutting down for {held:.0f} s, over the {hung.section_limit_s:g} s limit"
+                ]
+                continue
             held = (hung.at_ns - sample.section_since_ns) / NS
             reasons[rank] = [
                 f"in section {sample.section or '?'!r} for {held:.0f} s, "

@@ -18,6 +18,7 @@ import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
 
+from launcher import containment
 from launcher.hangs.progress import ProgressReader
 from launcher.hangs.verdict import Hung, Policy, Tracker
 
@@ -72,7 +73,10 @@ class Monitor:
     def sample(self) -> Hung | None:
         """Take one sample now and return the verdict it gives (the thread's step; callable
         directly, e.g. by a test or by `launcher stacks`)."""
-        ranks = self._reader.read()
+        # A rank whose process is gone is done with: its file may still say it is exiting.
+        ranks = tuple(
+            r for r in self._reader.read() if not (r.exiting and not containment.is_alive(r.pid))
+        )
         now = self._clock()
         with self._lock:
             self._state = self._state.observe(ranks, now)

@@ -9,6 +9,8 @@ stack dump) and then, by scenario:
 * `steady`: all_reduce forever with a little work between: slow, but always progressing.
 * `long_step`: one long step without a collective that calls `collectives.progress()`.
 * `section`: rank 0 stays in `collectives.section("save")` while the others wait in a barrier.
+* `late_init`: rank `--stuck` starts `--late` seconds after the others (a slow host's start-up)
+  while they wait in the rendezvous; then every rank runs a few all_reduce and exits 0.
 
 Before it stalls (or starts its endless loop) a rank announces itself in $READY_DIR with the
 stage it reached; tests poll for that and for the progress files, never sleep.
@@ -17,6 +19,7 @@ stage it reached; tests poll for that and for the progress files, never sleep.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 
@@ -86,12 +89,28 @@ def section() -> None:
     collectives.barrier()
 
 
+def late_init(args: argparse.Namespace) -> int:
+    """The scenario, not a synchronisation: this rank's start-up is slow on purpose."""
+    if int(os.environ["RANK"]) == args.stuck:
+        time.sleep(args.late)
+    collectives.init("gloo", timeout=300)
+    x = torch.ones(4)
+    for _ in range(3):
+        collectives.all_reduce(x)
+    return 0
+
+
 def main() -> int:
     parser = argparse.ArgumentParser()
-    parser.add_argument("scenario", choices=["sleep", "spin", "steady", "long_step", "section"])
+    parser.add_argument(
+        "scenario", choices=["sleep", "spin", "steady", "long_step", "section", "late_init"]
+    )
     parser.add_argument("--stuck", type=int, default=1)
     parser.add_argument("--at", type=int, default=4)
+    parser.add_argument("--late", type=float, default=0.0)
     args = parser.parse_args()
+    if args.scenario == "late_init":
+        return late_init(args)
     collectives.init("gloo", timeout=300)
     if args.scenario in ("sleep", "spin"):
         stuck(args, args.scenario)

@@ -126,6 +126,33 @@ def test_hang_timeout_0_turns_detection_off(launch: Launch, tmp_path: Path) -> N
     assert not (tmp_path / "launcher-running").exists()  # nothing of hang detection ran
 
 
+def test_a_rank_that_starts_late_is_not_a_hang_while_the_others_wait_to_rendezvous(
+    launch: Launch, tmp_path: Path
+) -> None:
+    """A skewed start-up (one rank, or a whole host, still importing or downloading while
+    the others wait in the rendezvous) is bounded by the rendezvous' own timeout, not the
+    hang window: before the rendezvous became a section, this ended with 124 after 2 s."""
+    window = 2.0
+    job = launch(
+        [
+            "run",
+            "--nproc-per-host",
+            "2",
+            "--hang-timeout",
+            f"{window:g}",
+            prog("hang_rank.py"),
+            "late_init",
+            "--stuck",
+            "1",
+            "--late",
+            f"{2 * window + 1:g}",
+        ],
+        env={"TMPDIR": str(tmp_path)},
+    )
+    assert job.wait(60) == 0, job.err
+    assert "hang:" not in job.err
+
+
 def launcher_stacks(env: dict[str, str]) -> subprocess.CompletedProcess[str]:
     """`launcher stacks` as a user runs it, its output captured."""
     return subprocess.run(

@@ -4,6 +4,8 @@
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -15,6 +17,7 @@ from launcher.contract import PROGRESS_FILE, PROGRESS_MAGIC, PROGRESS_SIZE, Prog
 from launcher.hangs.progress import ProgressReader, decode, prepare
 from launcher.hangs.verdict import Policy, RankProgress, Tracker
 from launcher.hangs.watch import Monitor
+from tests.helpers.waiting import wait_for
 
 
 @pytest.fixture
@@ -203,3 +206,35 @@ def test_a_monitor_with_the_policy_off_starts_no_thread(tmp_path: Path) -> None:
     monitor.start()
     assert monitor._thread is None
     monitor.stop()
+
+
+SHUTDOWN = """
+import atexit, sys
+from pathlib import Path
+from launcher import contract
+contract.progress()  # attaches, and hooks the interpreter's shutdown
+def user_cleanup():  # a script's own exit handler, registered after the attach
+    Path(sys.argv[1]).write_text("in atexit")
+    sys.stdin.read()  # a slow teardown: until the test lets it go
+atexit.register(user_cleanup)
+"""
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.usefixtures("no_leaks")
+def test_a_rank_says_it_is_exiting_before_any_exit_handler_runs(tmp_path: Path) -> None:
+    path = prepare(tmp_path, [0])[0].progress
+    marker = tmp_path / "marker"
+    child = subprocess.Popen(
+        [sys.executable, "-c", SHUTDOWN, str(marker)],
+        stdin=subprocess.PIPE,
+        env={**os.environ, PROGRESS_FILE: str(path)},
+    )
+    try:
+        wait_for(marker.exists, 30, "the child's exit handler to run")
+        seen = sample(path)
+        assert seen.count == 1 and seen.exiting and seen.exiting_ns >= seen.last_ns
+    finally:
+        assert child.stdin is not None
+        child.stdin.close()
+        assert child.wait(30) == 0

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterable
+from dataclasses import replace
 
 import pytest
 
@@ -45,6 +46,11 @@ class Job:
         self.ranks[rank] = RankProgress(
             rank, old.count, old.last_ns, old.attached_ns, 1, self.now, name, old.pid
         )
+
+    def exit(self, rank: int) -> None:
+        """The rank's interpreter begins to shut down (its first exit hook ran)."""
+        old = self.ranks[rank]
+        self.ranks[rank] = replace(old, exiting_ns=self.now)
 
     def leave(self, rank: int) -> None:
         old = self.ranks[rank]
@@ -240,6 +246,38 @@ def test_a_rank_stuck_in_a_section_is_hung_after_the_section_limit() -> None:
     assert [s.rank for s in found] == [1]
     assert found[0].reasons[0].startswith("in section 'save' for 36")
     assert found[0].reasons[0].endswith(" s, over the 3600 s limit")
+
+
+def test_a_slow_shutdown_is_not_a_hang_once_every_rank_has_done_its_work() -> None:
+    job = Job(Policy(window_s=2))
+    job.attach()
+    job.tick()
+    job.exit(0)
+    job.exit(1)
+    assert job.advance(60) is None  # a teardown of a minute (a process group, CUDA) is no hang
+
+
+def test_a_rank_that_is_done_neither_pauses_nor_hides_a_stall_of_the_others() -> None:
+    job = Job(Policy(window_s=2), ranks=3)
+    job.attach()
+    job.tick()
+    job.enter(0, "save")
+    job.exit(0)  # it died inside its section: that section is over
+    verdict = job.advance(5)
+    assert verdict is not None and 2 <= verdict.quiet_s <= 3
+
+
+def test_an_exit_that_outlives_the_section_limit_is_a_hang() -> None:
+    job = Job(Policy(window_s=60, section_limit_s=600))
+    job.attach()
+    job.tick()
+    job.exit(0)
+    job.exit(1)
+    verdict = job.advance(700, every=10)
+    assert verdict is not None and verdict.overrun == (0, 1)
+    found = suspects(verdict, {})
+    assert found[0].reasons[0].startswith("shutting down for 61")
+    assert found[0].reasons[0].endswith(" s, over the 600 s limit")
 
 
 # --- suspects --------------------------------------------------------------------------------
