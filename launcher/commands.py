@@ -43,6 +43,7 @@ if TYPE_CHECKING:
     from launcher.control.follower import Member
     from launcher.horovod import RendezvousHost as HorovodServer
     from launcher.mpi.job import MpiRun, SshKeys
+    from launcher.platforms.model import Platform
     from launcher.sagemaker.entrypoint import EntryPoint
     from launcher.sagemaker.tree import JobConfig
 
@@ -496,6 +497,12 @@ def run(args: argparse.Namespace, environ: dict[str, str]) -> int:
     else:
         command = [sys.executable, args.program, *args.args]
     host = chosen.host_name or os.uname().nodename
+    if chosen.hosts_from != "static":
+        found = _platform(chosen, environ, host)
+        if found is not None:  # several hosts, one task per GPU, or a platform named
+            from launcher.platforms import launch as platform_run  # noqa: PLC0415
+
+            return platform_run.run(args, environ, chosen, found, tuple(command))
     spec = JobSpec(tuple(command), str(Path.cwd()), chosen.backend)
     if args.dry_run:
         world = _single_host(host, slots, chosen.master_port, dry_run=True)
@@ -522,6 +529,45 @@ def run(args: argparse.Namespace, environ: dict[str, str]) -> int:
         finally:
             if not chosen.log_dir:
                 _remove(error_dir)  # on every path, errors included
+
+
+def _platform(chosen: Settings, environ: dict[str, str], host: str) -> Platform | None:
+    """The platform `--hosts-from` names or `auto` finds (launcher.platforms.detect), or None
+    when that is this host alone: `run` then goes on exactly as before platforms existed.
+    Raises `PlatformError` (exit 2) naming the platform and the variable that is wrong."""
+    if chosen.hosts_from == "auto" and not _maybe_platform(environ):
+        return None  # the common case decided without importing the platforms (12 modules)
+    from launcher.platforms import detect, model  # noqa: PLC0415 - keeps `run` start-up light
+
+    kind = detect.parse_kind(chosen.hosts_from)
+    found = detect.detect(kind, environ, _read_text, host)
+    if found.kind is model.Kind.STATIC:
+        return None
+    return found
+
+
+# The variables `launcher.platforms.detect`'s `auto` looks for (tests/unit/test_platforms.py
+# checks that the two agree), and the SageMaker tree's resource config.
+PLATFORM_MARKERS = ("SLURM_JOB_ID", "PET_NNODES", "MASTER_ADDR", "JOB_COMPLETION_INDEX")
+
+
+def _maybe_platform(environ: Mapping[str, str]) -> bool:
+    """Whether `auto` could find a platform other than this host alone."""
+    if any(environ.get(name) for name in PLATFORM_MARKERS):
+        return True
+    base = environ.get("SAGEMAKER_BASE_DIR") or "/opt/ml"
+    return os.path.exists(f"{base}/input/config/resourceconfig.json")  # noqa: PTH110
+
+
+def _read_text(path: str) -> str | None:
+    """A small file's text, None when it does not exist (the platforms' one file read)."""
+    try:
+        with open(path, encoding="utf-8", errors="replace") as f:  # noqa: PTH123
+            return f.read(1 << 20)
+    except FileNotFoundError:
+        return None
+    except OSError as e:
+        raise LauncherError(f"cannot read {path}: {e.strerror}") from None
 
 
 def local(args: argparse.Namespace, environ: dict[str, str]) -> int:
