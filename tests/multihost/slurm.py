@@ -150,7 +150,7 @@ class SlurmCluster:
     def logs(self) -> str:
         """The daemons' logs, last lines of each, for a failure message."""
         parts = []
-        for log in sorted(self.folder.glob("*.log")) + [self.folder / "daemons.out"]:
+        for log in [*sorted(self.folder.glob("*.log")), self.folder / "daemons.out"]:
             if log.exists():
                 tail = log.read_text(errors="replace").splitlines()[-15:]
                 parts.append(f"--- {log.name}\n" + "\n".join(tail))

@@ -106,8 +106,16 @@ def test_both_modes_give_the_same_ranks(
     rank = [str(BIN / "rank_tuple.py")]
     env = {"LAUNCHER_JOB_TOKEN": "t0ken"}
     per_node = slurm.run(
-        ["srun", "--nodes=2", "--ntasks-per-node=1", LAUNCHER, "run", "--nproc-per-host", "2"]
-        + rank,
+        [
+            "srun",
+            "--nodes=2",
+            "--ntasks-per-node=1",
+            LAUNCHER,
+            "run",
+            "--nproc-per-host",
+            "2",
+            *rank,
+        ],
         timeout=90,
         env=env,
     )
