@@ -188,6 +188,26 @@ def show_plan(args: argparse.Namespace, environ: dict[str, str], base: Path) -> 
     return _print(launch, prepared.chosen, environ, as_json=args.json, instance_type=instance_type)
 
 
+def plan_command(args: argparse.Namespace, environ: dict[str, str], base: Path) -> int:
+    """`launcher plan`: which platform `--hosts-from` finds and where each value came from,
+    then, with a SageMaker tree, `train`'s plan (`show_plan`). On another platform there is no
+    program to plan: `launcher run --dry-run PROGRAM` shows the ranks. Raises what `show_plan`
+    raises (no tree and no platform: the missing tree), `PlatformError` for a bad platform."""
+    chosen = settings.resolve(
+        settings.Sources(vars(args), environ, {}), default_backend=Backend.TORCH
+    )
+    host = chosen.host_name or os.uname().nodename
+    found = _platform(chosen, environ, host)
+    if found is None:
+        return show_plan(args, environ, base)
+    if found.kind.value == "sagemaker":  # stdout is the plan's (`--json`: JSON only)
+        for line in found.describe():
+            log.info("%s", line)
+        return show_plan(args, environ, base)
+    print("\n".join(found.describe()))
+    return 0
+
+
 def world_for(
     prepared: Prepared,
     *,

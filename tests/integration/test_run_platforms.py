@@ -4,6 +4,7 @@ one-line refusals, and a Slurm one-task-per-GPU shim running its rank. Real proc
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -12,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from tests.helpers.procwatch import LeakWatch
+from tests.helpers.trees import write_tree
 
 REPO = Path(__file__).resolve().parents[2]
 RANK = str(REPO / "tests" / "bin" / "rank_tuple.py")
@@ -32,11 +34,11 @@ SLURM = {
 
 
 def launcher(
-    args: list[str], env: dict[str, str], watch: LeakWatch, cwd: Path
+    args: list[str], env: dict[str, str], watch: LeakWatch, cwd: Path, command: str = "run"
 ) -> subprocess.CompletedProcess[str]:
     clean = {k: v for k, v in os.environ.items() if not k.startswith(("SLURM", "PET_"))}
     return subprocess.run(
-        [sys.executable, "-m", "launcher", "run", *args],
+        [sys.executable, "-m", "launcher", command, *args],
         env={**clean, **watch.env(), **env},
         cwd=cwd,
         capture_output=True,
@@ -101,3 +103,25 @@ def test_secret_file_that_cannot_be_read_is_named(tmp_path: Path, no_leaks: Leak
     done = launcher([RANK], env, no_leaks, tmp_path)
     assert done.returncode == 2, done.stderr
     assert f"{tmp_path / 'missing'}: cannot read the secret" in done.stderr
+
+
+def test_launcher_plan_shows_the_platform(tmp_path: Path, no_leaks: LeakWatch) -> None:
+    env = {**SLURM, "SLURM_STEP_TASKS_PER_NODE": "1(x2)", "SLURM_NTASKS": "2"}
+    done = launcher([], env, no_leaks, tmp_path, command="plan")
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.splitlines()[:3] == [
+        "platform slurm: 2 host(s), one launcher per host",
+        "  hosts = gpu07,gpu10  (from SLURM_STEP_NODELIST 'gpu[07,10]' expanded)",
+        "  current_host = gpu10  (from SLURMD_NODENAME)",
+    ]
+
+
+def test_launcher_plan_of_a_tree_names_it_and_keeps_its_json(
+    tmp_path: Path, no_leaks: LeakWatch
+) -> None:
+    base = write_tree(tmp_path / "ml", "algo-2", ["algo-1", "algo-2"], {}, "pass\n")
+    env = {"SAGEMAKER_BASE_DIR": str(base)}
+    done = launcher(["--json"], env, no_leaks, tmp_path, command="plan")
+    assert done.returncode == 0, done.stderr
+    assert "platform sagemaker: 2 host(s)" in done.stderr
+    assert json.loads(done.stdout)["hosts"][0]["name"] == "algo-2"  # no distribution flag: alone
