@@ -229,6 +229,7 @@ def world_for(
     if dry_run:
         return _assumed_world(cfg.distribution_hosts, prepared.host, prepared.slots), None
     from launcher.control.meet import MeetRequest, meet  # noqa: PLC0415 - multi-host jobs only
+    from launcher.platforms.launch import job_token  # noqa: PLC0415 - multi-host jobs only
 
     request = MeetRequest(
         host=prepared.host,
@@ -239,7 +240,7 @@ def world_for(
         peer_timeout_s=chosen.peer_timeout_s,
         heartbeat_timeout_s=chosen.heartbeat_timeout_s,
         job_name=cfg.training_job_name or cfg.sagemaker_job_name,
-        token=chosen.job_token,
+        token=job_token(chosen, multi=True),  # --secret-file too; warns when there is none
         leader_addr=chosen.leader_addr,
         plan_extra=plan_extra,
     )

@@ -39,7 +39,7 @@ __all__ = ["MASTER_PORT_BASE", "detect", "is_slurm", "tasks_per_node"]
 
 K = Kind.SLURM
 # The rank-facing MASTER_PORT in one-task-per-GPU mode: every task computes it alike from the
-# job id, in a band above the usual ephemeral range's start and below 65535.
+# job and step ids, in a band between 20000 and 40000.
 MASTER_PORT_BASE = 20000
 _REPEAT = re.compile(r"([0-9]{1,6})(?:\(x([0-9]{1,6})\))?")
 SRUN_HINT = "run it in a step, one per node: srun --ntasks-per-node=1 launcher run ..."
@@ -177,6 +177,9 @@ def _task(
             " by block",
             hint="start the step with --distribution=block (Slurm's default)",
         )
+    # The step id too: two steps of one job may run at once (`srun ... &`).
     digits = "".join(c for c in job_id if c.isdigit()) or "0"
-    port = MASTER_PORT_BASE + int(digits[-9:]) % 20000
+    step = environ.get("SLURM_STEP_ID", "0")
+    step_id = int(step) if step.isascii() and step.isdigit() and len(step) < 10 else 0
+    port = MASTER_PORT_BASE + (int(digits[-9:]) * 31 + step_id) % 20000
     return TaskRank(rank, local, world, port)
