@@ -105,24 +105,15 @@ def test_both_modes_give_the_same_ranks(
     """2 nodes x 2 ranks: one launcher per node, and one task per rank (the shim)."""
     rank = [str(BIN / "rank_tuple.py")]
     env = {"LAUNCHER_JOB_TOKEN": "t0ken"}
+    # Named nodes: a node still completing the previous test's job must not change the hosts.
+    srun = ["srun", "--nodes=2", "--nodelist=node1,node2"]
     per_node = slurm.run(
-        [
-            "srun",
-            "--nodes=2",
-            "--ntasks-per-node=1",
-            LAUNCHER,
-            "run",
-            "--nproc-per-host",
-            "2",
-            *rank,
-        ],
+        [*srun, "--ntasks-per-node=1", LAUNCHER, "run", "--nproc-per-host", "2", *rank],
         timeout=90,
         env=env,
     )
     per_task = slurm.run(
-        ["srun", "--nodes=2", "--ntasks-per-node=2", LAUNCHER, "run", *rank],
-        timeout=90,
-        env=env,
+        [*srun, "--ntasks-per-node=2", LAUNCHER, "run", *rank], timeout=90, env=env
     )
     assert per_node.returncode == 0, per_node.stderr
     assert per_task.returncode == 0, per_task.stderr
