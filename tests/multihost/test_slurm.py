@@ -132,3 +132,23 @@ def test_both_modes_give_the_same_ranks(
     ]  # fmt: skip
     assert {t["master"] for t in seen[0]} == {"node1"}
     assert all(t["sm_hosts"] == ["node1", "node2"] for t in seen[0])
+
+
+def test_a_failed_rank_in_one_task_per_gpu_mode_ends_the_step(
+    slurm: SlurmCluster, tmp_path: Path, no_leaks: LeakWatch
+) -> None:
+    """The shim reports its rank's failure with the root cause and exits with its code; Slurm
+    (--kill-on-bad-exit) stops the other tasks, whose shims stop their ranks."""
+    srun = ["srun", "--nodes=2", "--nodelist=node1,node2", "--ntasks-per-node=2"]
+    srun += ["--kill-on-bad-exit=1", f"--output={tmp_path}/task-%t.out"]
+    program = [LAUNCHER, "run", "--grace-period", "2", str(BIN / "exit_code.py"), "7"]
+    done = slurm.run([*srun, *program, "--rank", "3"], timeout=120)
+    # srun exits with the highest task code: 143 of the tasks Slurm stopped (128 + SIGTERM,
+    # forwarded to their ranks); the failed task's own code is in its line.
+    assert done.returncode == 143, done.stderr
+    assert "task 3: Exited with exit code 7" in done.stderr
+    text = (tmp_path / "task-3.out").read_text(errors="replace")
+    assert "one task per GPU (rank shim)" in text
+    assert re.search(r"job failed \(exit 7\): rank 3 ", text), text
+    for task in (0, 1, 2):  # stopped by Slurm; their ranks did not outlive them (no_leaks)
+        assert "job succeeded" not in (tmp_path / f"task-{task}.out").read_text()
