@@ -64,10 +64,15 @@ def job_token(chosen: Settings, multi: bool) -> str | None:
 
 
 def spec_for(
-    platform: Platform, command: tuple[str, ...], chosen: Settings, environ: dict[str, str]
+    platform: Platform,
+    command: tuple[str, ...],
+    chosen: Settings,
+    environ: dict[str, str],
+    program: str,
 ) -> tuple[JobSpec, int, dict[str, str]]:
-    """The job (SM_* set included), this host's rank count, and the environment the ranks
-    inherit (the platform's GPU allocation applied)."""
+    """The job (SM_* set included; `program`, the script or module as given, is the entry
+    point), this host's rank count, and the environment the ranks inherit (the platform's
+    GPU allocation applied)."""
     from launcher.sagemaker import smenv  # noqa: PLC0415 - only platforms need the SM_* set
 
     base = dict(environ)
@@ -75,7 +80,6 @@ def spec_for(
         base["CUDA_VISIBLE_DEVICES"] = platform.visible_gpus
     found = gpus.discover(base)
     slots = platform.slots or local_slots(chosen.procs_per_host, len(found))
-    program = command[2] if len(command) > 2 and command[1] != "-m" else command[0]
     cfg = job_config(platform, program, environ)
     env = smenv.sm_environment(cfg, num_gpus=len(found), num_cpus=os.cpu_count() or 1, environ=base)
     return JobSpec(command, str(Path.cwd()), chosen.backend, env), slots, base
@@ -100,7 +104,7 @@ def run(
         )
     if platform.multi:
         console.setup_logging(platform.current_host)
-    spec, slots, base = spec_for(platform, command, chosen, environ)
+    spec, slots, base = spec_for(platform, command, chosen, environ, args.program)
     for line in platform.describe():
         log.info("%s", line)
     out = Path(args.output_dir) if args.output_dir else None

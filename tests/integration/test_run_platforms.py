@@ -58,6 +58,9 @@ def test_dry_run_shows_the_platform_and_every_origin(tmp_path: Path, no_leaks: L
     assert "node_rank = 1  (from SLURM_NODEID)" in done.stderr
     assert "rank 2 (local 0) on gpu10" in done.stdout
     assert 'env SM_HOSTS=["gpu07","gpu10"]' in done.stdout
+    assert "env SM_USER_ENTRY_POINT=rank_tuple.py" in done.stdout
+    assert "env SM_MODULE_NAME=rank_tuple" in done.stdout
+    assert "env SM_CURRENT_HOST=gpu10" in done.stdout
 
 
 def test_the_shim_runs_the_one_rank_slurm_started(tmp_path: Path, no_leaks: LeakWatch) -> None:

@@ -224,3 +224,19 @@ def test_commands_fast_path_knows_every_marker() -> None:
         assert any(env.get(m) for m in commands.PLATFORM_MARKERS)
         assert detect.detect(Kind.AUTO, env, _no_file, "x").kind is not Kind.STATIC
     assert detect.detect(Kind.AUTO, {"MASTER_ADDR": "a"}, _no_file, "x").kind is Kind.STATIC
+
+
+def test_slurm_one_node_batch_script_runs_outside_a_step() -> None:
+    """`sbatch --nodes=1` and a launcher in the script itself: the job's one node is the world."""
+    env = {
+        "SLURM_JOB_ID": "9",
+        "SLURM_JOB_NUM_NODES": "1",
+        "SLURM_JOB_NODELIST": "gpu-07",
+        "SLURM_NODEID": "0",
+        "SLURMD_NODENAME": "gpu-07",
+        "SLURM_JOB_GPUS": "0,1",
+    }
+    found = slurm.detect(env)
+    assert (found.hosts, found.node_rank, found.task, found.multi) == (("gpu-07",), 0, None, False)
+    assert found.visible_gpus == "0,1"
+    assert found.job_name == "slurm-9.batch"
