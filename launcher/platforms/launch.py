@@ -19,6 +19,7 @@ import argparse
 import logging
 import os
 import queue
+from collections.abc import Mapping
 from dataclasses import replace
 from pathlib import Path
 
@@ -80,9 +81,20 @@ def spec_for(
         base["CUDA_VISIBLE_DEVICES"] = platform.visible_gpus
     found = gpus.discover(base)
     slots = platform.slots or local_slots(chosen.procs_per_host, len(found))
-    cfg = job_config(platform, program, environ)
+    cfg = job_config(platform, program, environ, _channels(environ))
     env = smenv.sm_environment(cfg, num_gpus=len(found), num_cpus=os.cpu_count() or 1, environ=base)
     return JobSpec(command, str(Path.cwd()), chosen.backend, env), slots, base
+
+
+def _channels(environ: Mapping[str, str]) -> tuple[str, ...]:
+    """The input channels: the folders under `$SAGEMAKER_BASE_DIR/input/data` (none if it
+    does not exist), with names SageMaker allows."""
+    data = Path(environ.get("SAGEMAKER_BASE_DIR") or "/opt/ml") / "input" / "data"
+    try:
+        names = [p.name for p in data.iterdir() if p.is_dir()]
+    except OSError:
+        return ()
+    return tuple(sorted(n for n in names if n.replace("-", "").replace("_", "").isalnum()))
 
 
 def run(

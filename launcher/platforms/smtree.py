@@ -4,7 +4,9 @@
 homogeneous instance group holding every host, the current host, the entry point, no
 hyperparameters), so that `sagemaker.smenv` computes the variables for `launcher run` exactly
 as for `train`. The paths are under `SAGEMAKER_BASE_DIR` (default /opt/ml) whether or not it
-exists: a script that writes its model to `SM_MODEL_DIR` writes where it always did.
+exists: a script that writes its model to `SM_MODEL_DIR` writes where it always did. Data
+mounted as `input/data/<channel>` (as SageMaker lays channels out) becomes the channel's
+`SM_CHANNEL_<NAME>`.
 """
 
 from __future__ import annotations
@@ -22,8 +24,15 @@ GROUP = "homogeneousCluster"  # SageMaker's name for the one group of a homogene
 INSTANCE_TYPE = "local"  # what SageMaker's local mode reports: no instance type is known
 
 
-def job_config(platform: Platform, entry_point: str, environ: Mapping[str, str]) -> JobConfig:
-    """The `JobConfig` of a SageMaker tree equivalent to `platform`. Pure."""
+def job_config(
+    platform: Platform,
+    entry_point: str,
+    environ: Mapping[str, str],
+    channels: tuple[str, ...] = (),
+) -> JobConfig:
+    """The `JobConfig` of a SageMaker tree equivalent to `platform`, with `channels` (the
+    folders under `input/data`, as SageMaker lays them out) as File-mode input channels.
+    Pure."""
     hosts = platform.hosts
     interface = environ.get("LAUNCHER_INTERFACE", "eth0")
     group_raw: dict[str, Any] = {
@@ -49,7 +58,7 @@ def job_config(platform: Platform, entry_point: str, environ: Mapping[str, str])
         paths=Paths(base),
         resources=resources,
         hyperparameters=Hyperparameters({}, {}),
-        input_data_config={},
+        input_data_config={name: {"TrainingInputMode": "File"} for name in channels},
         entry_point=Path(entry_point).name,
         submit_dir=str(Path(entry_point).parent),
         framework_module=None,

@@ -51,6 +51,8 @@ def launcher(
 def test_dry_run_shows_the_platform_and_every_origin(tmp_path: Path, no_leaks: LeakWatch) -> None:
     env = {**SLURM, "SLURM_STEP_TASKS_PER_NODE": "1(x2)", "SLURM_NTASKS": "2", "SLURM_PROCID": "1"}
     env["SLURM_LOCALID"] = "0"
+    (tmp_path / "ml" / "input" / "data" / "train").mkdir(parents=True)
+    env["SAGEMAKER_BASE_DIR"] = str(tmp_path / "ml")
     done = launcher(["--dry-run", "--nproc-per-host", "2", RANK], env, no_leaks, tmp_path)
     assert done.returncode == 0, done.stderr
     assert "platform slurm: 2 host(s), one launcher per host" in done.stderr
@@ -61,6 +63,9 @@ def test_dry_run_shows_the_platform_and_every_origin(tmp_path: Path, no_leaks: L
     assert "env SM_USER_ENTRY_POINT=rank_tuple.py" in done.stdout
     assert "env SM_MODULE_NAME=rank_tuple" in done.stdout
     assert "env SM_CURRENT_HOST=gpu10" in done.stdout
+    assert f"env SM_CHANNEL_TRAIN={tmp_path}/ml/input/data/train" in done.stdout
+    assert 'env SM_CHANNELS=["train"]' in done.stdout
+    assert f"env SM_MODEL_DIR={tmp_path}/ml/model" in done.stdout
 
 
 def test_the_shim_runs_the_one_rank_slurm_started(tmp_path: Path, no_leaks: LeakWatch) -> None:
