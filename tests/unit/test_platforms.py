@@ -5,12 +5,16 @@ from __future__ import annotations
 
 import json
 import time
+from dataclasses import replace
+from pathlib import Path
 
 import pytest
 
 from launcher import commands
-from launcher.platforms import detect, kubernetes, slurm
+from launcher.platforms import detect, kubernetes, slurm, smtree
 from launcher.platforms.model import Kind, PlatformError
+from launcher.sagemaker import config, smenv
+from tests.helpers.trees import cluster_resources, encode_hps, write_tree
 
 NONE: dict[str, str] = {}
 
@@ -240,3 +244,37 @@ def test_slurm_one_node_batch_script_runs_outside_a_step() -> None:
     assert (found.hosts, found.node_rank, found.task, found.multi) == (("gpu-07",), 0, None, False)
     assert found.visible_gpus == "0,1"
     assert found.job_name == "slurm-9.batch"
+
+
+def test_the_sm_set_is_the_equivalent_tree_s(tmp_path: Path) -> None:
+    """`SM_*` from a platform equal `train`'s for the same hosts, entry point and channel,
+    the instance type aside (a platform does not know it) and the code folder (a tree's
+    `code/`, the program's own folder for `launcher run`)."""
+    hosts = ["algo-1", "algo-2"]
+    resources = cluster_resources(hosts)
+    resources["current_instance_type"] = smtree.INSTANCE_TYPE
+    resources["instance_groups"][0]["instance_type"] = smtree.INSTANCE_TYPE  # type: ignore[index]
+    channel = {"train": {"TrainingInputMode": "File"}}
+    base = write_tree(
+        tmp_path / "ml",
+        "algo-2",
+        hosts,
+        encode_hps({"sagemaker_torch_distributed_enabled": True}),
+        "pass\n",
+        channels=channel,
+        resources=resources,
+    )
+    environ = {"SAGEMAKER_BASE_DIR": str(base), "TRAINING_JOB_NAME": "j"}
+    cfg = config.load(base, environ)
+    tree_env = smenv.sm_environment(cfg, num_gpus=0, num_cpus=2, environ=environ)
+    found = detect.detect(Kind.SAGEMAKER, environ, lambda p: Path(p).read_text(), "x")
+    found = replace(found, job_name="j")
+    platform_cfg = smtree.job_config(found, str(base / "code" / "train.py"), environ, ("train",))
+    platform_env = smenv.sm_environment(platform_cfg, num_gpus=0, num_cpus=2, environ=environ)
+    # The distribution flag is a hyperparameter of the tree (SM_FRAMEWORK_PARAMS); `launcher
+    # run` has none, and distributes every host. SM_TRAINING_ENV repeats the others.
+    training = ("SM_TRAINING_ENV", "SM_FRAMEWORK_PARAMS", "SAGEMAKER_JOB_NAME", "SAGEMAKER_REGION")
+    assert {k: v for k, v in platform_env.items() if k not in training} == {
+        k: v for k, v in tree_env.items() if k not in training
+    }
+    assert json.loads(platform_env["SM_RESOURCE_CONFIG"])["hosts"] == hosts
