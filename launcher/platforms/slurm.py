@@ -42,7 +42,10 @@ K = Kind.SLURM
 # job and step ids, in a band between 20000 and 40000.
 MASTER_PORT_BASE = 20000
 _REPEAT = re.compile(r"([0-9]{1,6})(?:\(x([0-9]{1,6})\))?")
-SRUN_HINT = "run it in a step, one per node: srun --ntasks-per-node=1 launcher run ..."
+SRUN_HINT = (
+    "run it in a step, one per node: srun --ntasks-per-node=1 launcher run ...;"
+    " or --hosts-from static for this host alone"
+)
 
 
 def is_slurm(environ: Mapping[str, str]) -> bool:

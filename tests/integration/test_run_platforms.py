@@ -133,3 +133,15 @@ def test_launcher_plan_of_a_tree_names_it_and_keeps_its_json(
     assert done.returncode == 0, done.stderr
     assert "platform sagemaker: 2 host(s)" in done.stderr
     assert json.loads(done.stdout)["hosts"][0]["name"] == "algo-2"  # no distribution flag: alone
+
+
+def test_launcher_plan_of_a_broken_tree_names_the_file_and_key(
+    tmp_path: Path, no_leaks: LeakWatch
+) -> None:
+    base = write_tree(tmp_path / "ml", "algo-2", ["algo-1", "algo-2"], {}, "pass\n")
+    config = base / "input" / "config" / "resourceconfig.json"
+    config.write_text('{"current_host": "algo-3", "hosts": ["algo-1", "algo-2"]}')
+    done = launcher([], {"SAGEMAKER_BASE_DIR": str(base)}, no_leaks, tmp_path, command="plan")
+    assert done.returncode == 2
+    assert f"{config}: current_host" in done.stderr
+    assert "Traceback" not in done.stderr
