@@ -147,7 +147,9 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("program")
     run.add_argument("args", nargs=argparse.REMAINDER)
     run.set_defaults(func=_run)
-    plan_cmd = sub.add_parser("plan", help="what `train` would run from the SageMaker tree")
+    plan_cmd = sub.add_parser(
+        "plan", help="what `train` would run from the SageMaker tree; the platform found"
+    )
     _add_run_options(plan_cmd, dry_run=False)
     plan_cmd.set_defaults(func=_plan)
     loc = sub.add_parser("local", help="a SageMaker-shaped cluster of N hosts on this machine")
@@ -254,7 +256,7 @@ def _plan(args: argparse.Namespace, environ: dict[str, str]) -> NoReturn:
     from launcher.sagemaker import config  # noqa: PLC0415 - only train and plan read a SageMaker tree
 
     base = config.base_dir_from(environ)
-    _guard(lambda: _commands().show_plan(args, environ, base))
+    _guard(lambda: _commands().plan_command(args, environ, base))
 
 
 def _local(args: argparse.Namespace, environ: dict[str, str]) -> NoReturn:

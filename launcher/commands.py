@@ -44,6 +44,7 @@ if TYPE_CHECKING:
     from launcher.control.follower import Member
     from launcher.horovod import RendezvousHost as HorovodServer
     from launcher.mpi.job import MpiRun, SshKeys
+    from launcher.platforms.model import Platform
     from launcher.sagemaker.entrypoint import EntryPoint
     from launcher.sagemaker.tree import JobConfig
 
@@ -188,6 +189,33 @@ def show_plan(args: argparse.Namespace, environ: dict[str, str], base: Path) -> 
     return _print(launch, prepared.chosen, environ, as_json=args.json, instance_type=instance_type)
 
 
+def plan_command(args: argparse.Namespace, environ: dict[str, str], base: Path) -> int:
+    """`launcher plan`: which platform `--hosts-from` finds and where each value came from,
+    then, with a SageMaker tree, `train`'s plan (`show_plan`). On another platform there is no
+    program to plan: `launcher run --dry-run PROGRAM` shows the ranks. Raises what `show_plan`
+    raises (no tree and no platform: the missing tree), `PlatformError` for a bad platform."""
+    chosen = settings.resolve(
+        settings.Sources(vars(args), environ, {}), default_backend=Backend.TORCH
+    )
+    host = chosen.host_name or os.uname().nodename
+    from launcher.platforms.model import Kind, PlatformError  # noqa: PLC0415
+
+    try:
+        found = _platform(chosen, environ, host)
+    except PlatformError as e:
+        if e.kind is not Kind.SAGEMAKER:
+            raise
+        found = None  # a broken tree: `train`'s own reading names the file and key
+    if found is None:
+        return show_plan(args, environ, base)
+    if found.kind.value == "sagemaker":  # stdout is the plan's (`--json`: JSON only)
+        for line in found.describe():
+            log.info("%s", line)
+        return show_plan(args, environ, base)
+    print("\n".join(found.describe()))
+    return 0
+
+
 def world_for(
     prepared: Prepared,
     *,
@@ -209,6 +237,7 @@ def world_for(
     if dry_run:
         return _assumed_world(cfg.distribution_hosts, prepared.host, prepared.slots), None
     from launcher.control.meet import MeetRequest, meet  # noqa: PLC0415 - multi-host jobs only
+    from launcher.platforms.launch import job_token  # noqa: PLC0415 - multi-host jobs only
 
     request = MeetRequest(
         host=prepared.host,
@@ -219,7 +248,7 @@ def world_for(
         peer_timeout_s=chosen.peer_timeout_s,
         heartbeat_timeout_s=chosen.heartbeat_timeout_s,
         job_name=cfg.training_job_name or cfg.sagemaker_job_name,
-        token=chosen.job_token,
+        token=job_token(chosen, multi=True),  # --secret-file too; warns when there is none
         leader_addr=chosen.leader_addr,
         plan_extra=plan_extra,
     )
@@ -512,6 +541,12 @@ def run(args: argparse.Namespace, environ: dict[str, str]) -> int:
     else:
         command = [sys.executable, args.program, *args.args]
     host = chosen.host_name or os.uname().nodename
+    if chosen.hosts_from != "static":
+        found = _platform(chosen, environ, host)
+        if found is not None:  # several hosts, one task per GPU, or a platform named
+            from launcher.platforms import launch as platform_run  # noqa: PLC0415
+
+            return platform_run.run(args, environ, chosen, found, tuple(command))
     spec = JobSpec(tuple(command), str(Path.cwd()), chosen.backend)
     if args.dry_run:
         world = _single_host(host, slots, chosen.master_port, dry_run=True)
@@ -538,6 +573,45 @@ def run(args: argparse.Namespace, environ: dict[str, str]) -> int:
         finally:
             if not chosen.log_dir:
                 _remove(error_dir)  # on every path, errors included
+
+
+def _platform(chosen: Settings, environ: dict[str, str], host: str) -> Platform | None:
+    """The platform `--hosts-from` names or `auto` finds (launcher.platforms.detect), or None
+    when that is this host alone: `run` then goes on exactly as before platforms existed.
+    Raises `PlatformError` (exit 2) naming the platform and the variable that is wrong."""
+    if chosen.hosts_from == "auto" and not _maybe_platform(environ):
+        return None  # the common case decided without importing the platforms (12 modules)
+    from launcher.platforms import detect, model  # noqa: PLC0415 - keeps `run` start-up light
+
+    kind = detect.parse_kind(chosen.hosts_from)
+    found = detect.detect(kind, environ, _read_text, host)
+    if found.kind is model.Kind.STATIC:
+        return None
+    return found
+
+
+# The variables `launcher.platforms.detect`'s `auto` looks for (tests/unit/test_platforms.py
+# checks that the two agree), and the SageMaker tree's resource config.
+PLATFORM_MARKERS = ("SLURM_JOB_ID", "PET_NNODES", "MASTER_ADDR", "JOB_COMPLETION_INDEX")
+
+
+def _maybe_platform(environ: Mapping[str, str]) -> bool:
+    """Whether `auto` could find a platform other than this host alone."""
+    if any(environ.get(name) for name in PLATFORM_MARKERS):
+        return True
+    base = environ.get("SAGEMAKER_BASE_DIR") or "/opt/ml"
+    return os.path.exists(f"{base}/input/config/resourceconfig.json")  # noqa: PTH110
+
+
+def _read_text(path: str) -> str | None:
+    """A small file's text, None when it does not exist (the platforms' one file read)."""
+    try:
+        with open(path, encoding="utf-8", errors="replace") as f:  # noqa: PTH123
+            return f.read(1 << 20)
+    except FileNotFoundError:
+        return None
+    except OSError as e:
+        raise LauncherError(f"cannot read {path}: {e.strerror}") from None
 
 
 def local(args: argparse.Namespace, environ: dict[str, str]) -> int:

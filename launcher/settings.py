@@ -197,6 +197,9 @@ class Settings:
     mpirun: str = "mpirun"
     sshd: str = ""  # "": sshd on PATH, else /usr/sbin/sshd
     ssh_port: int = 0  # each follower's sshd; 0: a free port
+    # `launcher run`: where the hosts come from (launcher.platforms); the token from a file.
+    hosts_from: str = "auto"
+    job_token_file: Path | None = None
 
 
 def number(value: Any) -> float:
@@ -354,6 +357,22 @@ def _text(value: Any) -> str:
     return value
 
 
+def _file_path(value: Any) -> Path:
+    if not isinstance(value, str) or not value.strip() or "\0" in value:
+        raise ValueError("must be a file path")
+    return Path(value)
+
+
+def _hosts_from(value: Any) -> str:
+    """A `--hosts-from` value (`launcher.platforms.model.Kind`), checked here so that a typo
+    is refused like any setting; the platform is read only by `launcher run`."""
+    choices = ("auto", "sagemaker", "slurm", "kubeflow", "indexed-job", "jobset", "static")
+    text = str(value).strip().lower()
+    if text not in choices:
+        raise ValueError(f"must be one of {', '.join(choices)}")
+    return text
+
+
 # The table: one row per setting, in the order `resolve` reads them and docs/usage.md lists them.
 # `cli._add_settings` derives the command-line options from the rows that have a flag, and
 # tests/unit/test_settings_table.py checks docs/usage.md against it.
@@ -438,6 +457,16 @@ SETTINGS: tuple[Setting, ...] = (
     Setting(
         "ssh_port", None, "LAUNCHER_SSH_PORT", None, _port, 0,
         "mpi: the port of each follower's sshd", shown="0: a free port", only=Backend.MPI,
+    ),
+    Setting(
+        "hosts_from", "--hosts-from", "LAUNCHER_HOSTS_FROM", None, _hosts_from, "auto",
+        "launcher run: auto, sagemaker, slurm, kubeflow, indexed-job, jobset or static"
+        " (this host alone)", "PLATFORM",
+    ),
+    Setting(
+        "job_token_file", "--secret-file", "LAUNCHER_JOB_TOKEN_FILE", None, _file_path, None,
+        "a file holding the control channel's secret (a mounted Kubernetes Secret);"
+        " LAUNCHER_JOB_TOKEN wins over it", "FILE", shown="none",
     ),
 )  # fmt: skip
 

@@ -23,10 +23,15 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[2]
-SUBPACKAGES = ("sagemaker", "control", "mpi", "local", "doctor", "hangs")
+SUBPACKAGES = ("sagemaker", "control", "mpi", "local", "doctor", "hangs", "platforms")
 SUPERVISION = ("procs", "supervise", "containment", "watchdog", "app")
 # What the benchmarks may import from tests/: libraries, not test modules or fixtures.
-BENCH_MAY_IMPORT = ("tests.helpers", "tests.multihost.cluster")
+BENCH_MAY_IMPORT = (
+    "tests.helpers",
+    "tests.multihost.cluster",
+    "tests.multihost.slurm",
+    "tests.multihost.platform_envs",
+)
 
 
 def imports(path: Path, *, top_level_only: bool) -> Iterator[tuple[int, str]]:

@@ -26,6 +26,11 @@ NOT_SETTINGS = {
     "LAUNCHER_MPI_ENV",
     "LAUNCHER_MPI_FORWARDED",
     "LAUNCHER_HOST",
+    # Platform facts a Kubernetes manifest sets for `--hosts-from` (launcher.platforms).
+    "LAUNCHER_NNODES",
+    "LAUNCHER_K8S_SUBDOMAIN",
+    "LAUNCHER_K8S_JOB",
+    "LAUNCHER_JOBSET_",
 }
 
 
