@@ -1,4 +1,5 @@
-"""Command lines: `train` (SageMaker's entry point) and `launcher run|plan|local|stacks|doctor`.
+"""Command lines: `train` (SageMaker's entry point) and `launcher run|plan|local|preflight|
+stacks|doctor`.
 
 Parses the arguments and hands them to `commands`. The only module that calls `sys.exit`.
 Every `LauncherError` becomes one prefixed line on stderr and its exit code (2 for bad input,
@@ -137,6 +138,11 @@ def _parser() -> argparse.ArgumentParser:
     )
     stk.add_argument("--pid", type=int, help="only the job of the launcher with this pid")
     stk.set_defaults(func=_stacks)
+    pre = sub.add_parser(
+        "preflight", help="check every host, GPU, link and directory of the job; exit 78 if bad"
+    )
+    _add_run_options(pre, dry_run=False)
+    pre.set_defaults(func=_preflight)
     doc = sub.add_parser("doctor", help="check this host for a backend: GPUs, network, frameworks")
     doc.add_argument(
         "--backend",
@@ -230,6 +236,14 @@ def _local(args: argparse.Namespace, environ: dict[str, str]) -> NoReturn:
 
 def _stacks(args: argparse.Namespace, environ: dict[str, str]) -> NoReturn:
     _guard(lambda: _commands().stacks(args, environ))
+
+
+def _preflight(args: argparse.Namespace, environ: dict[str, str]) -> NoReturn:
+    from launcher.sagemaker import config  # noqa: PLC0415 - only commands that read a tree
+
+    base = config.base_dir_from(environ)
+    output = base / "output" if os.path.isdir(base) else None  # noqa: PTH112 - see train_main
+    _guard(lambda: _commands().preflight(args, environ, base), output)
 
 
 def _doctor(args: argparse.Namespace, environ: dict[str, str]) -> NoReturn:

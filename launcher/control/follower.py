@@ -49,6 +49,8 @@ from launcher.control.messages import (
     Hello,
     Message,
     Plan,
+    PreflightReport,
+    PreflightVerdict,
     Result,
     SshdReady,
     exhaustive,
@@ -61,7 +63,7 @@ from launcher.errors import (
     signal_exit_code,
     signal_name,
 )
-from launcher.events import Events, RemoteAbort
+from launcher.events import Events, PeerMessage, RemoteAbort
 
 log = logging.getLogger("launcher")
 
@@ -274,7 +276,9 @@ class Follower(Member):
                 self.decision.decide(code, "")
             case Heartbeat():
                 pass
-            case Hello() | Failed() | Done() | SshdReady():  # a follower's words
+            case PreflightVerdict():  # the preflight (launcher.preflight.gather) reads it
+                self.events.put(PeerMessage(self.leader, message))
+            case Hello() | Failed() | Done() | SshdReady() | PreflightReport():  # a follower's
                 raise wire.FrameError(f"the leader sent {message.TYPE!r}", "unexpected")
             case _:
                 exhaustive(message)
@@ -303,7 +307,7 @@ class Follower(Member):
         """The PLAN as the leader sent it (backend extras included); None before it arrived."""
         return self._plan
 
-    def send(self, message: SshdReady) -> bool:
+    def send(self, message: SshdReady | PreflightReport) -> bool:
         """Send a backend message to the leader (it arrives there as a `PeerMessage`)."""
         conn = self._conn
         return conn is not None and conn.send(message)

@@ -26,11 +26,14 @@ from launcher.control.messages import (
     Message,
     MessageError,
     Plan,
+    PreflightReport,
+    PreflightVerdict,
     Result,
     SshdReady,
     decode,
     encode,
 )
+from launcher.preflight.rows import Row
 
 KEY = wire.job_key("job-token")
 MINE = "0" * 32
@@ -94,13 +97,39 @@ EXAMPLES: list[tuple[Message, dict[str, Any]]] = [
         SshdReady("fd00::2", 22, HOSTKEY),
         {"type": "sshd", "addr": "fd00::2", "port": 22, "hostkey": HOSTKEY},
     ),
+    (
+        Plan((("algo-1", 1),), 29500, "r1", preflight_port=41001),
+        {
+            "type": "plan",
+            "hosts": [["algo-1", 1]],
+            "master_port": 29500,
+            "run_id": "r1",
+            "preflight_port": 41001,
+        },
+    ),
+    (
+        PreflightReport((Row("cpu.matmul", "algo-2", 12.5, "GFLOPS"),)),
+        {
+            "type": "preflight_report",
+            "rows": [["cpu.matmul", "algo-2", "", 12.5, "GFLOPS", "", "INFO", "", 0.0]],
+        },
+    ),
+    (
+        PreflightVerdict(78, (Row("dir.writable", "algo-3", "no", verdict="FAIL"),)),
+        {
+            "type": "preflight_verdict",
+            "code": 78,
+            "rows": [["dir.writable", "algo-3", "", "no", "", "", "FAIL", "", 0.0]],
+        },
+    ),
 ]
 
 
 def test_every_message_type_has_an_example() -> None:
     assert {type(m) for m, _ in EXAMPLES} == set(messages._TYPES.values())
     assert {t.TYPE for t in messages._TYPES.values()} == {
-        *("hello", "plan", "heartbeat", "failed", "abort", "done", "result", "sshd")
+        *("hello", "plan", "heartbeat", "failed", "abort", "done", "result", "sshd"),
+        *("preflight_report", "preflight_verdict"),
     }
 
 
@@ -181,6 +210,7 @@ def valid(kind: str) -> dict[str, Any]:
             "run_id": "r1",
             "horovod_port": 41000,
             "mpi_pubkey": HOSTKEY,
+            "preflight_port": 41001,
         },
         "heartbeat": {"type": "heartbeat"},
         "failed": {"type": "failed", "code": 7, "reason": "x", "host": "algo-2", "signal": "S"},
@@ -188,12 +218,23 @@ def valid(kind: str) -> dict[str, Any]:
         "done": {"type": "done"},
         "result": {"type": "result", "code": 0},
         "sshd": {"type": "sshd", "addr": "10.0.0.2", "port": 22, "hostkey": HOSTKEY},
+        "preflight_report": {"type": "preflight_report", "rows": [ROW]},
+        "preflight_verdict": {"type": "preflight_verdict", "code": 78, "rows": [ROW]},
     }
     return dict(objects[kind])
 
 
+ROW = ["gpu.ecc", "algo-2", "0 GPU-1", 3.0, "errors", "== 0", "FAIL", "ECC", 0.5]
+
+
 # (type, field, bad value, what the error says); the field is set to the value in `valid`.
 BAD_FIELDS: list[tuple[str, str, object, str]] = [
+    ("preflight_report", "rows", "x", "must be a list of at most 2048 rows"),
+    ("preflight_report", "rows", [[1]], "row 0: a row must be a list of 9 fields"),
+    ("preflight_report", "rows", [[*ROW[:6], "BAD", *ROW[7:]]], "row 0: row verdict must be"),
+    ("preflight_report", "rows", [[*ROW[:3], True, *ROW[4:]]], "value must be a number or text"),
+    ("preflight_verdict", "code", 1, "bad code 1: must be 0 or 78"),
+    ("preflight_verdict", "code", True, "must be 0 or 78"),
     ("hello", "host", "", "must be a host name"),
     ("hello", "host", "algo 2", "must be a host name"),
     ("hello", "host", "algo-2\n", "must be a host name"),

@@ -1,0 +1,403 @@
+"""The preflight's measurements, in a child process run with the job's own Python: the only
+place torch is imported (`python -m launcher.preflight.probe SPEC`, the `ProbeSpec` as JSON in
+argv, the rows as one JSON list on the last line of stdout).
+
+What it times, each after a warm-up (a cold GPU's first matmuls run faster than sustained):
+
+* compute: a matmul loop. GPUs: BF16 `GPU_MATMUL_N`³ on every GPU at once, TFLOPS per GPU, and
+  a checksum of one product compared across the host's GPUs (silent corruption). CPU hosts:
+  FP32 `CPU_MATMUL_N`³, GFLOPS for the host.
+* memory: a copy; GB/s counts the bytes read plus the bytes written (as STREAM's copy does).
+  GPUs also time pinned host-to-device copies.
+* all_reduce within the host over every GPU (`torch.cuda.nccl`, one process): busbw as
+  nccl-tests defines it, `algbw * 2(n-1)/n`. A CPU host runs no intra-host all_reduce.
+* all_reduce across hosts, one rank per host (gloo on CPU, NCCL on each host's GPU 0), at
+  `spec.master_addr:spec.port`; each rank's time is agreed as the maximum, so every host
+  takes the same decisions. When the busbw is under `spec.floor_gbps` (or `spec.pairwise`),
+  every pair of hosts is timed, in rounds of disjoint pairs (the circle method). Only node 0
+  prints the job-wide rows.
+
+Failure: any exception becomes one FAIL row naming the stage and the error (the host is then
+named by the verdict), and the exit code stays 0; a child that dies or hangs is the caller's
+to report (`step` names the host).
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from datetime import timedelta
+from typing import Any
+
+from launcher.preflight.rows import FAIL, INFO, Row, to_wire
+from launcher.preflight.thresholds import ALL_HOSTS, PAIR_SEP
+
+GPU_MATMUL_N = 8192
+CPU_MATMUL_N = 384
+SECONDS = {"quick": 0.25, "full": 2.0}  # time per measurement (GPU compute: x4)
+CROSS_BYTES = {"quick": 4 << 20, "full": 64 << 20}  # CPU hosts; GPU hosts x16
+GPU_COPY_BYTES = 1 << 30
+H2D_BYTES = 256 << 20
+CPU_COPY_BYTES = 64 << 20
+INTRA_BYTES = 256 << 20
+
+
+@dataclass(frozen=True, slots=True)
+class ProbeSpec:
+    """What the child measures. `port` 0 (or one host): no cross-host all_reduce."""
+
+    host: str
+    node_rank: int
+    n_hosts: int
+    master_addr: str
+    port: int
+    level: str = "quick"
+    floor_gbps: float | None = None
+    pairwise: bool = False
+    timeout_s: float = 60.0
+
+
+def busbw(size: int, seconds: float, n: int) -> float:
+    """nccl-tests' all_reduce bus bandwidth in GB/s (1e9 bytes)."""
+    return size / seconds * 2 * (n - 1) / n / 1e9 if n > 1 else size / seconds / 1e9
+
+
+def pair_rounds(n: int) -> list[list[tuple[int, int]]]:
+    """Every pair of `n` nodes exactly once, in rounds of disjoint pairs (circle method)."""
+    nodes: list[int | None] = [*range(n), *([None] if n % 2 else [])]
+    m = len(nodes)
+    rounds = []
+    for _ in range(m - 1):
+        pairs = []
+        for i in range(m // 2):
+            a, b = nodes[i], nodes[m - 1 - i]
+            if a is not None and b is not None:
+                pairs.append((min(a, b), max(a, b)))
+        rounds.append(pairs)
+        nodes = [nodes[0], nodes[-1], *nodes[1:-1]]
+    return rounds
+
+
+def _timed(call: Callable[[], object], budget: float, sync: Callable[[], None]) -> float:
+    """Seconds per call, sustained: warm up, then repeat for about `budget` seconds."""
+    call()
+    sync()
+    began = time.perf_counter()
+    call()
+    sync()
+    once = max(time.perf_counter() - began, 1e-9)
+    iters = max(2, min(1000, int(budget / once)))
+    began = time.perf_counter()
+    for _ in range(iters):
+        call()
+    sync()
+    return (time.perf_counter() - began) / iters
+
+
+def main() -> int:
+    spec = ProbeSpec(**json.loads(sys.argv[1]))
+    rows: list[Row] = []
+    stage = "import torch"
+    try:
+        import torch  # noqa: PLC0415 - the launcher stays torch-free: only this child imports it
+
+        gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        stage = "compute"
+        rows += _gpu_local(torch, spec, gpus) if gpus else _cpu_local(torch, spec)
+        if spec.port and spec.n_hosts > 1:
+            stage = "cross-host all_reduce"
+            rows += _cross(torch, spec, gpus)
+    except Exception as e:  # every failure becomes the host's FAIL row
+        rows.append(
+            Row(
+                f"probe.{stage.split()[0]}",
+                spec.host,
+                "error",
+                "",
+                "no error",
+                FAIL,
+                detail=f"{stage}: {type(e).__name__}: {e}"[:500],
+            )
+        )
+    print(json.dumps([to_wire(r) for r in rows]), flush=True)
+    return 0
+
+
+def _cpu_local(torch: Any, spec: ProbeSpec) -> list[Row]:
+    budget = SECONDS[spec.level]
+    n = CPU_MATMUL_N
+    a, b = torch.randn(n, n), torch.randn(n, n)
+    mm = _timed(lambda: torch.mm(a, b), budget, lambda: None)
+    gflops = 2 * n**3 / mm / 1e9
+    src = torch.ones(CPU_COPY_BYTES // 4)
+    dst = torch.empty_like(src)
+    per = _timed(lambda: dst.copy_(src), budget, lambda: None)
+    threads = torch.get_num_threads()
+    return [
+        Row(
+            "cpu.matmul",
+            spec.host,
+            round(gflops, 2),
+            "GFLOPS",
+            detail=f"fp32 {n}^3 on {threads} threads",
+            seconds=round(mm, 6),
+        ),
+        Row(
+            "cpu.membw",
+            spec.host,
+            round(2 * CPU_COPY_BYTES / per / 1e9, 2),
+            "GB/s",
+            detail=f"copy of {CPU_COPY_BYTES >> 20} MiB",
+            seconds=round(per, 6),
+        ),
+    ]
+
+
+def _gpu_local(torch: Any, spec: ProbeSpec, count: int) -> list[Row]:
+    budget = SECONDS[spec.level]
+    names = [torch.cuda.get_device_name(i) for i in range(count)]
+    uuids = [str(getattr(torch.cuda.get_device_properties(i), "uuid", "")) for i in range(count)]
+    label = [f"{i} GPU-{uuids[i]}" if uuids[i] else str(i) for i in range(count)]
+    n = GPU_MATMUL_N
+    gen = torch.Generator().manual_seed(0)
+    host_a = torch.randn(n, n, generator=gen).bfloat16()
+    host_b = torch.randn(n, n, generator=gen).bfloat16()
+    mats = [(host_a.to(f"cuda:{i}"), host_b.to(f"cuda:{i}")) for i in range(count)]
+    sums = [float(torch.mm(a, b).float().sum().item()) for a, b in mats]  # also the warm-up
+    # Every GPU at once: launches are asynchronous, so one loop keeps all of them busy.
+    per = _concurrent(torch, count, lambda i: torch.mm(*mats[i]), 4 * budget)
+    rows = []
+    for i in range(count):
+        rows.append(
+            Row(
+                "gpu.matmul",
+                spec.host,
+                round(2 * n**3 / per[i] / 1e12, 1),
+                "TFLOPS",
+                gpu=label[i],
+                detail=names[i],
+                seconds=round(per[i], 6),
+            )
+        )
+    majority = statistics.mode(sums)
+    for i in range(count):
+        same = sums[i] == majority
+        rows.append(
+            Row(
+                "gpu.checksum",
+                spec.host,
+                "same" if same else "differs",
+                "",
+                "== the other GPUs",
+                "PASS" if same else FAIL,
+                label[i],
+                "" if same else f"matmul checksum {sums[i]!r} != {majority!r}",
+            )
+        )
+    mats.clear()  # the memory goes back before the copies
+    bufs = [
+        torch.empty(GPU_COPY_BYTES // 2, dtype=torch.bfloat16, device=f"cuda:{i}")
+        for i in range(count)
+    ]
+    outs = [torch.empty_like(b) for b in bufs]
+    per = _concurrent(torch, count, lambda i: outs[i].copy_(bufs[i]), budget)
+    for i in range(count):
+        rows.append(
+            Row(
+                "gpu.membw",
+                spec.host,
+                round(2 * GPU_COPY_BYTES / per[i] / 1e9, 1),
+                "GB/s",
+                gpu=label[i],
+                detail=names[i],
+                seconds=round(per[i], 6),
+            )
+        )
+    bufs.clear()
+    outs.clear()
+    pinned = torch.empty(H2D_BYTES, dtype=torch.uint8).pin_memory()
+    for i in range(count):
+        dev = torch.empty(H2D_BYTES, dtype=torch.uint8, device=f"cuda:{i}")
+        t = _timed(
+            functools.partial(dev.copy_, pinned, non_blocking=True),
+            budget,
+            functools.partial(torch.cuda.synchronize, i),
+        )
+        rows.append(
+            Row(
+                "gpu.h2d",
+                spec.host,
+                round(H2D_BYTES / t / 1e9, 1),
+                "GB/s",
+                gpu=label[i],
+                detail=names[i],
+                seconds=round(t, 6),
+            )
+        )
+    if count > 1:
+        tensors = [torch.ones(INTRA_BYTES // 4, device=f"cuda:{i}") for i in range(count)]
+        t = _timed(
+            lambda: torch.cuda.nccl.all_reduce(tensors),
+            budget,
+            functools.partial(_sync_all, torch, count),
+        )
+        rows.append(
+            Row(
+                "allreduce.host",
+                spec.host,
+                round(busbw(INTRA_BYTES, t, count), 1),
+                "GB/s",
+                detail=f"{names[0]}: nccl busbw, {count} GPUs, {INTRA_BYTES >> 20} MiB",
+                seconds=round(t, 6),
+            )
+        )
+    return rows
+
+
+def _sync_all(torch: Any, count: int) -> None:
+    for i in range(count):
+        torch.cuda.synchronize(i)
+
+
+def _concurrent(
+    torch: Any, count: int, call: Callable[[int], object], budget: float
+) -> list[float]:
+    """Seconds per call on each GPU, all GPUs running at once (CUDA events per device)."""
+    for i in range(count):
+        call(i)
+    for i in range(count):
+        torch.cuda.synchronize(i)
+    began = time.perf_counter()
+    call(0)
+    torch.cuda.synchronize(0)
+    iters = max(3, min(500, int(budget / max(time.perf_counter() - began, 1e-9))))
+    events = []
+    for i in range(count):
+        with torch.cuda.device(i):
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            events.append((start, end))
+            start.record()
+    for _ in range(iters):
+        for i in range(count):
+            with torch.cuda.device(i):
+                call(i)
+    for i in range(count):
+        with torch.cuda.device(i):
+            events[i][1].record()
+    for i in range(count):
+        torch.cuda.synchronize(i)
+    return [events[i][0].elapsed_time(events[i][1]) / 1000 / iters for i in range(count)]
+
+
+def _cross(torch: Any, spec: ProbeSpec, gpus: int) -> list[Row]:
+    """The whole job's all_reduce, then (under the floor, or always with `pairwise`) every
+    pair of hosts; the job-wide rows from node 0 only."""
+    import torch.distributed as dist  # noqa: PLC0415 - with torch, in this child only
+
+    backend = "nccl" if gpus else "gloo"
+    device = "cuda:0" if gpus else "cpu"
+    size = CROSS_BYTES[spec.level] * (16 if gpus else 1)
+    n, me = spec.n_hosts, spec.node_rank
+    dist.init_process_group(
+        backend,
+        init_method=f"tcp://{spec.master_addr}:{spec.port}",
+        rank=me,
+        world_size=n,
+        timeout=timedelta(seconds=spec.timeout_s),
+    )
+    try:
+        tensor = torch.ones(size // 4, device=device)
+        sync = (lambda: torch.cuda.synchronize(0)) if gpus else (lambda: None)
+        whole = _agreed_time(torch, dist, tensor, group=None, spec=spec, sync=sync, device=device)
+        bw = busbw(size, whole, n)
+        rows = [
+            Row(
+                "allreduce.cross",
+                ALL_HOSTS,
+                round(bw, 3),
+                "GB/s",
+                detail=f"{backend} busbw, {n} hosts, {size >> 20} MiB",
+                seconds=round(whole, 6),
+            )
+        ]
+        below = spec.floor_gbps is not None and bw < spec.floor_gbps
+        if below or spec.pairwise:
+            rows += _pairs(torch, dist, spec, size=size, device=device, sync=sync)
+    finally:
+        dist.destroy_process_group()
+    return rows if me == 0 else []
+
+
+def _agreed_time(
+    torch: Any, dist: Any, tensor: Any, *, group: Any, spec: ProbeSpec, sync: Any, device: str
+) -> float:
+    """Seconds per all_reduce of `tensor` in `group`, the same on every member: the number of
+    iterations and the result are both agreed as the members' maximum."""
+    dist.all_reduce(tensor, group=group)  # warm-up: connections, buffers
+    sync()
+    began = time.perf_counter()
+    dist.all_reduce(tensor, group=group)
+    sync()
+    once = torch.tensor([time.perf_counter() - began], dtype=torch.float64, device=device)
+    dist.all_reduce(once, op=dist.ReduceOp.MAX, group=group)
+    iters = max(2, min(100, int(SECONDS[spec.level] / max(float(once.item()), 1e-9))))
+    began = time.perf_counter()
+    for _ in range(iters):
+        dist.all_reduce(tensor, group=group)
+    sync()
+    took = torch.tensor([(time.perf_counter() - began) / iters], dtype=torch.float64, device=device)
+    dist.all_reduce(took, op=dist.ReduceOp.MAX, group=group)
+    return float(took.item())
+
+
+def _pairs(
+    torch: Any, dist: Any, spec: ProbeSpec, *, size: int, device: str, sync: Any
+) -> list[Row]:
+    n, me = spec.n_hosts, spec.node_rank
+    rounds = pair_rounds(n)
+    groups = {
+        pair: dist.new_group(list(pair)) for r in rounds for pair in r
+    }  # every rank, in order
+    names = [""] * n
+    dist.all_gather_object(names, spec.host)
+    seen = torch.zeros(n, n, dtype=torch.float64, device=device)
+    tensor = torch.ones(size // 4, device=device)
+    for pairs in rounds:
+        for pair in pairs:
+            if me in pair:
+                t = _agreed_time(
+                    torch, dist, tensor, group=groups[pair], spec=spec, sync=sync, device=device
+                )
+                if me == pair[0]:
+                    seen[pair] = t
+        dist.barrier()
+    dist.all_reduce(seen)
+    rows = []
+    for pairs in rounds:
+        for a, b in pairs:
+            t = float(seen[a, b].item())
+            rows.append(
+                Row(
+                    "allreduce.pair",
+                    f"{names[a]}{PAIR_SEP}{names[b]}",
+                    round(busbw(size, t, 2), 3),
+                    "GB/s",
+                    verdict=INFO,
+                    detail=f"{size >> 20} MiB between 2 hosts",
+                    seconds=round(t, 6),
+                )
+            )
+    return rows
+
+
+def spec_json(spec: ProbeSpec) -> str:
+    return json.dumps(asdict(spec))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
