@@ -34,8 +34,8 @@ from dataclasses import asdict, dataclass
 from datetime import timedelta
 from typing import Any
 
-from launcher.preflight.rows import FAIL, INFO, Row, to_wire
-from launcher.preflight.thresholds import ALL_HOSTS, PAIR_SEP
+from launcher.preflight.rows import ALL_HOSTS, FAIL, INFO, Row, to_wire
+from launcher.preflight.thresholds import PAIR_SEP
 
 GPU_MATMUL_N = 8192
 CPU_MATMUL_N = 384

@@ -21,6 +21,7 @@ from typing import Any
 PASS, WARN, FAIL, INFO = "PASS", "WARN", "FAIL", "INFO"
 VERDICTS = (PASS, WARN, FAIL, INFO)
 FILE_NAME = "preflight.json"
+ALL_HOSTS = "*"  # the host of a job-wide row (the whole cross-host all_reduce)
 MAX_FIELD = 512  # characters of one text field of a row on the wire
 _FIELDS = ("check", "host", "gpu", "value", "unit", "threshold", "verdict", "detail", "seconds")
 
@@ -111,8 +112,8 @@ def failures(rows: Iterable[Row]) -> list[Row]:
 
 
 def bad_hosts(rows: Iterable[Row]) -> list[str]:
-    """The hosts with a failed row, in the order they first fail."""
-    return list(dict.fromkeys(r.host for r in rows if r.failed))
+    """The hosts with a failed row, in the order they first fail (a job-wide row names none)."""
+    return list(dict.fromkeys(r.host for r in rows if r.failed and r.host != ALL_HOSTS))
 
 
 def summary(rows: Sequence[Row]) -> str:
@@ -120,6 +121,8 @@ def summary(rows: Sequence[Row]) -> str:
     hosts = bad_hosts(rows)
     lines = [r.line() for r in failures(rows)]
     head = f"preflight failed on {len(hosts)} host(s): {', '.join(hosts)}"
+    if not hosts:
+        head = "preflight failed for the job as a whole (no single host to blame)"
     return "\n".join([head, *lines]) + "\n"
 
 

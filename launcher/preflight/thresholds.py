@@ -22,13 +22,12 @@ from __future__ import annotations
 import statistics
 from collections import Counter
 from collections.abc import Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 from launcher.preflight.rows import FAIL, INFO, PASS, WARN, Row
 
 RELATIVE_GPU = 0.85  # a GPU under this share of the fleet median fails (reference §4(c))
 RELATIVE_CPU = 0.5  # a CPU host under this share of the median is warned about
-ALL_HOSTS = "*"  # the host of a job-wide row (the whole cross-host all_reduce)
 PAIR_SEP = "<->"
 
 
@@ -226,8 +225,3 @@ def _slow_hosts(pairs: Sequence[Row], whole: Sequence[Row], policy: Policy) -> l
             )
     del whole
     return out
-
-
-def relabel(rows: Sequence[Row], verdict: str, to: str) -> list[Row]:
-    """`rows` with every `verdict` turned into `to` (a level that only warns)."""
-    return [replace(r, verdict=to) if r.verdict == verdict else r for r in rows]
