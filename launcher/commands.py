@@ -35,7 +35,7 @@ from typing import TYPE_CHECKING, Any
 from launcher import console, gpus, plan, settings
 from launcher.app import Result, RunOptions, execute, finish, guarded
 from launcher.containment import Containment
-from launcher.errors import LauncherError, StopRequested
+from launcher.errors import JobAborted, LauncherError, StopRequested
 from launcher.events import Events
 from launcher.net import free_port
 from launcher.plan import HostSlots, JobSpec, LaunchPlan, World
@@ -347,8 +347,19 @@ def run_preflight(
         step.run(job, member, events, scope)
     except LauncherError:
         if member is not None:
-            member.close()  # the verdict is out (or the job aborted): nothing more to say
+            _leave(member)  # the verdict is out (or the job aborted): nothing more to say
         raise
+
+
+def _leave(member: Member) -> None:
+    """Close the channel; the leader first lets every host read what it was sent."""
+    from launcher.control.follower import STOP_LINGER_S  # noqa: PLC0415 - multi-host only
+    from launcher.control.leader import Leader  # noqa: PLC0415
+
+    if isinstance(member, Leader):
+        member.close(linger=STOP_LINGER_S)
+    else:
+        member.close()
 
 
 def preflight(args: argparse.Namespace, environ: dict[str, str], base: Path) -> int:
@@ -374,14 +385,16 @@ def preflight(args: argparse.Namespace, environ: dict[str, str], base: Path) -> 
             if member is not None:
                 member.stopped(e.signum)
             raise
-        if member is not None:
-            from launcher.control.follower import STOP_LINGER_S  # noqa: PLC0415
-            from launcher.control.leader import Leader  # noqa: PLC0415
-
-            if isinstance(member, Leader):  # it stays until every host has read the verdict
-                member.close(linger=STOP_LINGER_S)
-            else:
-                member.close()
+        if member is None:
+            return 0
+        # Every host passed: leave together (the exit barrier), so that no host's leaving
+        # reads as a lost host to one still reading the verdict.
+        try:
+            code, reason = member.barrier()
+        finally:
+            _leave(member)
+    if code:
+        raise JobAborted(reason, exit_code=code)
     return 0
 
 

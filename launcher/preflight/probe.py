@@ -39,7 +39,7 @@ from launcher.preflight.thresholds import PAIR_SEP
 
 GPU_MATMUL_N = 8192
 CPU_MATMUL_N = 384
-SECONDS = {"quick": 0.25, "full": 2.0}  # time per measurement (GPU compute: x4)
+SECONDS = {"quick": 0.15, "full": 2.0}  # time per measurement (GPU compute: x4)
 CROSS_BYTES = {"quick": 4 << 20, "full": 64 << 20}  # CPU hosts; GPU hosts x16
 GPU_COPY_BYTES = 1 << 30
 H2D_BYTES = 256 << 20

@@ -50,7 +50,9 @@ class Row:
 
     def line(self) -> str:
         """The failure line: host, GPU or directory, what failed."""
-        where = f" GPU {self.gpu}" if self.gpu else ""
+        where = f" {self.gpu}" if self.check.startswith("dir.") else ""  # "<role> <path>"
+        if self.gpu and not where:
+            where = f" GPU {self.gpu}"
         what = f"{self.check} {_value(self.value)}{' ' + self.unit if self.unit else ''}"
         rule = f" (needs {self.threshold})" if self.threshold else ""
         detail = f": {self.detail}" if self.detail else ""
