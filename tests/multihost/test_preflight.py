@@ -14,6 +14,7 @@ import json
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -60,10 +61,8 @@ def _start(job: Job, name: str, argv: list[str], wrap: list[str] | None = None, 
     job.launchers[name] = Launcher(host, proc, tree, log)
 
 
-def _report(launcher: Launcher) -> dict[str, object]:
-    document: dict[str, object] = json.loads(
-        (launcher.tree / "output" / "preflight.json").read_text()
-    )
+def _report(launcher: Launcher) -> dict[str, Any]:
+    document: dict[str, Any] = json.loads((launcher.tree / "output" / "preflight.json").read_text())
     return document
 
 
@@ -99,11 +98,11 @@ def test_a_healthy_3_host_cluster_passes_10_times_in_a_row(
             assert report["passed"] is True and report["bad_hosts"] == []
             assert not (launcher.tree / "output" / "failure").exists()
         leader = _report(job.launchers["algo-1"])
-        checks = {(r["check"], r["host"]) for r in leader["rows"]}  # type: ignore[index, union-attr]
+        checks = {(r["check"], r["host"]) for r in leader["rows"]}
         for name in job.names:
             assert {("cpu.matmul", name), ("dir.writable", name)} <= checks
         assert ("allreduce.cross", "*") in checks
-        seconds.append(float(leader["seconds"]))  # type: ignore[arg-type]
+        seconds.append(float(leader["seconds"]))
         job.assert_nothing_left()
     print(f"preflight wall time on 3 namespace hosts: {sorted(seconds)}")
 
@@ -125,7 +124,7 @@ def test_a_host_with_a_throttled_link_is_named_by_the_pairwise_search(
         assert "preflight FAIL algo-3: allreduce.slow_host" in failure
         report = _report(launcher)
         assert report["bad_hosts"] == ["algo-3"]
-        pairs = {r["host"]: r["value"] for r in report["rows"] if r["check"] == "allreduce.pair"}  # type: ignore[index, union-attr]
+        pairs = {r["host"]: r["value"] for r in report["rows"] if r["check"] == "allreduce.pair"}
         assert set(pairs) == {"algo-1<->algo-2", "algo-1<->algo-3", "algo-2<->algo-3"}
         assert pairs["algo-1<->algo-2"] >= FLOOR_GBPS > pairs["algo-1<->algo-3"]
     assert "preflight FAIL algo-3" in job.launchers["algo-1"].output()
