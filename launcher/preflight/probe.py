@@ -45,6 +45,8 @@ GPU_COPY_BYTES = 1 << 30
 H2D_BYTES = 256 << 20
 CPU_COPY_BYTES = 64 << 20
 INTRA_BYTES = 256 << 20
+CROSS_WARMUP = 2  # all_reduce calls before any is timed (connections, buffers)
+CROSS_MIN_ITERS = 3  # timed calls at least, whatever the budget
 
 
 @dataclass(frozen=True, slots=True)
@@ -112,16 +114,20 @@ def main() -> int:
         if spec.port and spec.n_hosts > 1:
             stage = "cross-host all_reduce"
             rows += _cross(torch, spec, gpus)
-    except Exception as e:  # every failure becomes the host's FAIL row
+    except Exception as e:  # every failure becomes a FAIL row
+        # A failure of the cross-host stage is the job's, not this host's: a host that never
+        # joined makes every other host's all_reduce time out, and that host is named by its
+        # own row (or by the leader, when its report never comes).
+        cross = stage.startswith("cross")
         rows.append(
             Row(
-                f"probe.{stage.split()[0]}",
-                spec.host,
+                "allreduce.cross" if cross else f"probe.{stage.split()[0]}",
+                ALL_HOSTS if cross else spec.host,
                 "error",
                 "",
                 "no error",
                 FAIL,
-                detail=f"{stage}: {type(e).__name__}: {e}"[:500],
+                detail=f"{stage} on {spec.host}: {type(e).__name__}: {e}"[:500],
             )
         )
     print(json.dumps([to_wire(r) for r in rows]), flush=True)
@@ -308,7 +314,8 @@ def _cross(torch: Any, spec: ProbeSpec, gpus: int) -> list[Row]:
         init_method=f"tcp://{spec.master_addr}:{spec.port}",
         rank=me,
         world_size=n,
-        timeout=timedelta(seconds=spec.timeout_s),
+        # Half the child's time: a host that never joins is an error here, not a killed child.
+        timeout=timedelta(seconds=spec.timeout_s / 2),
     )
     try:
         tensor = torch.ones(size // 4, device=device)
@@ -337,22 +344,25 @@ def _agreed_time(
     torch: Any, dist: Any, tensor: Any, *, group: Any, spec: ProbeSpec, sync: Any, device: str
 ) -> float:
     """Seconds per all_reduce of `tensor` in `group`, the same on every member: the number of
-    iterations and the result are both agreed as the members' maximum."""
-    dist.all_reduce(tensor, group=group)  # warm-up: connections, buffers
+    iterations is agreed as the members' maximum, the result is the members' mean (as
+    `collectives.bench` averages over ranks), after `CROSS_WARMUP` warm-up calls."""
+    for _ in range(CROSS_WARMUP):  # connections, buffers
+        dist.all_reduce(tensor, group=group)
     sync()
     began = time.perf_counter()
     dist.all_reduce(tensor, group=group)
     sync()
     once = torch.tensor([time.perf_counter() - began], dtype=torch.float64, device=device)
     dist.all_reduce(once, op=dist.ReduceOp.MAX, group=group)
-    iters = max(2, min(100, int(SECONDS[spec.level] / max(float(once.item()), 1e-9))))
+    budget = 2 * SECONDS[spec.level]
+    iters = max(CROSS_MIN_ITERS, min(100, int(budget / max(float(once.item()), 1e-9))))
     began = time.perf_counter()
     for _ in range(iters):
         dist.all_reduce(tensor, group=group)
     sync()
     took = torch.tensor([(time.perf_counter() - began) / iters], dtype=torch.float64, device=device)
-    dist.all_reduce(took, op=dist.ReduceOp.MAX, group=group)
-    return float(took.item())
+    dist.all_reduce(took, group=group)
+    return float(took.item()) / int(dist.get_world_size(group))
 
 
 def _pairs(

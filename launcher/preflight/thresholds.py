@@ -185,6 +185,8 @@ def cross_floor(policy: Policy, gpu_names: Sequence[str]) -> tuple[float, bool] 
 
 
 def _cross_floor(row: Row, policy: Policy) -> Row:
+    if row.failed:  # the all_reduce itself failed (a host never joined): it stays failed
+        return row
     floor = cross_floor(policy, ())
     if floor is None or not isinstance(row.value, float):
         return row.judged(INFO if floor is None else row.verdict, "")

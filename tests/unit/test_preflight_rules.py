@@ -189,6 +189,16 @@ def test_without_a_floor_the_cross_host_bandwidth_is_a_fact() -> None:
     assert [(r.check, r.verdict) for r in judged] == [("allreduce.cross", INFO)]
 
 
+def test_a_failed_cross_host_all_reduce_fails_the_job_without_blaming_a_healthy_host() -> None:
+    error = Row("allreduce.cross", ALL_HOSTS, "error", verdict=FAIL, detail="timeout on algo-1")
+    broken = Row("probe.import", "algo-3", "error", verdict=FAIL, detail="no torch")
+    judged = judge([error, broken], Policy())
+    assert [r.verdict for r in judged] == [FAIL, FAIL]
+    assert rows.bad_hosts(judged) == ["algo-3"]
+    alone = judge([error], Policy())
+    assert rows.summary(alone).startswith("preflight failed for the job as a whole")
+
+
 def test_above_the_floor_nothing_fails() -> None:
     pairs = {("algo-1", "algo-2"): 0.9}
     assert failed(judge(cross(0.8, pairs), Policy(min_cross_gbps=0.1))) == []
