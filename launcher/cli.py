@@ -141,7 +141,7 @@ def _parser() -> argparse.ArgumentParser:
     pre = sub.add_parser(
         "preflight", help="check every host, GPU, link and directory of the job; exit 78 if bad"
     )
-    _add_run_options(pre, dry_run=False)
+    _add_settings(pre)
     pre.set_defaults(func=_preflight)
     doc = sub.add_parser("doctor", help="check this host for a backend: GPUs, network, frameworks")
     doc.add_argument(

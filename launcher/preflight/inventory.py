@@ -1,7 +1,7 @@
 """A host's GPU inventory through NVML, and the rules that hold on one host.
 
 `HealthProbe.read()` returns one `GpuHealth` per GPU (the real probe wraps pynvml, imported
-lazily; tests pass a fake); `rows(host, gpus, policy)` turns them into rows. Per GPU: ECC
+lazily; tests pass a fake); `rows(host, gpus)` turns them into rows. Per GPU: ECC
 (volatile uncorrectable errors, pending retired pages, pending or failed row remaps) and
 throttle reasons (hardware slowdown, thermal, power brake) FAIL; other processes holding more
 than `FOREIGN_MIB` of a GPU's memory FAIL (GCM's 15 MiB rule). Per host: the GPU count, model,
@@ -18,7 +18,6 @@ from typing import Any, Protocol
 
 from launcher.gpus import NVML_LIBRARY, NvmlUnavailable
 from launcher.preflight.rows import FAIL, PASS, Row
-from launcher.preflight.thresholds import Policy
 
 log = logging.getLogger("launcher")
 
@@ -62,7 +61,7 @@ def _label(gpu: GpuHealth) -> str:
     return f"{gpu.index} {gpu.uuid}"
 
 
-def rows(host: str, gpus: Sequence[GpuHealth], policy: Policy) -> list[Row]:
+def rows(host: str, gpus: Sequence[GpuHealth]) -> list[Row]:
     """The inventory rows of `host` (no row at all on a CPU host: nothing to compare)."""
     if not gpus:
         return []
@@ -87,7 +86,6 @@ def rows(host: str, gpus: Sequence[GpuHealth], policy: Policy) -> list[Row]:
         )
     for gpu in gpus:
         out.extend(_gpu_rows(host, gpu))
-    del policy
     return out
 
 

@@ -112,7 +112,7 @@ def run(
     began = time.monotonic()
     log.info("preflight (%s) on %d host(s)", job.policy.level, len(job.world.hosts))
     rows = storage.rows(job.host, job.dirs, job.policy.min_free_gb)
-    rows += inventory.rows(job.host, inventory.read(job.health), job.policy)
+    rows += inventory.rows(job.host, inventory.read(job.health))
     rows += probe_rows(job, scope)
     if member is None:
         judged = judge(rows, job.policy)

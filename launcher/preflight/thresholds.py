@@ -152,8 +152,24 @@ def _against_median(rows: Sequence[Row], policy: Policy, *, gpu: bool) -> list[t
             if value < limit:
                 verdict = FAIL if enforced else WARN
                 why = f"under the {'set' if enforced else 'uncalibrated default'} floor {limit:g}"
-        judged.append((row, row.judged(verdict, rule, why or row.detail)))
+        detail = "; ".join(x for x in (why or row.detail, _datasheet(row)) if x)
+        judged.append((row, row.judged(verdict, rule, detail)))
     return judged
+
+
+def _datasheet(row: Row) -> str:
+    """How a GPU's matmul or memory figure compares with its datasheet peak, naming the peak
+    (dense BF16, never the sparse one); "" for a model not in `MODELS`."""
+    model = limits_for(row.detail)
+    if model is None or not isinstance(row.value, float):
+        return ""
+    if row.check == "gpu.matmul":
+        peak, what = model.datasheet_tflops, "dense BF16 peak"
+    elif row.check == "gpu.membw":
+        peak, what = model.datasheet_mem_gbps, "memory bandwidth"
+    else:
+        return ""
+    return f"{row.value / peak:.0%} of the {model.model} datasheet {what} {peak:g} {row.unit}"
 
 
 def _absolute(row: Row, policy: Policy) -> tuple[float, bool] | None:
@@ -174,20 +190,19 @@ def _absolute(row: Row, policy: Policy) -> tuple[float, bool] | None:
     return None
 
 
-def cross_floor(policy: Policy, gpu_names: Sequence[str]) -> tuple[float, bool] | None:
+def cross_floor(policy: Policy) -> tuple[float, bool] | None:
     """(floor in GB/s, enforced) for the cross-host all_reduce; None when there is none (CPU
     hosts and GPU models without a default, unless the user set one). Default GPU floors
     are unknown for a job's NICs, so only the user's floor exists: the probe gets it."""
     if policy.min_cross_gbps is not None:
         return policy.min_cross_gbps, True
-    del gpu_names  # no NIC-independent default: see docs/preflight.md
     return None
 
 
 def _cross_floor(row: Row, policy: Policy) -> Row:
     if row.failed:  # the all_reduce itself failed (a host never joined): it stays failed
         return row
-    floor = cross_floor(policy, ())
+    floor = cross_floor(policy)
     if floor is None or not isinstance(row.value, float):
         return row.judged(INFO if floor is None else row.verdict, "")
     limit, enforced = floor
@@ -198,7 +213,7 @@ def _cross_floor(row: Row, policy: Policy) -> Row:
 
 def _slow_hosts(pairs: Sequence[Row], whole: Sequence[Row], policy: Policy) -> list[Row]:
     """Per-host rows from the pairwise tests: a host whose every pair is under the floor."""
-    floor = cross_floor(policy, ())
+    floor = cross_floor(policy)
     if not pairs or floor is None:
         return []
     limit, enforced = floor

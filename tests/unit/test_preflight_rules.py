@@ -55,7 +55,7 @@ def fleet(hosts: dict[str, Sequence[GpuHealth]], policy: Policy | None = None) -
     policy = policy or Policy()
     out: list[Row] = []
     for host, gpus in hosts.items():
-        out += inventory.rows(host, inventory.read(FakeNvml(gpus)), policy)
+        out += inventory.rows(host, inventory.read(FakeNvml(gpus)))
     return judge(out, policy)
 
 
@@ -135,13 +135,13 @@ def test_throttle_reasons_that_mean_a_fault_fail_and_idle_ones_do_not() -> None:
 def test_counters_nvml_cannot_read_are_left_out_not_guessed() -> None:
     blind = gpu(0, ecc_uncorrected=None, retired_pending=None, remap_pending=None,
                 remap_failed=None, throttle=None)  # fmt: skip
-    checks = {r.check for r in inventory.rows("algo-1", [blind], Policy())}
+    checks = {r.check for r in inventory.rows("algo-1", [blind])}
     assert checks == {"gpu.count", "gpu.model", "gpu.driver", "gpu.cuda", "gpu.foreign_memory"}
 
 
 def test_a_host_without_nvml_has_no_inventory_rows() -> None:
     assert inventory.read(FakeNvml([], error="libnvidia-ml.so.1 missing")) == []
-    assert inventory.rows("algo-1", [], Policy()) == []
+    assert inventory.rows("algo-1", []) == []
 
 
 def measured(check: str, values: dict[str, float], unit: str, detail: str = H100) -> list[Row]:
@@ -154,7 +154,10 @@ def test_a_gpu_under_85_percent_of_the_fleet_median_fails_and_cpu_hosts_only_war
     assert [(r.host, r.verdict) for r in judged] == [
         ("algo-1", PASS), ("algo-2", PASS), ("algo-3", FAIL), ("algo-4", PASS),
     ]  # fmt: skip
-    assert judged[2].detail == "82% of the fleet median 782 TFLOPS"
+    assert judged[2].detail == (
+        "82% of the fleet median 782 TFLOPS; 65% of the H100 datasheet dense BF16 peak 989 TFLOPS"
+    )
+    assert judged[0].detail == f"{H100}; 79% of the H100 datasheet dense BF16 peak 989 TFLOPS"
     cpu = judge(measured("cpu.matmul", {"a": 10.0, "b": 11.0, "c": 2.0}, "GFLOPS", ""), Policy())
     assert [r.verdict for r in cpu] == [PASS, PASS, WARN]
 
