@@ -10,7 +10,7 @@ meet and before any user code runs; the bad host named (docs/preflight.md).
   per-host inventory rules; `storage`: the job's directories writable with free space.
 * `probe`: the child process, run with the job's own Python, the only place torch is
   imported: matmul, memory copy, all_reduce within the host and across hosts (gloo on CPU,
-  NCCL on GPUs), pairwise tests when the whole is below the floor.
+  NCCL on GPUs), pairwise tests when the whole is below the floor; `probe_gpu`, its GPU half.
 * `gather`: the leader collects every host's rows over the control channel, judges the fleet
   and sends the verdict back; `step`: the phase as `commands` calls it (exit 78 on failure).
 """

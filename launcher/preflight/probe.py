@@ -4,16 +4,17 @@ argv, the rows as one JSON list on the last line of stdout).
 
 What it times, each after a warm-up (a cold GPU's first matmuls run faster than sustained):
 
-* compute: a matmul loop. GPUs: BF16 `GPU_MATMUL_N`³ on every GPU at once, TFLOPS per GPU, and
-  a checksum of one product compared across the host's GPUs (silent corruption). CPU hosts:
-  FP32 `CPU_MATMUL_N`³, GFLOPS for the host.
+* compute: a matmul loop. GPUs (`probe_gpu`): BF16 8192³ on every GPU at once, TFLOPS per
+  GPU, and a checksum of one product compared across the host's GPUs (silent corruption).
+  CPU hosts: FP32 `CPU_MATMUL_N`³, GFLOPS for the host.
 * memory: a copy; GB/s counts the bytes read plus the bytes written (as STREAM's copy does).
   GPUs also time pinned host-to-device copies.
 * all_reduce within the host over every GPU (`torch.cuda.nccl`, one process): busbw as
   nccl-tests defines it, `algbw * 2(n-1)/n`. A CPU host runs no intra-host all_reduce.
 * all_reduce across hosts, one rank per host (gloo on CPU, NCCL on each host's GPU 0), at
-  `spec.master_addr:spec.port`; each rank's time is agreed as the maximum, so every host
-  takes the same decisions. When the busbw is under `spec.floor_gbps` (or `spec.pairwise`),
+  `spec.master_addr:spec.port`; the number of calls is agreed as the ranks' maximum and the
+  time is the ranks' mean (as `collectives.bench` reports it), so every host takes the same
+  decisions. When the busbw is under `spec.floor_gbps` (or `spec.pairwise`),
   every pair of hosts is timed, in rounds of disjoint pairs (the circle method). Only node 0
   prints the job-wide rows.
 
@@ -24,27 +25,21 @@ to report (`step` names the host).
 
 from __future__ import annotations
 
-import functools
 import json
-import statistics
 import sys
 import time
-from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
+from launcher.preflight import probe_gpu
+from launcher.preflight.probe_gpu import SECONDS, busbw, timed
 from launcher.preflight.rows import ALL_HOSTS, FAIL, INFO, Row, to_wire
 from launcher.preflight.thresholds import PAIR_SEP
 
-GPU_MATMUL_N = 8192
 CPU_MATMUL_N = 384
-SECONDS = {"quick": 0.15, "full": 2.0}  # time per measurement (GPU compute: x4)
 CROSS_BYTES = {"quick": 4 << 20, "full": 64 << 20}  # CPU hosts; GPU hosts x16
-GPU_COPY_BYTES = 1 << 30
-H2D_BYTES = 256 << 20
 CPU_COPY_BYTES = 64 << 20
-INTRA_BYTES = 256 << 20
 CROSS_WARMUP = 2  # all_reduce calls before any is timed (connections, buffers)
 CROSS_MIN_ITERS = 3  # timed calls at least, whatever the budget
 
@@ -64,11 +59,6 @@ class ProbeSpec:
     timeout_s: float = 60.0
 
 
-def busbw(size: int, seconds: float, n: int) -> float:
-    """nccl-tests' all_reduce bus bandwidth in GB/s (1e9 bytes)."""
-    return size / seconds * 2 * (n - 1) / n / 1e9 if n > 1 else size / seconds / 1e9
-
-
 def pair_rounds(n: int) -> list[list[tuple[int, int]]]:
     """Every pair of `n` nodes exactly once, in rounds of disjoint pairs (circle method)."""
     nodes: list[int | None] = [*range(n), *([None] if n % 2 else [])]
@@ -85,22 +75,6 @@ def pair_rounds(n: int) -> list[list[tuple[int, int]]]:
     return rounds
 
 
-def _timed(call: Callable[[], object], budget: float, sync: Callable[[], None]) -> float:
-    """Seconds per call, sustained: warm up, then repeat for about `budget` seconds."""
-    call()
-    sync()
-    began = time.perf_counter()
-    call()
-    sync()
-    once = max(time.perf_counter() - began, 1e-9)
-    iters = max(2, min(1000, int(budget / once)))
-    began = time.perf_counter()
-    for _ in range(iters):
-        call()
-    sync()
-    return (time.perf_counter() - began) / iters
-
-
 def main() -> int:
     spec = ProbeSpec(**json.loads(sys.argv[1]))
     rows: list[Row] = []
@@ -110,7 +84,7 @@ def main() -> int:
 
         gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
         stage = "compute"
-        rows += _gpu_local(torch, spec, gpus) if gpus else _cpu_local(torch, spec)
+        rows += probe_gpu.local(torch, spec, gpus) if gpus else _cpu_local(torch, spec)
         if spec.port and spec.n_hosts > 1:
             stage = "cross-host all_reduce"
             rows += _cross(torch, spec, gpus)
@@ -138,11 +112,11 @@ def _cpu_local(torch: Any, spec: ProbeSpec) -> list[Row]:
     budget = SECONDS[spec.level]
     n = CPU_MATMUL_N
     a, b = torch.randn(n, n), torch.randn(n, n)
-    mm = _timed(lambda: torch.mm(a, b), budget, lambda: None)
+    mm = timed(lambda: torch.mm(a, b), budget, lambda: None)
     gflops = 2 * n**3 / mm / 1e9
     src = torch.ones(CPU_COPY_BYTES // 4)
     dst = torch.empty_like(src)
-    per = _timed(lambda: dst.copy_(src), budget, lambda: None)
+    per = timed(lambda: dst.copy_(src), budget, lambda: None)
     threads = torch.get_num_threads()
     return [
         Row(
@@ -162,142 +136,6 @@ def _cpu_local(torch: Any, spec: ProbeSpec) -> list[Row]:
             seconds=round(per, 6),
         ),
     ]
-
-
-def _gpu_local(torch: Any, spec: ProbeSpec, count: int) -> list[Row]:
-    budget = SECONDS[spec.level]
-    names = [torch.cuda.get_device_name(i) for i in range(count)]
-    uuids = [str(getattr(torch.cuda.get_device_properties(i), "uuid", "")) for i in range(count)]
-    label = [f"{i} GPU-{uuids[i]}" if uuids[i] else str(i) for i in range(count)]
-    n = GPU_MATMUL_N
-    gen = torch.Generator().manual_seed(0)
-    host_a = torch.randn(n, n, generator=gen).bfloat16()
-    host_b = torch.randn(n, n, generator=gen).bfloat16()
-    mats = [(host_a.to(f"cuda:{i}"), host_b.to(f"cuda:{i}")) for i in range(count)]
-    sums = [float(torch.mm(a, b).float().sum().item()) for a, b in mats]  # also the warm-up
-    # Every GPU at once: launches are asynchronous, so one loop keeps all of them busy.
-    per = _concurrent(torch, count, lambda i: torch.mm(*mats[i]), 4 * budget)
-    rows = []
-    for i in range(count):
-        rows.append(
-            Row(
-                "gpu.matmul",
-                spec.host,
-                round(2 * n**3 / per[i] / 1e12, 1),
-                "TFLOPS",
-                gpu=label[i],
-                detail=names[i],
-                seconds=round(per[i], 6),
-            )
-        )
-    majority = statistics.mode(sums)
-    for i in range(count):
-        same = sums[i] == majority
-        rows.append(
-            Row(
-                "gpu.checksum",
-                spec.host,
-                "same" if same else "differs",
-                "",
-                "== the other GPUs",
-                "PASS" if same else FAIL,
-                label[i],
-                "" if same else f"matmul checksum {sums[i]!r} != {majority!r}",
-            )
-        )
-    mats.clear()  # the memory goes back before the copies
-    bufs = [
-        torch.empty(GPU_COPY_BYTES // 2, dtype=torch.bfloat16, device=f"cuda:{i}")
-        for i in range(count)
-    ]
-    outs = [torch.empty_like(b) for b in bufs]
-    per = _concurrent(torch, count, lambda i: outs[i].copy_(bufs[i]), budget)
-    for i in range(count):
-        rows.append(
-            Row(
-                "gpu.membw",
-                spec.host,
-                round(2 * GPU_COPY_BYTES / per[i] / 1e9, 1),
-                "GB/s",
-                gpu=label[i],
-                detail=names[i],
-                seconds=round(per[i], 6),
-            )
-        )
-    bufs.clear()
-    outs.clear()
-    pinned = torch.empty(H2D_BYTES, dtype=torch.uint8).pin_memory()
-    for i in range(count):
-        dev = torch.empty(H2D_BYTES, dtype=torch.uint8, device=f"cuda:{i}")
-        t = _timed(
-            functools.partial(dev.copy_, pinned, non_blocking=True),
-            budget,
-            functools.partial(torch.cuda.synchronize, i),
-        )
-        rows.append(
-            Row(
-                "gpu.h2d",
-                spec.host,
-                round(H2D_BYTES / t / 1e9, 1),
-                "GB/s",
-                gpu=label[i],
-                detail=names[i],
-                seconds=round(t, 6),
-            )
-        )
-    if count > 1:
-        tensors = [torch.ones(INTRA_BYTES // 4, device=f"cuda:{i}") for i in range(count)]
-        t = _timed(
-            lambda: torch.cuda.nccl.all_reduce(tensors),
-            budget,
-            functools.partial(_sync_all, torch, count),
-        )
-        rows.append(
-            Row(
-                "allreduce.host",
-                spec.host,
-                round(busbw(INTRA_BYTES, t, count), 1),
-                "GB/s",
-                detail=f"{names[0]}: nccl busbw, {count} GPUs, {INTRA_BYTES >> 20} MiB",
-                seconds=round(t, 6),
-            )
-        )
-    return rows
-
-
-def _sync_all(torch: Any, count: int) -> None:
-    for i in range(count):
-        torch.cuda.synchronize(i)
-
-
-def _concurrent(
-    torch: Any, count: int, call: Callable[[int], object], budget: float
-) -> list[float]:
-    """Seconds per call on each GPU, all GPUs running at once (CUDA events per device)."""
-    for i in range(count):
-        call(i)
-    for i in range(count):
-        torch.cuda.synchronize(i)
-    began = time.perf_counter()
-    call(0)
-    torch.cuda.synchronize(0)
-    iters = max(3, min(500, int(budget / max(time.perf_counter() - began, 1e-9))))
-    events = []
-    for i in range(count):
-        with torch.cuda.device(i):
-            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            events.append((start, end))
-            start.record()
-    for _ in range(iters):
-        for i in range(count):
-            with torch.cuda.device(i):
-                call(i)
-    for i in range(count):
-        with torch.cuda.device(i):
-            events[i][1].record()
-    for i in range(count):
-        torch.cuda.synchronize(i)
-    return [events[i][0].elapsed_time(events[i][1]) / 1000 / iters for i in range(count)]
 
 
 def _cross(torch: Any, spec: ProbeSpec, gpus: int) -> list[Row]:
@@ -403,10 +241,6 @@ def _pairs(
                 )
             )
     return rows
-
-
-def spec_json(spec: ProbeSpec) -> str:
-    return json.dumps(asdict(spec))
 
 
 if __name__ == "__main__":

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from launcher.gpus import NvmlUnavailable
-from launcher.preflight import inventory, probe, rows, storage
+from launcher.preflight import inventory, probe, probe_gpu, rows, storage
 from launcher.preflight.inventory import GpuHealth
 from launcher.preflight.rows import ALL_HOSTS, FAIL, INFO, PASS, WARN, Row
 from launcher.preflight.thresholds import PAIR_SEP, Policy, judge
@@ -219,8 +219,8 @@ def test_pair_rounds_cover_every_pair_once_in_disjoint_rounds(n: int) -> None:
 
 
 def test_busbw_is_nccl_tests_definition() -> None:
-    assert probe.busbw(1_000_000_000, 1.0, 8) == pytest.approx(1.75)
-    assert probe.busbw(1_000_000_000, 0.5, 2) == pytest.approx(2.0)
+    assert probe_gpu.busbw(1_000_000_000, 1.0, 8) == pytest.approx(1.75)
+    assert probe_gpu.busbw(1_000_000_000, 0.5, 2) == pytest.approx(2.0)
 
 
 def test_rows_round_trip_and_bad_rows_are_refused() -> None:
