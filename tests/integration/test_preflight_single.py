@@ -1,4 +1,5 @@
-"""`train --preflight` and `launcher preflight` on one host, as real processes on a real tree:
+"""`train --preflight` on one host, as real processes on a real tree (`launcher preflight`
+runs in tests/multihost/test_preflight.py):
 the probe child really runs (torch on CPU), the directories are really written.
 
 A host that passes runs the user's code after the table; a host whose checkpoint directory
@@ -18,7 +19,6 @@ from tests.integration.conftest import PYTHON, Launch, sm_tree
 pytestmark = pytest.mark.timeout(90)
 
 TRAIN = (PYTHON, "-m", "launcher", "train")
-PREFLIGHT = (PYTHON, "-m", "launcher", "preflight")
 SCRIPT = "print('user code ran')\n"
 
 
@@ -57,17 +57,6 @@ def test_an_unwritable_checkpoint_dir_stops_the_job_with_78_before_user_code(
     assert "Traceback" not in job.err
     report = json.loads((base / "output" / "preflight.json").read_text())
     assert report["passed"] is False and report["bad_hosts"] == ["algo-1"]
-
-
-def test_launcher_preflight_alone_passes_and_starts_no_user_code(
-    launch: Launch, tmp_path: Path
-) -> None:
-    base = sm_tree(tmp_path / "sm", SCRIPT)
-    job = launch(command=[*PREFLIGHT], env={"SAGEMAKER_BASE_DIR": str(base)})
-    assert job.wait() == 0, job.err
-    assert b"user code ran" not in job.out_bytes
-    assert (base / "output" / "preflight.json").exists()
-    assert not (base / "output" / "success").exists()
 
 
 def test_a_bad_level_is_one_line_naming_its_source(launch: Launch, tmp_path: Path) -> None:
