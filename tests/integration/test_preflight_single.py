@@ -1,6 +1,6 @@
-"""`train --preflight` on one host, as real processes on a real tree (`launcher preflight`
-runs in tests/multihost/test_preflight.py):
-the probe child really runs (torch on CPU), the directories are really written.
+"""`train --preflight` on one host, as real processes on a real tree: the probe child really
+runs (torch on CPU), the directories are really written. (`launcher preflight` runs in
+tests/multihost/test_preflight.py.)
 
 A host that passes runs the user's code after the table; a host whose checkpoint directory
 cannot be written exits 78 before any user code, with output/failure naming it and
