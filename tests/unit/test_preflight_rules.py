@@ -11,11 +11,14 @@ from pathlib import Path
 
 import pytest
 
+from launcher import settings
+from launcher.errors import ConfigError
 from launcher.gpus import NvmlUnavailable
 from launcher.preflight import inventory, probe, probe_gpu, rows, storage
 from launcher.preflight.inventory import GpuHealth
 from launcher.preflight.rows import ALL_HOSTS, FAIL, INFO, PASS, WARN, Row
 from launcher.preflight.thresholds import PAIR_SEP, Policy, judge
+from launcher.settings import Backend
 
 H100 = "NVIDIA H100 80GB HBM3"
 DRIVER = "550.54.15"
@@ -261,3 +264,31 @@ def test_a_directory_that_cannot_be_written_is_named(tmp_path: Path) -> None:
     assert f"cannot write in {blocked}" in found[2].detail
     too_full = storage.rows("algo-1", {"model": tmp_path}, 1e9)
     assert too_full[1].verdict == FAIL
+
+
+@pytest.mark.parametrize(
+    ("cli", "env", "hp", "level"),
+    [
+        (None, None, None, "off"),
+        (None, None, True, "quick"),
+        (None, None, "full", "full"),
+        (None, "FULL", "quick", "full"),
+        ("off", "quick", True, "off"),
+        (None, "0", None, "off"),
+    ],
+)
+def test_the_level_comes_from_flag_variable_hyperparameter_in_that_order(
+    cli: str | None, env: str | None, hp: object, level: str
+) -> None:
+    sources = settings.Sources(
+        {"preflight": cli},
+        {"LAUNCHER_PREFLIGHT": env} if env else {},
+        {"launcher_preflight": hp} if hp is not None else {},
+    )
+    assert settings.resolve(sources, default_backend=Backend.TORCH).preflight == level
+
+
+def test_a_bad_floor_names_its_source() -> None:
+    sources = settings.Sources({}, {"LAUNCHER_PREFLIGHT_MIN_GBPS": "-1"}, {})
+    with pytest.raises(ConfigError, match="environment: LAUNCHER_PREFLIGHT_MIN_GBPS: '-1'"):
+        settings.resolve(sources, default_backend=Backend.TORCH)
