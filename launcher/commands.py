@@ -316,7 +316,6 @@ def run_preflight(
     from launcher.control.follower import Follower  # noqa: PLC0415 - preflight only
     from launcher.control.messages import PREFLIGHT_PORT_KEY  # noqa: PLC0415
     from launcher.preflight import step  # noqa: PLC0415 - only a job with --preflight
-    from launcher.preflight.thresholds import Policy  # noqa: PLC0415
 
     chosen, paths = prepared.chosen, prepared.cfg.paths
     port = int(extra.get(PREFLIGHT_PORT_KEY) or 0)
@@ -326,23 +325,7 @@ def run_preflight(
     checkpoints = chosen.checkpoint_dir or paths.base / "checkpoints"
     if chosen.checkpoint_dir is not None or checkpoints.is_dir():
         dirs["checkpoints"] = checkpoints
-    policy = Policy(
-        level=chosen.preflight,
-        min_cross_gbps=chosen.preflight_min_gbps,
-        min_tflops=chosen.preflight_min_tflops,
-        min_free_gb=chosen.preflight_min_free_gb,
-        expect_gpus=chosen.preflight_expect_gpus,
-    )
-    job = step.PreflightJob(
-        world=launch.world,
-        policy=policy,
-        dirs=dirs,
-        output_dir=paths.output_dir,
-        python=sys.executable,
-        env=launch.full_env(launch.ranks[0]),
-        port=port,
-        timeout_s=chosen.preflight_timeout_s,
-    )
+    job = step.job_for(launch, chosen, dirs, paths.output_dir, port=port)
     try:
         step.run(job, member, events, scope)
     except LauncherError:
@@ -624,6 +607,14 @@ def run(args: argparse.Namespace, environ: dict[str, str]) -> int:
                 world = setup.horovod.attach(world)
             spec = replace(spec, error_dir=error_dir)
             launch = plan.build(spec, world, environ, os.cpu_count() or 1)
+            if chosen.preflight != "off":
+                from launcher.preflight import step  # noqa: PLC0415 - only with --preflight
+
+                dirs = {"output": out} if out is not None else {}
+                if chosen.checkpoint_dir is not None:
+                    dirs["checkpoints"] = chosen.checkpoint_dir
+                job = step.job_for(launch, chosen, dirs, out)
+                step.run(job, None, queue.SimpleQueue(), scope)
             if chosen.backend is Backend.MPI:
                 events: Events = queue.SimpleQueue()
                 mpi_run = _mpi_run(

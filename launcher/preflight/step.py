@@ -25,7 +25,7 @@ from launcher import procs
 from launcher.containment import Containment
 from launcher.errors import PreflightFailed
 from launcher.events import Events
-from launcher.plan import World
+from launcher.plan import LaunchPlan, World
 from launcher.preflight import inventory, storage
 from launcher.preflight.probe import ProbeSpec
 from launcher.preflight.rows import FAIL, Row, from_wire, summary, table, write_json
@@ -33,6 +33,7 @@ from launcher.preflight.thresholds import Policy, judge
 
 if TYPE_CHECKING:
     from launcher.control.follower import Member
+    from launcher.settings import Settings
 
 log = logging.getLogger("launcher")
 
@@ -57,6 +58,35 @@ class PreflightJob:
     @property
     def host(self) -> str:
         return self.world.host.name
+
+
+def job_for(
+    launch: LaunchPlan,
+    chosen: Settings,
+    dirs: Mapping[str, Path],
+    output_dir: Path | None,
+    *,
+    port: int = 0,
+) -> PreflightJob:
+    """The preflight of this host of `launch`, from the command's resolved settings: the
+    ranks' environment (this host's first rank), the job's Python, the floors set."""
+    policy = Policy(
+        level=chosen.preflight,
+        min_cross_gbps=chosen.preflight_min_gbps,
+        min_tflops=chosen.preflight_min_tflops,
+        min_free_gb=chosen.preflight_min_free_gb,
+        expect_gpus=chosen.preflight_expect_gpus,
+    )
+    return PreflightJob(
+        world=launch.world,
+        policy=policy,
+        dirs=dirs,
+        output_dir=output_dir,
+        python=sys.executable,
+        env=launch.full_env(launch.ranks[0]),
+        port=port,
+        timeout_s=chosen.preflight_timeout_s,
+    )
 
 
 def probe_rows(job: PreflightJob, scope: Containment | None = None) -> list[Row]:

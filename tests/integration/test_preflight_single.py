@@ -67,3 +67,32 @@ def test_a_bad_level_is_one_line_naming_its_source(launch: Launch, tmp_path: Pat
     (line,) = [x for x in job.err.splitlines() if x.strip()]
     assert "environment: LAUNCHER_PREFLIGHT: 'thorough' is invalid" in line
     assert "must be one of off, quick, full" in line
+
+
+def test_launcher_run_with_a_failing_preflight_exits_78_before_the_program(
+    launch: Launch, tmp_path: Path
+) -> None:
+    program = tmp_path / "prog.py"
+    program.write_text(SCRIPT)
+    blocked = tmp_path / "not-a-dir"
+    blocked.write_text("a file")
+    out = tmp_path / "out"
+    job = launch(
+        command=[
+            PYTHON,
+            "-m",
+            "launcher",
+            "run",
+            "--preflight",
+            "quick",
+            "--output-dir",
+            str(out),
+            str(program),
+        ],
+        env={"LAUNCHER_CHECKPOINT_DIR": str(blocked)},
+    )
+    assert job.wait() == 78, job.err
+    assert b"user code ran" not in job.out_bytes
+    failure = (out / "failure").read_text()
+    assert f"dir.writable no (needs writable): cannot write in {blocked}" in failure
+    assert json.loads((out / "preflight.json").read_text())["passed"] is False
