@@ -32,7 +32,8 @@ lint: venv
 	$(VENV)/bin/mypy
 	# The rank programs run as scripts with tests/bin as their first import path.
 	MYPYPATH=tests/bin $(VENV)/bin/mypy --explicit-package-bases $(wildcard tests/bin/*.py)
-	$(VENV)/bin/shellcheck .ci/run scripts/install-horovod.sh examples/slurm/train.sbatch
+	$(VENV)/bin/shellcheck .ci/run scripts/install-horovod.sh scripts/gpu-tier.sh \
+		examples/slurm/train.sbatch
 	$(VENV)/bin/hadolint docker/Dockerfile docker/Dockerfile.gpu docker/Dockerfile.inference
 
 format: venv

@@ -1,4 +1,5 @@
-"""Command lines: `train` (SageMaker's entry point) and `launcher run|plan|local|stacks|doctor`.
+"""Command lines: `train` (SageMaker's entry point) and `launcher run|plan|local|preflight|
+stacks|doctor`.
 
 Parses the arguments and hands them to `commands`. The only module that calls `sys.exit`.
 Every `LauncherError` becomes one prefixed line on stderr and its exit code (2 for bad input,
@@ -172,6 +173,11 @@ def _parser() -> argparse.ArgumentParser:
         help="this host's ranks only (by default the leader of a multi-host job answers for all)",
     )
     stk.set_defaults(func=_stacks)
+    pre = sub.add_parser(
+        "preflight", help="check every host, GPU, link and directory of the job; exit 78 if bad"
+    )
+    _add_settings(pre)
+    pre.set_defaults(func=_preflight)
     doc = sub.add_parser("doctor", help="check this host for a backend: GPUs, network, frameworks")
     doc.add_argument(
         "--backend",
@@ -265,6 +271,14 @@ def _local(args: argparse.Namespace, environ: dict[str, str]) -> NoReturn:
 
 def _stacks(args: argparse.Namespace, environ: dict[str, str]) -> NoReturn:
     _guard(lambda: _commands().stacks(args, environ))
+
+
+def _preflight(args: argparse.Namespace, environ: dict[str, str]) -> NoReturn:
+    from launcher.sagemaker import config  # noqa: PLC0415 - only commands that read a tree
+
+    base = config.base_dir_from(environ)
+    output = base / "output" if os.path.isdir(base) else None  # noqa: PTH112 - see train_main
+    _guard(lambda: _commands().preflight(args, environ, base), output)
 
 
 def _doctor(args: argparse.Namespace, environ: dict[str, str]) -> NoReturn:

@@ -10,9 +10,11 @@ are raised as `LauncherError` and turned into lines, failure files and exit code
     install      the entry point's pip installs, inside the job's containment
     world_for    a world of one host, or the meeting of every host
     plan.build   this host's ranks
+    preflight    with --preflight: every host checked before any user code (exit 78)
     backend      `_mpi` (mpirun / sshd) or `_execute` (the ranks, then the exit barrier)
 
-`launcher plan` is `show_plan`; `launcher stacks` prints the running ranks' stacks;
+`launcher plan` is `show_plan`; `launcher preflight` is `train` stopped after the preflight;
+`launcher stacks` prints the running ranks' stacks;
 `launcher doctor` decides the backend and the ranks with the
 same steps (`settings_for`, `choose_backend`, `host_slots`). `run` is `train` without a tree,
 like torchrun.
@@ -34,7 +36,7 @@ from typing import TYPE_CHECKING, Any
 from launcher import console, gpus, plan, settings
 from launcher.app import Result, RunOptions, execute, finish, guarded
 from launcher.containment import Containment
-from launcher.errors import LauncherError, StopRequested
+from launcher.errors import JobAborted, LauncherError, StopRequested
 from launcher.events import Events
 from launcher.net import free_port
 from launcher.plan import HostSlots, JobSpec, LaunchPlan, World
@@ -263,11 +265,14 @@ def _train_job(prepared: Prepared, environ: dict[str, str], scope: Containment) 
     setup = backend_setup(
         prepared.backend, multi=prepared.multi, leads=prepared.leads, environ=environ
     )
-    world, member = world_for(prepared, events=events, plan_extra=setup.plan_extra)
+    extra = {**setup.plan_extra, **preflight_extra(prepared)}
+    world, member = world_for(prepared, events=events, plan_extra=extra)
     try:
         if setup.horovod is not None:
             world = setup.horovod.attach(world)
         launch = plan.build(prepared.spec, world, environ, os.cpu_count() or 1)
+        if prepared.chosen.preflight != "off":
+            run_preflight(launch, prepared, member, extra, events=events, scope=scope)
         if prepared.backend is Backend.MPI:
             run = _mpi_run(
                 launch,
@@ -313,6 +318,97 @@ def _execute(
     text = result.failure_text if result.exit_code else f"{reason}\n"
     finish(output_dir, code, text)
     return _finish(result if result.exit_code or not code else _failed(result, code, reason))
+
+
+# --- preflight (launcher/preflight/) -------------------------------------------------------------
+
+
+def preflight_extra(prepared: Prepared) -> dict[str, Any]:
+    """What the leader's PLAN adds for a preflight across hosts: its all_reduce port."""
+    if prepared.chosen.preflight == "off" or not prepared.multi or not prepared.leads:
+        return {}
+    from launcher.control.messages import PREFLIGHT_PORT_KEY  # noqa: PLC0415
+
+    return {PREFLIGHT_PORT_KEY: free_port()}
+
+
+def run_preflight(
+    launch: LaunchPlan,
+    prepared: Prepared,
+    member: Member | None,
+    extra: Mapping[str, Any],
+    *,
+    events: Events,
+    scope: Containment,
+) -> None:
+    """The preflight step: after the hosts met, before any user code. Raises
+    `PreflightFailed` (exit 78, naming the bad hosts) on every host when a check failed."""
+    from launcher.control.follower import Follower  # noqa: PLC0415 - preflight only
+    from launcher.control.messages import PREFLIGHT_PORT_KEY  # noqa: PLC0415
+    from launcher.preflight import step  # noqa: PLC0415 - only a job with --preflight
+
+    chosen, paths = prepared.chosen, prepared.cfg.paths
+    port = int(extra.get(PREFLIGHT_PORT_KEY) or 0)
+    if isinstance(member, Follower) and member.plan is not None:
+        port = member.plan.preflight_port or 0
+    dirs = {"model": paths.model_dir, "output": paths.output_dir}
+    checkpoints = chosen.checkpoint_dir or paths.base / "checkpoints"
+    if chosen.checkpoint_dir is not None or checkpoints.is_dir():
+        dirs["checkpoints"] = checkpoints
+    job = step.job_for(launch, chosen, dirs, paths.output_dir, port=port)
+    try:
+        step.run(job, member, events, scope)
+    except LauncherError:
+        if member is not None:
+            _leave(member)  # the verdict is out (or the job aborted): nothing more to say
+        raise
+
+
+def _leave(member: Member) -> None:
+    """Close the channel; the leader first lets every host read what it was sent."""
+    from launcher.control.follower import STOP_LINGER_S  # noqa: PLC0415 - multi-host only
+    from launcher.control.leader import Leader  # noqa: PLC0415
+
+    if isinstance(member, Leader):
+        member.close(linger=STOP_LINGER_S)
+    else:
+        member.close()
+
+
+def preflight(args: argparse.Namespace, environ: dict[str, str], base: Path) -> int:
+    """`launcher preflight`: the preflight alone, as a job of its own: the tree, the meeting
+    of every host (backend torch unless one is set), the checks; 0 when every host passed.
+    Starts no user code. Raises `PreflightFailed` (78) on every host when a check failed,
+    and what `train` raises before its ranks start."""
+    if args.backend is None and not environ.get("LAUNCHER_BACKEND"):
+        args.backend = Backend.TORCH.value  # every host takes part, as a distributed job
+    prepared = prepare(args, environ, base, dry_run=True)
+    if prepared.chosen.preflight == "off":  # the command is the preflight: quick unless full
+        prepared = replace(prepared, chosen=replace(prepared.chosen, preflight="quick"))
+    with guarded(
+        dry_run=False, environ=environ, host=prepared.host, grace_s=prepared.chosen.grace_s
+    ) as scope:
+        events: Events = queue.SimpleQueue()
+        extra = preflight_extra(prepared)
+        world, member = world_for(prepared, events=events, plan_extra=extra)
+        try:
+            launch = plan.build(prepared.spec, world, environ, os.cpu_count() or 1)
+            run_preflight(launch, prepared, member, extra, events=events, scope=scope)
+        except StopRequested as e:
+            if member is not None:
+                member.stopped(e.signum)
+            raise
+        if member is None:
+            return 0
+        # Every host passed: leave together (the exit barrier), so that no host's leaving
+        # reads as a lost host to one still reading the verdict.
+        try:
+            code, reason = member.barrier()
+        finally:
+            _leave(member)
+    if code:
+        raise JobAborted(reason, exit_code=code)
+    return 0
 
 
 # --- the mpi and horovod backends (launcher/mpi/job.py, launcher/horovod.py) -------------------
@@ -562,6 +658,14 @@ def run(args: argparse.Namespace, environ: dict[str, str]) -> int:
                 world = setup.horovod.attach(world)
             spec = replace(spec, error_dir=error_dir)
             launch = plan.build(spec, world, environ, os.cpu_count() or 1)
+            if chosen.preflight != "off":
+                from launcher.preflight import step  # noqa: PLC0415 - only with --preflight
+
+                dirs = {"output": out} if out is not None else {}
+                if chosen.checkpoint_dir is not None:
+                    dirs["checkpoints"] = chosen.checkpoint_dir
+                job = step.job_for(launch, chosen, dirs, out)
+                step.run(job, None, queue.SimpleQueue(), scope)
             if chosen.backend is Backend.MPI:
                 events: Events = queue.SimpleQueue()
                 mpi_run = _mpi_run(

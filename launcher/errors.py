@@ -18,6 +18,9 @@ EXIT_PEERS = 3  # peers (hosts, sshd) never arrived
 # The job made no progress for longer than the hang window (docs/hangs.md): every host exits
 # with it. 124 is what `timeout(1)` returns for a command it had to stop, which a hung job is.
 EXIT_HANG = 124
+# A preflight check failed (docs/preflight.md): every host exits with it before any user code.
+# 78 is sysexits' EX_CONFIG: the machine the job was given is not fit to run it.
+EXIT_PREFLIGHT = 78
 
 
 class LauncherError(Exception):
@@ -81,6 +84,13 @@ class JobAborted(LauncherError):
     def __init__(self, message: str, *, exit_code: int = EXIT_FAILURE, hint: str = "") -> None:
         super().__init__(message, hint=hint)
         self.exit_code = exit_code
+
+
+class PreflightFailed(LauncherError):
+    """The preflight found bad hosts; the message names them and what failed (one line per
+    failure), as output/failure shows it. Exit 78 on every host."""
+
+    exit_code = EXIT_PREFLIGHT
 
 
 class StopRequested(LauncherError):

@@ -47,9 +47,10 @@ class RemoteAbort:
 
 @dataclass(frozen=True, slots=True)
 class PeerMessage:
-    """A follower's message that the channel itself does not handle (a backend's: the MPI
-    backend's `SshdReady`), decoded and checked (`control.messages`), posted by the leader for
-    whoever drives the backend."""
+    """A message that the channel itself does not handle (the MPI backend's `SshdReady`, a
+    preflight's report or verdict), decoded and checked (`control.messages`), posted for
+    whoever drives that phase (on the leader: from a follower; on a follower: from the
+    leader)."""
 
     host: str  # the follower that sent it, by the host name of its HELLO
     message: Message

@@ -200,6 +200,14 @@ class Settings:
     # `launcher run`: where the hosts come from (launcher.platforms); the token from a file.
     hosts_from: str = "auto"
     job_token_file: Path | None = None
+    # The preflight (docs/preflight.md): off, quick or full; its floors and directories.
+    preflight: str = "off"
+    preflight_min_gbps: float | None = None  # cross-host all_reduce busbw floor; None: none
+    preflight_min_tflops: float | None = None  # per-GPU matmul floor; None: model defaults
+    preflight_min_free_gb: float = 1.0
+    preflight_expect_gpus: int | None = None
+    preflight_timeout_s: float = 120.0
+    checkpoint_dir: Path | None = None  # None: <base>/checkpoints when it exists
 
 
 def number(value: Any) -> float:
@@ -311,6 +319,45 @@ def hang_timeout(value: Any) -> float | None:
         parsed = parse_setting(value)
         return None if parsed is None else seconds(parsed)
     return seconds(value)
+
+
+PREFLIGHT_LEVELS = ("off", "quick", "full")
+
+
+def _preflight(value: Any) -> str:
+    """`--preflight`: off, quick or full (a boolean-like `true` from a hyperparameter: quick)."""
+    if value is True or (isinstance(value, str) and value.strip().lower() in ("true", "1", "on")):
+        return "quick"
+    if value is False or (isinstance(value, str) and value.strip().lower() in ("false", "0")):
+        return "off"
+    if not isinstance(value, str) or value.strip().lower() not in PREFLIGHT_LEVELS:
+        raise ValueError(f"must be one of {', '.join(PREFLIGHT_LEVELS)}")
+    return value.strip().lower()
+
+
+def _positive_number(value: Any) -> float:
+    result = number(value)
+    if not 0 < result <= 1e9:
+        raise ValueError("must be a number above 0")
+    return result
+
+
+def _free_gb(value: Any) -> float:
+    result = number(value)
+    if not 0 <= result <= 1e9:
+        raise ValueError("must be a number of GB, 0 or more")
+    return result
+
+
+def _preflight_timeout(value: Any) -> float:
+    return seconds(value, minimum=1.0)
+
+
+def _gpu_count(value: Any) -> int:
+    result = whole(value)
+    if not 0 <= result <= MAX_PROCS_PER_HOST:
+        raise ValueError(f"must be a count from 0 to {MAX_PROCS_PER_HOST}")
+    return result
 
 
 def _mpi_processes(value: Any) -> int:
@@ -467,6 +514,40 @@ SETTINGS: tuple[Setting, ...] = (
         "job_token_file", "--secret-file", "LAUNCHER_JOB_TOKEN_FILE", None, _file_path, None,
         "a file holding the control channel's secret (a mounted Kubernetes Secret);"
         " LAUNCHER_JOB_TOKEN wins over it", "FILE", shown="none",
+    ),
+    Setting(
+        "preflight", "--preflight", "LAUNCHER_PREFLIGHT", "launcher_preflight", _preflight,
+        "off", "check every host, GPU, link and directory before the user's code (exit 78 on"
+        " failure; docs/preflight.md)", "off|quick|full",
+    ),
+    Setting(
+        "preflight_min_gbps", "--preflight-min-gbps", "LAUNCHER_PREFLIGHT_MIN_GBPS",
+        "launcher_preflight_min_gbps", _positive_number, None,
+        "preflight: the cross-host all_reduce busbw floor in GB/s (below it fails, and pairs of"
+        " hosts are timed to name the slow one)", "GBPS", shown="none",
+    ),
+    Setting(
+        "preflight_min_tflops", None, "LAUNCHER_PREFLIGHT_MIN_TFLOPS",
+        "launcher_preflight_min_tflops", _positive_number, None,
+        "preflight: the per-GPU matmul floor in TFLOPS, enforced", shown="per GPU model, warns",
+    ),
+    Setting(
+        "preflight_min_free_gb", None, "LAUNCHER_PREFLIGHT_MIN_FREE_GB",
+        "launcher_preflight_min_free_gb", _free_gb, 1.0,
+        "preflight: free space every checked directory must have, GB",
+    ),
+    Setting(
+        "preflight_expect_gpus", None, "LAUNCHER_PREFLIGHT_EXPECT_GPUS",
+        "launcher_preflight_expect_gpus", _gpu_count, None,
+        "preflight: the GPUs every host must have", shown="the same on every host",
+    ),
+    Setting(
+        "preflight_timeout_s", None, "LAUNCHER_PREFLIGHT_TIMEOUT", None, _preflight_timeout,
+        120.0, "preflight: seconds before a host's measurements count as failed",
+    ),
+    Setting(
+        "checkpoint_dir", None, "LAUNCHER_CHECKPOINT_DIR", None, _log_dir, None,
+        "preflight: the checkpoint directory to check", shown="/opt/ml/checkpoints if it exists",
     ),
 )  # fmt: skip
 

@@ -56,6 +56,8 @@ from launcher.control.messages import (
     Hold,
     Message,
     Plan,
+    PreflightReport,
+    PreflightVerdict,
     Result,
     SshdReady,
     Stacks,
@@ -71,7 +73,7 @@ from launcher.errors import (
     signal_exit_code,
     signal_name,
 )
-from launcher.events import Events, RemoteAbort
+from launcher.events import Events, PeerMessage, RemoteAbort
 
 log = logging.getLogger("launcher")
 
@@ -325,7 +327,9 @@ class Follower(Member):
                 ).start()  # taking them takes a while: the heartbeats must go on meanwhile
             case Heartbeat():
                 pass
-            case Hello() | Failed() | Done() | SshdReady() | Held() | Stacks():  # a follower's
+            case PreflightVerdict():  # the preflight (launcher.preflight.gather) reads it
+                self.events.put(PeerMessage(self.leader, message))
+            case Hello() | Failed() | Done() | SshdReady() | Held() | Stacks() | PreflightReport():
                 raise wire.FrameError(f"the leader sent {message.TYPE!r}", "unexpected")
             case _:
                 exhaustive(message)
@@ -355,7 +359,7 @@ class Follower(Member):
         """The PLAN as the leader sent it (backend extras included); None before it arrived."""
         return self._plan
 
-    def send(self, message: SshdReady) -> bool:
+    def send(self, message: SshdReady | PreflightReport) -> bool:
         """Send a backend message to the leader (it arrives there as a `PeerMessage`)."""
         conn = self._conn
         return conn is not None and conn.send(message)

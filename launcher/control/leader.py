@@ -46,6 +46,8 @@ from launcher.control.messages import (
     Hold,
     Message,
     Plan,
+    PreflightReport,
+    PreflightVerdict,
     Result,
     SshdReady,
     Stacks,
@@ -300,9 +302,9 @@ class Leader(Member):
                     self._changed.notify_all()
             case Heartbeat():
                 pass
-            case SshdReady():  # a backend's: whoever drives the backend reads it
+            case SshdReady() | PreflightReport():  # whoever drives that phase reads it
                 self.events.put(PeerMessage(host, message))
-            case Plan() | Abort() | Result() | Hold() | StacksWanted():  # the leader's words
+            case Plan() | Abort() | Result() | Hold() | StacksWanted() | PreflightVerdict():
                 raise wire.FrameError(f"host {host} sent {message.TYPE!r}", "unexpected")
             case _:
                 exhaustive(message)
@@ -402,6 +404,10 @@ class Leader(Member):
                 ]
             for conn in silent:  # before the plan: missing again; after: lost
                 conn.close(f"no heartbeat for {self.heartbeat_timeout_s:g} s")
+
+    def broadcast(self, message: PreflightVerdict) -> None:
+        """Send a phase's message (the preflight's verdict) to every joined host."""
+        self._broadcast(message)
 
     def failed(self, exit_code: int, reason: str) -> None:
         """This host's ranks failed: abort every follower with this root cause (clipped to

@@ -155,6 +155,7 @@ def _lead(
     """`meet` on the first host: listen, wait for every HELLO, send the PLAN."""
     extra = dict(request.plan_extra)
     horovod_port, mpi_pubkey = extra.pop(HOROVOD_PORT_KEY, None), extra.pop(MPI_PUBKEY_KEY, None)
+    preflight_port = extra.pop(messages.PREFLIGHT_PORT_KEY, None)
     if extra:  # a bug of the caller: found before any host is told anything
         raise ValueError(f"the PLAN has no field(s) {sorted(extra)}")
     leader = Leader(
@@ -186,6 +187,7 @@ def _lead(
             run_id=run_id,
             horovod_port=horovod_port,
             mpi_pubkey=mpi_pubkey,
+            preflight_port=preflight_port,
         )
         leader.announce(plan)
         interrupt.check()  # a signal between the last wait and here still counts

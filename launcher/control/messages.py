@@ -6,7 +6,8 @@ every earlier version 2 launcher:
 
     hello     follower -> leader   host, slots                 first, within the HELLO timeout
     plan      leader -> followers  hosts [[host, slots]...], master_port, run_id,
-                                   horovod_port?, mpi_pubkey?  once every host said hello
+                                   horovod_port?, mpi_pubkey?,
+                                   preflight_port?             once every host said hello
     heartbeat both ways            (none)                      silence = the peer is lost
     failed    follower -> leader   code, reason, host?, signal?  ranks failed, or stopped
     abort     leader -> followers  code, reason, host?, signal?  the job's first failure
@@ -18,6 +19,9 @@ every earlier version 2 launcher:
     held      follower -> leader   (none)                      this host's stacks are taken
     stacks?   leader -> followers  id                          `launcher stacks`: send yours
     stacks    follower -> leader   id, text                    this host's ranks' stacks now
+    preflight_report  follower -> leader  rows                 preflight: this host's rows
+    preflight_verdict leader -> followers code, rows           preflight: the whole job's rows
+                                                               (code 0 passed, 78 failed)
 
 Bounds, checked whenever a message is built (here or by `decode`): a host name is 1 to
 `MAX_HOST_NAME` printable characters without whitespace (the rule `resourceconfig.json` follows,
@@ -69,6 +73,8 @@ HOROVOD_PORT_KEY = "horovod_port"  # the PLAN field with the leader's Horovod re
 MPI_PUBKEY_KEY = "mpi_pubkey"  # the PLAN field with the leader's per-job ssh client key
 _RUN_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
 _SSH_KEY = re.compile(r"ssh-ed25519 [A-Za-z0-9+/]+={0,2}")
+PREFLIGHT_PORT_KEY = "preflight_port"  # the PLAN field with the preflight's all_reduce port
+MAX_PREFLIGHT_ROWS = 2048  # rows of one preflight message (a host of 8 GPUs sends about 60)
 
 
 class MessageError(wire.FrameError):
@@ -184,6 +190,30 @@ def _layout(value: object) -> tuple[tuple[str, int], ...]:
     return tuple(layout)
 
 
+def _preflight_rows(value: object) -> tuple[Any, ...]:
+    """A list of preflight rows (`launcher.preflight.rows.from_wire` checks each)."""
+    from launcher.preflight import rows  # noqa: PLC0415 - only a preflight sends rows
+
+    if not isinstance(value, (list, tuple)) or len(value) > MAX_PREFLIGHT_ROWS:
+        raise ValueError(f"must be a list of at most {MAX_PREFLIGHT_ROWS} rows")
+    out = []
+    for i, raw in enumerate(value):
+        try:
+            out.append(raw if isinstance(raw, rows.Row) else rows.from_wire(raw))
+        except ValueError as e:
+            raise ValueError(f"row {i}: {e}") from None
+    return tuple(out)
+
+
+def _preflight_code(value: object) -> int:
+    if value not in (0, PREFLIGHT_FAILED) or type(value) is not int:
+        raise ValueError(f"must be 0 or {PREFLIGHT_FAILED}")
+    return value
+
+
+PREFLIGHT_FAILED = 78  # EX_CONFIG: errors.EXIT_PREFLIGHT
+
+
 def _checked(check: Callable[[Any], object]) -> Any:
     """Field metadata: the check `__post_init__` runs on the field's value."""
     return {"check": check}
@@ -231,6 +261,8 @@ class Plan(_Checked):
     horovod_port: int | None = field(default=None, metadata=_checked(_optional_port))
     # mpi: the leader's per-job ssh client key, each follower's only authorized key
     mpi_pubkey: str | None = field(default=None, metadata=_checked(_optional_ssh_key))
+    # preflight: the port of the preflight's cross-host all_reduce (on the leader's address)
+    preflight_port: int | None = field(default=None, metadata=_checked(_optional_port))
 
 
 @dataclass(frozen=True, slots=True)
@@ -335,20 +367,30 @@ class Stacks(_Checked):
     text: str = field(metadata=_checked(_stacks_text))
 
 
+@dataclass(frozen=True, slots=True)
+class PreflightReport(_Checked):
+    """follower -> leader: this host's preflight rows (`launcher.preflight.rows.Row`). It
+    reaches the leader's preflight as an `events.PeerMessage`."""
+
+    TYPE: ClassVar[str] = "preflight_report"
+    rows: tuple[Any, ...] = field(metadata=_checked(_preflight_rows))
+
+
+@dataclass(frozen=True, slots=True)
+class PreflightVerdict(_Checked):
+    """leader -> followers: every host's rows judged; `code` 0 (passed) or 78 (failed: every
+    host exits 78 before any user code)."""
+
+    TYPE: ClassVar[str] = "preflight_verdict"
+    code: int = field(metadata=_checked(_preflight_code))
+    rows: tuple[Any, ...] = field(metadata=_checked(_preflight_rows))
+
+
 Message: TypeAlias = (
-    Hello
-    | Plan
-    | Heartbeat
-    | Failed
-    | Abort
-    | Done
-    | Result
-    | SshdReady
-    | Hold
-    | Held
-    | StacksWanted
-    | Stacks
-)
+    Hello | Plan | Heartbeat | Failed | Abort | Done | Result | SshdReady
+    | Hold | Held | StacksWanted | Stacks
+    | PreflightReport | PreflightVerdict
+)  # fmt: skip
 
 _TYPES: dict[str, type[Message]] = {
     cls.TYPE: cls
@@ -365,6 +407,8 @@ _TYPES: dict[str, type[Message]] = {
         Held,
         StacksWanted,
         Stacks,
+        PreflightReport,
+        PreflightVerdict,
     )
 }
 # Per type: (every field, the required ones).
@@ -378,6 +422,10 @@ _FIELDS = {
 
 
 def _json(value: object) -> object:
+    if type(value).__name__ == "Row":  # a preflight row: its wire form (a list)
+        from launcher.preflight.rows import to_wire  # noqa: PLC0415 - only a preflight's
+
+        return to_wire(value)  # type: ignore[arg-type]
     return [_json(v) for v in value] if isinstance(value, tuple) else value
 
 

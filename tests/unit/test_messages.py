@@ -28,6 +28,8 @@ from launcher.control.messages import (
     Message,
     MessageError,
     Plan,
+    PreflightReport,
+    PreflightVerdict,
     Result,
     SshdReady,
     Stacks,
@@ -35,6 +37,7 @@ from launcher.control.messages import (
     decode,
     encode,
 )
+from launcher.preflight.rows import Row
 
 KEY = wire.job_key("job-token")
 MINE = "0" * 32
@@ -102,6 +105,31 @@ EXAMPLES: list[tuple[Message, dict[str, Any]]] = [
     (Held(), {"type": "held"}),
     (StacksWanted(7), {"type": "stacks?", "id": 7}),
     (Stacks(7, "# rank 1 on algo-2"), {"type": "stacks", "id": 7, "text": "# rank 1 on algo-2"}),
+    (
+        Plan((("algo-1", 1),), 29500, "r1", preflight_port=41001),
+        {
+            "type": "plan",
+            "hosts": [["algo-1", 1]],
+            "master_port": 29500,
+            "run_id": "r1",
+            "preflight_port": 41001,
+        },
+    ),
+    (
+        PreflightReport((Row("cpu.matmul", "algo-2", 12.5, "GFLOPS"),)),
+        {
+            "type": "preflight_report",
+            "rows": [["cpu.matmul", "algo-2", "", 12.5, "GFLOPS", "", "INFO", "", 0.0]],
+        },
+    ),
+    (
+        PreflightVerdict(78, (Row("dir.writable", "algo-3", "no", verdict="FAIL"),)),
+        {
+            "type": "preflight_verdict",
+            "code": 78,
+            "rows": [["dir.writable", "algo-3", "", "no", "", "", "FAIL", "", 0.0]],
+        },
+    ),
 ]
 
 
@@ -109,7 +137,7 @@ def test_every_message_type_has_an_example() -> None:
     assert {type(m) for m, _ in EXAMPLES} == set(messages._TYPES.values())
     assert {t.TYPE for t in messages._TYPES.values()} == {
         *("hello", "plan", "heartbeat", "failed", "abort", "done", "result", "sshd", "hold"),
-        *("held", "stacks?", "stacks"),
+        *("held", "stacks?", "stacks", "preflight_report", "preflight_verdict"),
     }
 
 
@@ -198,6 +226,7 @@ def valid(kind: str) -> dict[str, Any]:
             "run_id": "r1",
             "horovod_port": 41000,
             "mpi_pubkey": HOSTKEY,
+            "preflight_port": 41001,
         },
         "heartbeat": {"type": "heartbeat"},
         "failed": {"type": "failed", "code": 7, "reason": "x", "host": "algo-2", "signal": "S"},
@@ -209,12 +238,23 @@ def valid(kind: str) -> dict[str, Any]:
         "held": {"type": "held"},
         "stacks?": {"type": "stacks?", "id": 7},
         "stacks": {"type": "stacks", "id": 7, "text": "# rank 1"},
+        "preflight_report": {"type": "preflight_report", "rows": [ROW]},
+        "preflight_verdict": {"type": "preflight_verdict", "code": 78, "rows": [ROW]},
     }
     return dict(objects[kind])
 
 
+ROW = ["gpu.ecc", "algo-2", "0 GPU-1", 3.0, "errors", "== 0", "FAIL", "ECC", 0.5]
+
+
 # (type, field, bad value, what the error says); the field is set to the value in `valid`.
 BAD_FIELDS: list[tuple[str, str, object, str]] = [
+    ("preflight_report", "rows", "x", "must be a list of at most 2048 rows"),
+    ("preflight_report", "rows", [[1]], "row 0: a row must be a list of 9 fields"),
+    ("preflight_report", "rows", [[*ROW[:6], "BAD", *ROW[7:]]], "row 0: row verdict must be"),
+    ("preflight_report", "rows", [[*ROW[:3], True, *ROW[4:]]], "value must be a number or text"),
+    ("preflight_verdict", "code", 1, "bad code 1: must be 0 or 78"),
+    ("preflight_verdict", "code", True, "must be 0 or 78"),
     ("hello", "host", "", "must be a host name"),
     ("hello", "host", "algo 2", "must be a host name"),
     ("hello", "host", "algo-2\n", "must be a host name"),
