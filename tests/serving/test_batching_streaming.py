@@ -1,0 +1,186 @@
+"""A real `serve` with dynamic batching on (batch 8, delay 20 ms, one worker) and batch
+transform's MULTI_RECORD strategy: batches form under concurrent load and a bad request in one
+fails alone; a streamed answer arrives chunk by chunk; a large MULTI_RECORD CSV comes back in
+order; a body declared above the payload limit is refused before it is sent."""
+
+from __future__ import annotations
+
+import http.client
+import json
+import socket
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from tests.serving.conftest import make_tree
+from tests.serving.serverproc import Answer, Client, ServeProcess, running
+
+pytestmark = [
+    pytest.mark.timeout(90),
+    pytest.mark.filterwarnings("ignore:`torch.jit.* is deprecated:DeprecationWarning"),
+]
+
+Predict = Callable[[np.ndarray], np.ndarray]
+RNG = np.random.default_rng(11)
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory, mlp_file: Path) -> Iterator[ServeProcess]:
+    root = tmp_path_factory.mktemp("serve_batch")
+    make_tree(root / "ml", mlp_file, inference="batch_hooks.py")
+    with running(
+        root / "ml",
+        root / "serve.log",
+        SAGEMAKER_MODEL_SERVER_WORKERS="1",
+        SAGEMAKER_TS_BATCH_SIZE="8",
+        SAGEMAKER_TS_MAX_BATCH_DELAY="20",
+        SAGEMAKER_BATCH_STRATEGY="MULTI_RECORD",
+        SAGEMAKER_MAX_PAYLOAD_IN_MB="20",
+        BATCH_LOG=str(root / "batches.log"),
+    ) as proc:
+        proc.batch_log = root / "batches.log"  # type: ignore[attr-defined]
+        yield proc
+
+
+def _calls(server: ServeProcess) -> list[int]:
+    path: Path = server.batch_log  # type: ignore[attr-defined]
+    return [int(line) for line in path.read_text().split()] if path.exists() else []
+
+
+def test_concurrent_requests_batch_and_a_bad_one_fails_alone(
+    server: ServeProcess, predict: Predict
+) -> None:
+    before = len(_calls(server))
+    inputs = [RNG.random((1 + i % 3, 64), dtype=np.float32) for i in range(16)]
+    inputs[5][0, 0] = -7.0  # predict_fn refuses this request (422)
+    answers: list[Answer | None] = [None] * len(inputs)
+    start = threading.Barrier(len(inputs))
+
+    def call(index: int) -> None:
+        client = server.client()
+        start.wait()
+        answers[index] = client.invoke(json.dumps(inputs[index].tolist()).encode())
+        client.close()
+
+    threads = [threading.Thread(target=call, args=(i,)) for i in range(len(inputs))]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(30)
+    for index, answer in enumerate(answers):
+        assert answer is not None
+        if index == 5:
+            assert answer.status == 422, answer.body
+            assert answer.json()["message"] == "a row starts with -7"
+            continue
+        assert answer.status == 200, answer.body
+        expected = predict(inputs[index])
+        np.testing.assert_allclose(np.array(answer.json()), expected, rtol=1e-5, atol=1e-6)
+    calls = _calls(server)[before:]
+    # Joined: some predict_fn call got rows of several requests (at most 8 requests' worth).
+    assert max(calls) > 3
+    assert max(calls) <= 8 * 3
+    # The batch holding the bad request was split: its requests ran again, alone.
+    assert sum(calls) > sum(len(rows) for rows in inputs)
+
+
+def test_malformed_request_in_a_batch_fails_alone(server: ServeProcess) -> None:
+    bodies = [b"[[0.5]" + b"]", b"{not json", json.dumps([[0.1] * 64]).encode()]
+    answers: list[Answer | None] = [None] * len(bodies)
+
+    def call(index: int) -> None:
+        client = server.client()
+        answers[index] = client.invoke(bodies[index])
+        client.close()
+
+    threads = [threading.Thread(target=call, args=(i,)) for i in range(len(bodies))]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(30)
+    statuses = [answer.status if answer else None for answer in answers]
+    # Shape (1, 1) cannot join (1, 64) rows; the model refuses it alone: a 500 of its own.
+    assert statuses == [500, 500, 200]
+    assert answers[1] is not None and answers[1].json()["error"] == "JSONDecodeError"
+
+
+def test_streamed_answer_arrives_chunk_by_chunk(server: ServeProcess, tmp_path: Path) -> None:
+    gate = tmp_path / "gate"
+    conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=20)
+    body = json.dumps({"stream": 3, "gate": str(gate)}).encode()
+    conn.request("POST", "/invocations", body, {"Content-Type": "application/json"})
+    response = conn.getresponse()
+    assert response.status == 200
+    assert response.getheader("transfer-encoding") == "chunked"
+    assert response.getheader("content-length") is None
+    # The second item does not exist until the gate does: the first chunk came on its own.
+    first = response.read1()
+    assert json.loads(first) == {"item": 0}
+    assert not gate.exists()
+    gate.write_text("go")
+    rest = response.read()
+    assert [json.loads(line) for line in rest.splitlines()] == [{"item": 1}, {"item": 2}]
+    conn.close()
+
+
+def test_large_multi_record_csv_comes_back_in_order(server: ServeProcess, predict: Predict) -> None:
+    data = RNG.random((12_000, 64), dtype=np.float32)
+    text = "\n".join(",".join(f"{v:.6g}" for v in row) for row in data) + "\n"
+    data = np.array([[float(v) for v in line.split(",")] for line in text.splitlines()])
+    body = text.encode()
+    assert len(body) > 6 * 1024 * 1024  # above the real-time limit; this server allows 20 MB
+    client = Client(server.port, timeout=60)
+    answer = client.invoke(body, content_type="text/csv", accept="text/csv")
+    client.close()
+    assert answer.status == 200, answer.body[:500]
+    lines = answer.body.decode().splitlines()
+    assert len(lines) == len(data)
+    got = np.array([[float(v) for v in line.split(",")] for line in lines])
+    np.testing.assert_allclose(got, predict(data), rtol=1e-4, atol=1e-5)
+
+
+def test_bad_record_fails_the_mini_batch_naming_its_line(server: ServeProcess) -> None:
+    rows = ["0.5," * 63 + "0.5"] * 3
+    rows[1] = "-7," + "0.5," * 62 + "0.5"
+    client = server.client()
+    answer = client.invoke("\n".join(rows).encode(), content_type="text/csv", accept="text/csv")
+    client.close()
+    assert answer.status == 422
+    assert answer.json()["message"] == "record 2: a row starts with -7"
+
+
+def test_declared_oversize_body_is_refused_before_it_is_sent(server: ServeProcess) -> None:
+    declared = 101 * 1024 * 1024
+    with socket.create_connection(("127.0.0.1", server.port), timeout=10) as sock:
+        started = time.monotonic()
+        sock.sendall(
+            b"POST /invocations HTTP/1.1\r\nHost: t\r\nContent-Type: text/csv\r\n"
+            b"Content-Length: %d\r\n\r\n" % declared
+        )
+        response = http.client.HTTPResponse(sock)
+        response.begin()
+        elapsed = time.monotonic() - started
+        body = json.loads(response.read())
+    assert response.status == 413
+    assert response.getheader("connection") == "close"
+    assert body["message"] == (
+        "payload of 101.0 MB exceeds MaxPayloadInMB=20 (20971520 bytes); "
+        "set SAGEMAKER_MAX_PAYLOAD_IN_MB"
+    )
+    assert elapsed < 5  # answered from the headers: 101 MB were never sent
+    assert server.client().request("GET", "/ping").status == 200
+
+
+def test_execution_parameters_report_the_strategy(server: ServeProcess) -> None:
+    client = server.client()
+    params = client.request("GET", "/execution-parameters").json()
+    client.close()
+    assert params == {
+        "MaxConcurrentTransforms": 1,
+        "BatchStrategy": "MULTI_RECORD",
+        "MaxPayloadInMB": 20,
+    }
