@@ -36,7 +36,7 @@ from typing import Any
 import psutil
 
 from bench.common import free_port, median
-from bench.serve import loadgen
+from bench.serve import loadgen, spread
 from bench.serve.stacks import HERE, STACKS, Stack
 
 HOST = "127.0.0.1"
@@ -332,6 +332,11 @@ def main() -> None:
     parser.add_argument("--warmup", type=float, default=1.0)
     parser.add_argument("--measure", type=float, default=2.0)
     parser.add_argument("--settle", type=float, default=2.0, help="pause between cold starts")
+    parser.add_argument(
+        "--pairs",
+        default="ours-toolkit-hooks/mms-hooks,ours/mms-hooks",
+        help="A/B pairs whose per-round ratios are reported min-median-max",
+    )
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
     args.rows = [int(n) for n in args.rows.split(",")]
@@ -350,6 +355,9 @@ def main() -> None:
                 members = [STACKS[n] for n in names.split(",") if STACKS[n] in stacks]
                 load += throughput(group, members, args, model, tmp)
     text = report(stacks, args.rows, cold, load)
+    names = [stack.name for stack in stacks]
+    text += "\n\n" + spread.table(names, args.rows, load)
+    text += "\n\n" + spread.pairs(args.pairs, args.rows, load)
     # Other work on the machine moves every number; the load average says how much there was.
     text += f"\n\nload average at start {load_start}, at end {os.getloadavg()}"
     print(text)
