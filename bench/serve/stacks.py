@@ -57,12 +57,12 @@ STACKS = {
         # The same-hooks comparison: both servers import toolkit_hooks.py as code/inference.py.
         Stack("mms-hooks", "mms", user_hooks=True),
         # Dynamic batching on, with our default delay (serving/config.py).
-        Stack("ours-batch", "ours", extra_env=(("SAGEMAKER_TS_BATCH_SIZE", "16"),)),
+        Stack("ours-batch", "ours", extra_env=(("SAGEMAKER_TS_BATCH_SIZE", "8"),)),
         Stack(
             "ours-toolkit-hooks-batch",
             "ours",
             user_hooks=True,
-            extra_env=(("SAGEMAKER_TS_BATCH_SIZE", "16"),),
+            extra_env=(("SAGEMAKER_TS_BATCH_SIZE", "8"),),
         ),
         Stack("mms", "mms"),
         Stack("torchserve", "torchserve"),

@@ -1,7 +1,9 @@
 """Test inference module for batching, streaming and MULTI_RECORD.
 
 input_fn: JSON rows -> a (rows, 64) tensor; a JSON object {"stream": n, "gate": path} -> that
-dict (not joinable, so it runs alone); a CSV line (one MULTI_RECORD record) -> one row.
+dict (not joinable, so it runs alone); {"hold": path} -> a dict whose predict_fn writes
+`path.holding` and blocks the worker until `path` exists; a CSV line (one MULTI_RECORD record)
+-> one row.
 predict_fn appends the row count it was called with to $BATCH_LOG (one line per call), fails
 with status 422 when any row starts with -7 (so a joined batch holding it fails and is split),
 and for a stream request returns a generator that yields item 0 at once and item 1 only once
@@ -38,7 +40,17 @@ def _stream(count, gate):
         yield {"item": index}
 
 
+def _hold(gate):
+    Path(gate + ".holding").write_text("")
+    deadline = time.monotonic() + 20
+    while not Path(gate).exists() and time.monotonic() < deadline:
+        time.sleep(0.005)
+    return {"held": True}
+
+
 def predict_fn(data, model):
+    if isinstance(data, dict) and "hold" in data:
+        return _hold(data["hold"])
     if isinstance(data, dict):
         return _stream(int(data["stream"]), data["gate"])
     with Path(os.environ["BATCH_LOG"]).open("a") as log:
