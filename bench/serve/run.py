@@ -84,6 +84,16 @@ def session_processes(sid: int) -> list[psutil.Process]:
     return found
 
 
+def cpu_s(sid: int) -> float:
+    """CPU seconds (user + system) used so far by the live processes of session `sid`."""
+    total = 0.0
+    for proc in session_processes(sid):
+        with contextlib.suppress(psutil.Error):
+            times = proc.cpu_times()
+            total += times.user + times.system
+    return total
+
+
 def pss_mib(procs: list[psutil.Process]) -> float:
     total = 0
     for proc in procs:
@@ -220,6 +230,7 @@ def throughput(
                 )
                 shift = number % len(runs)
                 for run in runs[shift:] + runs[:shift]:
+                    cpu_before = cpu_s(run.sid)
                     load = loadgen.run(
                         HOST,
                         run.port,
@@ -228,7 +239,13 @@ def throughput(
                         warmup_s=args.warmup,
                         measure_s=args.measure,
                     )
+                    # The server's CPU per request: robust to how much of the shared cores
+                    # the scheduler gave each stack (its processes and threads compete with
+                    # everything else running). Spread evenly over warm-up and window.
+                    window = args.measure / (args.warmup + args.measure)
+                    cpu = (cpu_s(run.sid) - cpu_before) * window
                     result = {"stack": run.stack.name, "group": group, "round": number}
+                    result["server_cpu_ms_per_request"] = 1000 * cpu / max(1, load.requests)
                     result["rows"] = rows
                     result |= asdict(load) | {"rps": load.rps}
                     print(json.dumps(result), flush=True)

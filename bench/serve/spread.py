@@ -17,8 +17,9 @@ def mmm(values: list[float], fmt: str) -> str:
 def table(names: list[str], rows: list[int], load: list[dict[str, Any]]) -> str:
     """Markdown: req/s, p50 and p99 as min - median - max over the rounds."""
     out = [
-        "| stack | rows | rounds | req/s min - median - max | p50 ms | p99 ms |",
-        "|---|---|---|---|---|---|",
+        "| stack | rows | rounds | req/s min - median - max | p50 ms | p99 ms"
+        " | server CPU ms/request |",
+        "|---|---|---|---|---|---|---|",
     ]
     for name in names:
         for n in rows:
@@ -27,9 +28,14 @@ def table(names: list[str], rows: list[int], load: list[dict[str, Any]]) -> str:
                 out.append(
                     f"| {name} | {n} | {len(runs)} | {mmm([r['rps'] for r in runs], ',.0f')} | "
                     f"{mmm([r['p50_ms'] for r in runs], '.2f')} | "
-                    f"{mmm([r['p99_ms'] for r in runs], '.2f')} |"
+                    f"{mmm([r['p99_ms'] for r in runs], '.2f')} | {_cpu(runs)} |"
                 )
     return "\n".join(out)
+
+
+def _cpu(runs: list[dict[str, Any]]) -> str:
+    values = [r["server_cpu_ms_per_request"] for r in runs if "server_cpu_ms_per_request" in r]
+    return mmm(values, ".3f") if values else "-"
 
 
 def pairs(spec: str, rows: list[int], load: list[dict[str, Any]]) -> str:
@@ -52,8 +58,13 @@ def pairs(spec: str, rows: list[int], load: list[dict[str, Any]]) -> str:
             if matched:
                 rps = [a["rps"] / b["rps"] for a, b in matched]
                 p99 = [a["p99_ms"] / b["p99_ms"] for a, b in matched]
-                out.append(
+                line = (
                     f"- {first} / {second}, {n} rows, {len(matched)} rounds: req/s "
                     f"{mmm(rps, '.2f')}x, p99 {mmm(p99, '.2f')}x"
                 )
+                key = "server_cpu_ms_per_request"
+                if all(key in a and key in b for a, b in matched):
+                    cpu = [a[key] / b[key] for a, b in matched]
+                    line += f", server CPU per request {mmm(cpu, '.2f')}x"
+                out.append(line)
     return "\n".join(out)
