@@ -8,9 +8,10 @@ with `Transfer-Encoding: chunked`), the first chunk with them, and every later i
 the iterator yields it: nothing is buffered. Each item is produced under the request timeout
 (SAGEMAKER_MODEL_SERVER_TIMEOUT applies per item, not to the whole stream).
 
-An error after the first chunk cannot change the status any more: the stream is cut (the
-connection closes without the chunked terminator, which every HTTP client reports as an
-incomplete body), the iterator is closed, and the error goes to the log. Streamed answers are
+An error after the first chunk cannot change the status any more: the stream is cut (the app
+returns without the last chunk, so gunicorn closes the connection without the chunked
+terminator, which every HTTP client reports as an incomplete body), the iterator is closed, and
+the error goes to the log in one line. Streamed answers are
 not held to the payload limit, which bounds buffered bodies only.
 """
 
@@ -26,10 +27,6 @@ log = logging.getLogger("serving")
 END = object()
 
 Send = Callable[[dict[str, Any]], Awaitable[None]]
-
-
-class StreamCut(Exception):
-    """A streamed answer failed after its first chunk; the connection must be dropped."""
 
 
 class ChunkSource(Protocol):
@@ -58,8 +55,8 @@ async def send_stream(
 ) -> None:
     """Send a 200 with `headers` (no Content-Length), `first`, then every item of `rest`.
 
-    Raises StreamCut when an item fails or times out, after closing `rest`; the caller lets
-    it propagate so that the server drops the connection.
+    Never raises for a failing or late item: it logs it, closes `rest` and returns without
+    ending the body, which makes gunicorn drop the connection.
     """
     await send({"type": "http.response.start", "status": 200, "headers": headers})
     if first:
@@ -77,5 +74,5 @@ async def send_stream(
         close = getattr(rest, "close", None)
         if close is not None:
             close()
-        raise StreamCut(str(exc)) from exc
+        return
     await send({"type": "http.response.body", "body": b"", "more_body": False})

@@ -143,6 +143,24 @@ def test_streamed_answer_arrives_chunk_by_chunk(server: ServeProcess, tmp_path: 
     conn.close()
 
 
+def test_a_stream_that_fails_midway_is_cut(server: ServeProcess, tmp_path: Path) -> None:
+    workers = server.workers()
+    logged = len(server.log())
+    conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=20)
+    body = json.dumps({"stream": -1, "gate": str(tmp_path / "unused")}).encode()
+    conn.request("POST", "/invocations", body, {"Content-Type": "application/json"})
+    response = conn.getresponse()
+    assert response.status == 200
+    with pytest.raises(http.client.IncompleteRead) as cut:
+        response.read()
+    assert json.loads(cut.value.partial) == {"item": 0}
+    conn.close()
+    wait_for(lambda: "the generator broke" in server.log()[logged:], 10, "the cut to be logged")
+    assert "Traceback" not in server.log()[logged:]  # one line, no traceback
+    assert server.workers() == workers
+    assert server.client().request("GET", "/ping").status == 200
+
+
 def test_large_multi_record_csv_comes_back_in_order(server: ServeProcess, predict: Predict) -> None:
     data = RNG.random((12_000, 64), dtype=np.float32)
     text = "\n".join(",".join(f"{v:.6g}" for v in row) for row in data) + "\n"

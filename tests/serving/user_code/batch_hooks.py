@@ -32,6 +32,9 @@ def input_fn(body, content_type):
 
 
 def _stream(count, gate):
+    if count < 0:  # one item, then a failure: the stream is cut
+        yield {"item": 0}
+        raise RuntimeError("the generator broke")
     for index in range(count):
         if index == 1:
             deadline = time.monotonic() + 20
