@@ -209,6 +209,19 @@ def test_declared_oversize_body_is_refused_before_it_is_sent(server: ServeProces
     assert server.client().request("GET", "/ping").status == 200
 
 
+def test_an_answer_above_the_payload_limit_is_a_500_naming_it(server: ServeProcess) -> None:
+    client = server.client()
+    limit = 20 * 1024 * 1024
+    answer = client.invoke(json.dumps({"big": limit + 1}).encode())
+    assert answer.status == 500
+    assert answer.json()["message"] == (
+        f"the answer of {limit + 1} bytes is larger than the payload limit of {limit} bytes "
+        "(SAGEMAKER_MAX_PAYLOAD_IN_MB)"
+    )
+    assert client.invoke(json.dumps({"big": 1000}).encode()).body == b"x" * 1000
+    client.close()
+
+
 def test_execution_parameters_report_the_strategy(server: ServeProcess) -> None:
     client = server.client()
     params = client.request("GET", "/execution-parameters").json()

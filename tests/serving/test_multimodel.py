@@ -1,7 +1,7 @@
-"""The multi-model contract against a real `serve` (SAGEMAKER_MULTI_MODEL=true, 2 workers, a cap
-of 4 models per worker): every route and status code, 8 models cycling through the cap with no
-unexpected error, a model's own code/inference.py, a slow load that does not hold up other
-models, and 507 when the memory headroom cannot be had."""
+"""The multi-model contract against a real `serve` (SAGEMAKER_MULTI_MODEL=true, 2 workers, a cap of
+4 models per worker, dynamic batching on): every route and status code, 8 models cycling through
+the cap with no unexpected error, a model's own code/inference.py, a slow load that does not
+hold up other models, and 507 when the memory headroom cannot be had."""
 
 from __future__ import annotations
 
@@ -47,7 +47,12 @@ def mme(tmp_path_factory: pytest.TempPathFactory, mlp_file: Path) -> Iterator[Se
     root = tmp_path_factory.mktemp("mme")
     _models_tree(root, mlp_file)
     with running(
-        root, root / "serve.log", SAGEMAKER_MULTI_MODEL="true", SERVE_MME_MAX_MODELS="4"
+        root,
+        root / "serve.log",
+        SAGEMAKER_MULTI_MODEL="true",
+        SERVE_MME_MAX_MODELS="4",
+        # Every invocation goes through its model's batcher (one per model and worker).
+        SAGEMAKER_TS_BATCH_SIZE="4",
     ) as proc:
         proc.models_dir = root / "models"  # type: ignore[attr-defined]
         yield proc

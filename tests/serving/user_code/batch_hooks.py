@@ -2,13 +2,12 @@
 
 input_fn: JSON rows -> a (rows, 64) tensor; a JSON object {"stream": n, "gate": path} -> that
 dict (not joinable, so it runs alone); {"hold": path} -> a dict whose predict_fn writes
-`path.holding` and blocks the worker until `path` exists; a CSV line (one MULTI_RECORD record)
--> one row.
-predict_fn appends the row count it was called with to $BATCH_LOG (one line per call), fails
-with status 422 when any row starts with -7 (so a joined batch holding it fails and is split),
-and for a stream request returns a generator that yields item 0 at once and item 1 only once
-the gate file exists (the test creates it after reading the first chunk).
-"""
+`path.holding` and blocks the worker until `path` exists; {"big": n} -> an answer of n bytes; a
+CSV line (one MULTI_RECORD record) -> one row. predict_fn appends the row count it was called
+with to $BATCH_LOG (one line per call), fails with status 422 when any row starts with -7 (so a
+joined batch holding it fails and is split), and for a stream request returns a generator that
+yields item 0 at once and item 1 only once the gate file exists (the test creates it after
+reading the first chunk)."""
 
 import json
 import os
@@ -52,6 +51,8 @@ def _hold(gate):
 
 
 def predict_fn(data, model):
+    if isinstance(data, dict) and "big" in data:
+        return {"big": int(data["big"])}
     if isinstance(data, dict) and "hold" in data:
         return _hold(data["hold"])
     if isinstance(data, dict):
@@ -65,6 +66,8 @@ def predict_fn(data, model):
 
 
 def output_fn(prediction, accept):
+    if isinstance(prediction, dict) and "big" in prediction:
+        return b"x" * prediction["big"]
     if isinstance(prediction, dict):
         return json.dumps(prediction) + "\n"
     if accept.startswith("text/csv"):
