@@ -4,7 +4,9 @@ A POST or DELETE reaches one worker, but every worker must answer for every mode
 registry is one JSON document in anonymous shared memory created before the workers fork,
 with a generation number that each change bumps. Changes take a `multiprocessing.Lock`
 (inherited across fork); a reader compares the generation (one 8-byte read) and re-reads the
-document only when it moved, so the invocation path pays nothing for it.
+document only when it moved, so the invocation path pays nothing for it. The lock is held only
+for a copy in memory (microseconds): a worker killed inside it would leave it held, and the
+registry's changes would then wait for good; that window is what keeps the table consistent.
 """
 
 from __future__ import annotations
