@@ -5,15 +5,18 @@ registry is one JSON document in anonymous shared memory created before the work
 with a generation number that each change bumps. Changes take a `multiprocessing.Lock`
 (inherited across fork); a reader compares the generation (one 8-byte read) and re-reads the
 document only when it moved, so the invocation path pays nothing for it. The lock is held only
-for a copy in memory (microseconds): a worker killed inside it would leave it held, and the
-registry's changes would then wait for good; that window is what keeps the table consistent.
+for a copy in memory (microseconds). A worker killed inside that window would leave it held:
+waiting for it is bounded (`LOCK_TIMEOUT_S`), after which the request fails with 503 rather
+than hanging the worker.
 """
 
 from __future__ import annotations
 
+import contextlib
 import mmap
 import multiprocessing
 import struct
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import orjson
@@ -23,6 +26,13 @@ from serving.errors import HttpError
 # Room for the document: at ~150 bytes per model, tens of thousands of models.
 DEFAULT_CAPACITY = 8 * 1024 * 1024
 _HEADER = struct.Struct("<QQ")  # generation, document length
+LOCK_TIMEOUT_S = 5.0
+
+
+class RegistryBusy(HttpError):
+    """The registry's lock was not free within LOCK_TIMEOUT_S; answered 503."""
+
+    status = 503
 
 
 class RegistryFull(HttpError):
@@ -50,6 +60,18 @@ class Registry:
         self._seen = -1
         self._cache: dict[str, str] = {}
 
+    @contextlib.contextmanager
+    def _locked(self) -> Iterator[None]:
+        if not self._lock.acquire(timeout=LOCK_TIMEOUT_S):
+            raise RegistryBusy(
+                f"the model registry stayed locked for {LOCK_TIMEOUT_S:g} s (a worker died "
+                "while changing it?); restart serve"
+            )
+        try:
+            yield
+        finally:
+            self._lock.release()
+
     @property
     def generation(self) -> int:
         """Bumped by every change; cheap to read."""
@@ -74,7 +96,7 @@ class Registry:
     def snapshot(self) -> dict[str, str]:
         """Every registered model, name -> directory (a cached copy; do not modify)."""
         if self.generation != self._seen:
-            with self._lock:
+            with self._locked():
                 self._seen, self._cache = self._read()
         return self._cache
 
@@ -85,7 +107,7 @@ class Registry:
     def add(self, entry: ModelEntry) -> bool:
         """Register `entry`; False (nothing changed) when its name is already registered.
         Raises RegistryFull when the document would not fit."""
-        with self._lock:
+        with self._locked():
             generation, document = self._read()
             if entry.name in document:
                 return False
@@ -95,7 +117,7 @@ class Registry:
 
     def remove(self, name: str) -> bool:
         """Unregister `name`; False when it was not registered."""
-        with self._lock:
+        with self._locked():
             generation, document = self._read()
             if document.pop(name, None) is None:
                 return False

@@ -227,3 +227,16 @@ def test_memory_headroom_evicts_least_recently_used_then_507(tmp_path: Path) -> 
         assert models.loaded_names() == []
 
     asyncio.run(scenario())
+
+
+def test_a_registry_left_locked_fails_with_503_not_a_hang(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from serving.multimodel import registry as registry_mod
+
+    monkeypatch.setattr(registry_mod, "LOCK_TIMEOUT_S", 0.05)
+    registry = Registry(capacity=4096)
+    assert registry._lock.acquire(timeout=1)  # as a worker killed while changing it leaves it
+    with pytest.raises(registry_mod.RegistryBusy) as caught:
+        registry.add(ModelEntry("a", "/m/a"))
+    assert caught.value.status == 503
