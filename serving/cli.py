@@ -100,6 +100,8 @@ def _start() -> int:
     runtime = Runtime(config, handler)
     if config.preload:
         runtime.load_model()
+    elif config.multi_model:
+        _preimport_torch()
     log.info(
         "serving %s with %s hooks: %d workers x %d threads, port %d, timeout %gs%s",
         config.model_dir,
@@ -111,6 +113,17 @@ def _start() -> int:
         f", GPUs {','.join(str(device.index) for device in devices)}" if devices else "",
     )
     return server.run(config, App(runtime, ReadyTable(config.workers)))
+
+
+def _preimport_torch() -> None:
+    """Import torch in the master of a multi-model endpoint, which starts with no model: the
+    workers inherit it across fork instead of each paying ~1 s for it on their first load."""
+    import importlib  # noqa: PLC0415
+
+    try:
+        importlib.import_module("torch")
+    except ImportError:
+        log.debug("torch is not installed: models bring their own framework")
 
 
 if __name__ == "__main__":

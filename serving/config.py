@@ -25,6 +25,15 @@ DEFAULT_ACCEPT = "application/json"
 # drain waits for an idle client to go away, so it is kept short.
 KEEPALIVE_S = 5
 
+# Dynamic batching (off by default, as in TorchServe, whose batch_size default is 1). When it is
+# on, a batch waits at most this long for more requests; TorchServe's 100 ms is far more than a
+# CPU model needs (the added p50 latency is bounded by it).
+DEFAULT_BATCH_DELAY_MS = 5.0
+BATCH_STRATEGIES = ("SINGLE_RECORD", "MULTI_RECORD")
+# Multi-model endpoints: no count cap by default (memory decides); keep this much host memory
+# available, evicting least recently used models to get it back.
+DEFAULT_MME_MIN_FREE_MB = 256
+
 _LOG_LEVELS = {10: "debug", 20: "info", 30: "warning", 40: "error", 50: "critical"}
 
 
@@ -53,6 +62,18 @@ class ServeConfig:
     preload: bool
     keepalive_s: int
     log_level: str
+    # Dynamic batching (`serving.batching`): 1 = off.
+    batch_size: int = 1
+    max_batch_delay_s: float = DEFAULT_BATCH_DELAY_MS / 1000
+    # Batch transform (`serving.records`): what /execution-parameters reports, and whether
+    # CSV / JSON Lines bodies are split into records for user hooks.
+    batch_strategy: str = "MULTI_RECORD"
+    split_records: bool = False
+    # Multi-model endpoints (`serving.multimodel`).
+    multi_model: bool = False
+    models_dir: Path = Path(DEFAULT_BASE_DIR) / "models"
+    mme_max_models: int = 0  # models loaded at once per worker; 0 = no count cap
+    mme_min_free_bytes: int = DEFAULT_MME_MIN_FREE_MB * 1024 * 1024
 
     @property
     def program_path(self) -> Path:
@@ -103,6 +124,46 @@ def _flag(environ: Mapping[str, str], name: str, default: bool) -> bool:
     raise ConfigError(name, raw, "expected true or false")
 
 
+def _batch_strategy(environ: Mapping[str, str]) -> tuple[str, bool]:
+    """(what /execution-parameters reports, whether records are split): splitting only when
+    batch transform named MULTI_RECORD explicitly, as it does in the container's environment."""
+    name = "SAGEMAKER_BATCH_STRATEGY"
+    raw = environ.get(name, "").strip().upper().replace("-", "_")
+    if not raw:
+        return "MULTI_RECORD", False
+    if raw == "MULTIRECORD":
+        raw = "MULTI_RECORD"
+    elif raw == "SINGLERECORD":
+        raw = "SINGLE_RECORD"
+    if raw not in BATCH_STRATEGIES:
+        raise ConfigError(name, environ[name], f"expected one of {', '.join(BATCH_STRATEGIES)}")
+    return raw, raw == "MULTI_RECORD"
+
+
+def _batch_size(environ: Mapping[str, str]) -> int:
+    # SERVE_BATCH_SIZE wins over the TorchServe-toolkit name it mirrors.
+    size = _int(environ, "SAGEMAKER_TS_BATCH_SIZE", 1, 1, 1024)
+    return _int(environ, "SERVE_BATCH_SIZE", size, 1, 1024)
+
+
+def _batch_delay_s(environ: Mapping[str, str]) -> float:
+    delay = _non_negative_float(environ, "SAGEMAKER_TS_MAX_BATCH_DELAY", DEFAULT_BATCH_DELAY_MS)
+    return _non_negative_float(environ, "SERVE_MAX_BATCH_DELAY_MS", delay) / 1000
+
+
+def _non_negative_float(environ: Mapping[str, str], name: str, default: float) -> float:
+    raw = environ.get(name, "").strip()
+    if not raw:
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        raise ConfigError(name, raw, "expected a number") from None
+    if not math.isfinite(value) or not 0 <= value <= 60_000:
+        raise ConfigError(name, raw, "expected a number in [0, 60000]")
+    return value
+
+
 def _log_level(environ: Mapping[str, str]) -> str:
     name = "SAGEMAKER_CONTAINER_LOG_LEVEL"
     raw = environ.get(name, "").strip().lower()
@@ -146,6 +207,9 @@ def load(environ: Mapping[str, str], cpu_count: int, gpu_ids: Sequence[str] = ()
     # The toolkit lets the *_SECONDS spelling override the plain one.
     timeout_s = _positive_float(environ, "SAGEMAKER_MODEL_SERVER_TIMEOUT_SECONDS", timeout_s)
     payload_mb = _positive_float(environ, "SAGEMAKER_MAX_PAYLOAD_IN_MB", DEFAULT_MAX_PAYLOAD_MB)
+    strategy, split = _batch_strategy(environ)
+    multi_model = _flag(environ, "SAGEMAKER_MULTI_MODEL", False)
+    min_free_mb = _int(environ, "SERVE_MME_MIN_FREE_MEMORY_MB", DEFAULT_MME_MIN_FREE_MB, 0, 1 << 40)
     program = environ.get("SAGEMAKER_PROGRAM", "").strip() or DEFAULT_PROGRAM
     if Path(program).name != program:
         raise ConfigError("SAGEMAKER_PROGRAM", program, "expected a file name, not a path")
@@ -169,8 +233,18 @@ def load(environ: Mapping[str, str], cpu_count: int, gpu_ids: Sequence[str] = ()
         default_accept=environ.get("SAGEMAKER_DEFAULT_INVOCATIONS_ACCEPT", "").strip()
         or DEFAULT_ACCEPT,
         # Preloading is never done with GPUs: CUDA initialised in the master breaks the forked
-        # workers.
-        preload=_flag(environ, "SERVE_PRELOAD_MODEL", True) and not gpu_ids,
+        # workers
+        # before fork. Multi-model endpoints start with no model at all.
+        preload=_flag(environ, "SERVE_PRELOAD_MODEL", True) and not gpu_ids and not multi_model,
         keepalive_s=KEEPALIVE_S,
         log_level=_log_level(environ),
+        batch_size=_batch_size(environ),
+        max_batch_delay_s=_batch_delay_s(environ),
+        batch_strategy=strategy,
+        split_records=split,
+        multi_model=multi_model,
+        # The toolkit's model_dir in this mode; SageMaker mounts every model under it.
+        models_dir=base_dir / "models",
+        mme_max_models=_int(environ, "SERVE_MME_MAX_MODELS", 0, 0, 100_000),
+        mme_min_free_bytes=min_free_mb * 1024 * 1024,
     )

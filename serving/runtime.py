@@ -5,7 +5,11 @@ exception with an integer `status_code` (the toolkit's GenericInferenceToolkitEr
 one, anything else from user code, any BaseException included, is a 500 whose body names the
 exception type and message while the traceback goes to the log only. A request past the
 timeout is interrupted by SIGALRM in the worker's main thread and answered 504; the worker
-stays up.
+stays up. One alarm serves every Runtime of a process (the models of a multi-model worker).
+
+The request path is split in steps so that `serving.batching` can run many requests through
+one `predict_fn`: `prepare` (content types, Accept, text decoding), the hooks, `finish` (the
+reply, or a stream when a hook returned an iterator, see `serving.streaming`).
 """
 
 from __future__ import annotations
@@ -14,14 +18,15 @@ import logging
 import os
 import signal
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from types import FrameType
-from typing import Any
+from typing import Any, TypeVar
 
 import orjson
 
-from serving import codecs
+from serving import codecs, streaming
 from serving.config import ServeConfig
 from serving.errors import (
     BadRequest,
@@ -38,15 +43,27 @@ from serving.errors import (
 from serving.usercode import Handler
 
 log = logging.getLogger("serving")
+T = TypeVar("T")
 
 
 @dataclass(frozen=True, slots=True)
 class Reply:
-    """An HTTP answer: status, Content-Type and body bytes."""
+    """An HTTP answer: status, Content-Type and body bytes; or, when `stream` is set, a body
+    sent chunked, `body` first and then every item of `stream` (see `serving.streaming`)."""
 
     status: int
     content_type: str
     body: bytes
+    stream: Iterator[Any] | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Prepared:
+    """One request after `Runtime.prepare`: what the hooks get, and the type to answer in."""
+
+    data: bytes | str
+    content_type: str
+    accept: str
 
 
 def error_reply(status: int, kind: str, message: str) -> Reply:
@@ -58,6 +75,26 @@ def error_reply(status: int, kind: str, message: str) -> Reply:
 class _Expired(BaseException):
     """Raised by the SIGALRM handler; a BaseException so `except Exception` in user code
     cannot swallow it."""
+
+
+class _Alarm:
+    """The process's request timer: armed around user code, disarmed before anything else.
+
+    One per process, shared by every Runtime, because SIGALRM has one handler per process.
+    """
+
+    armed = False
+
+    def install(self) -> None:
+        signal.signal(signal.SIGALRM, self._on_alarm)
+
+    def _on_alarm(self, signum: int, frame: FrameType | None) -> None:
+        if self.armed:
+            self.armed = False
+            raise _Expired
+
+
+ALARM = _Alarm()
 
 
 def _as_bytes(result: Any) -> bytes:
@@ -73,12 +110,15 @@ def _as_bytes(result: Any) -> bytes:
 class Runtime:
     """The hooks and the model of one serving process (the master, then each worker)."""
 
-    def __init__(self, config: ServeConfig, handler: Handler) -> None:
+    def __init__(
+        self, config: ServeConfig, handler: Handler, model_dir: Path | None = None
+    ) -> None:
         self.config = config
         self.handler = handler
+        # One model's directory: the server's, or a multi-model endpoint's model.
+        self.model_dir = model_dir or config.model_dir
         self.model: Any = None
         self.loaded = False
-        self._armed = False
 
     def _call_at_load(self, name: str, hook: Callable[..., Any], *args: Any) -> Any:
         """`hook(*args)`; any BaseException from it (KeyboardInterrupt, SystemExit too) is
@@ -92,10 +132,15 @@ class Runtime:
 
     def load_model(self) -> None:
         """Call model_fn once; raises ModelLoadError carrying the user's exception."""
-        self.model = self._call_at_load(
-            "model_fn", self.handler.model_fn, str(self.config.model_dir)
-        )
+        self.model = self._call_at_load("model_fn", self.handler.model_fn, str(self.model_dir))
         self.loaded = True
+
+    def warm_up(self) -> None:
+        """Call model_warmup_fn, if the hooks define it, on the loaded model; raises
+        ModelLoadError carrying the user's exception."""
+        warmup = self.handler.model_warmup_fn
+        if warmup is not None and self.loaded:
+            self._call_at_load("model_warmup_fn", warmup, str(self.model_dir), self.model)
 
     def start_worker(self, slot: int) -> None:
         """Prepare a freshly forked worker: GPU pin, thread count, model, warm-up, timer.
@@ -112,28 +157,27 @@ class Runtime:
         if torch is not None:
             # cores / workers each, so that the workers do not fight over the cores.
             torch.set_num_threads(self.config.threads_per_worker)
-        if not self.loaded:
+        if not self.loaded and not self.config.multi_model:
+            # (A multi-model worker starts empty: its models load on demand, serving.multimodel.)
             self.load_model()
-        warmup = self.handler.model_warmup_fn
-        if warmup is not None:
-            self._call_at_load("model_warmup_fn", warmup, str(self.config.model_dir), self.model)
-        signal.signal(signal.SIGALRM, self._on_alarm)
-
-    def _on_alarm(self, signum: int, frame: FrameType | None) -> None:
-        if self._armed:
-            self._armed = False
-            raise _Expired
+        self.warm_up()
+        ALARM.install()
 
     def invoke(self, body: bytes, content_type: str | None, accept: str | None) -> Reply:
         """Run the hooks on one request body and encode the answer; never raises."""
+        return self.guarded(self._run, body, content_type, accept)  # _run returns a Reply
+
+    def guarded(self, work: Callable[..., T], *args: Any) -> T | Reply:
+        """`work(*args)` under the request timeout, every exception turned into its Reply
+        (504 past the timeout)."""
         try:
             try:
-                self._armed = True
+                ALARM.armed = True
                 signal.setitimer(signal.ITIMER_REAL, self.config.timeout_s)
-                return self._run(body, content_type, accept)
+                return work(*args)
             finally:
                 # Disarm first: an alarm landing after this line is ignored by the handler.
-                self._armed = False
+                ALARM.armed = False
                 signal.setitimer(signal.ITIMER_REAL, 0)
         except _Expired:
             error: HttpError = RequestTimeout(
@@ -152,7 +196,47 @@ class Runtime:
             log.exception("user code raised %s", type(exc).__name__)
             return error_reply(status_of(exc) or 500, type(exc).__name__, client_message(exc))
 
+    def next_chunk(self, chunks: Iterator[Any]) -> bytes | None:
+        """The next item of a streamed answer as bytes (None at its end), under the request
+        timeout. Raises what the iterator raises, and RequestTimeout past the timeout."""
+        try:
+            try:
+                ALARM.armed = True
+                signal.setitimer(signal.ITIMER_REAL, self.config.timeout_s)
+                item = next(chunks, streaming.END)
+            finally:
+                ALARM.armed = False
+                signal.setitimer(signal.ITIMER_REAL, 0)
+        except _Expired:
+            raise RequestTimeout(
+                f"a streamed item took longer than SAGEMAKER_MODEL_SERVER_TIMEOUT "
+                f"({self.config.timeout_s:g} s)"
+            ) from None
+        return None if item is streaming.END else _as_bytes(item)
+
     def _run(self, body: bytes, content_type: str | None, accept: str | None) -> Reply:
+        prepared = self.prepare(body, content_type, accept)
+        handler = self.handler
+        if handler.transform_fn is not None:
+            result = handler.transform_fn(
+                self.model, prepared.data, prepared.content_type, prepared.accept
+            )
+            return self.finish(result, prepared.accept)
+        decoded = handler.input_fn(prepared.data, prepared.content_type)
+        prediction = handler.predict_fn(decoded, self.model)
+        return self.answer(prediction, prepared.accept)
+
+    def answer(self, prediction: Any, accept: str) -> Reply:
+        """`output_fn` on a prediction, or on each item of a prediction that is an iterator
+        (a streamed answer, one chunk per item)."""
+        output_fn = self.handler.output_fn
+        if streaming.is_stream(prediction):
+            return self.finish((output_fn(item, accept) for item in prediction), accept)
+        return self.finish(output_fn(prediction, accept), accept)
+
+    def prepare(self, body: bytes, content_type: str | None, accept: str | None) -> Prepared:
+        """Check the request's types and decode a text body for user hooks. Raises
+        UnsupportedContentType, NotAcceptable or BadRequest."""
         handler = self.handler
         if not content_type:
             raise UnsupportedContentType("the request has no Content-Type header")
@@ -174,14 +258,19 @@ class Runtime:
                 data = body.decode("utf-8")
             except UnicodeDecodeError as exc:
                 raise BadRequest(f"body is not UTF-8: {exc}") from None
-        if handler.transform_fn is not None:
-            result = handler.transform_fn(self.model, data, content_type, accept)
-        else:
-            decoded = handler.input_fn(data, content_type)
-            prediction = handler.predict_fn(decoded, self.model)
-            result = handler.output_fn(prediction, accept)
+        return Prepared(data, content_type, accept)
+
+    def finish(self, result: Any, accept: str) -> Reply:
+        """The 200 reply for what output_fn (or transform_fn) returned: bytes or str, a
+        (body, content type) pair as the toolkit allows, or an iterator of them (streamed;
+        its first item is taken here, so that an error before it is still a plain error)."""
         reply_type = accept
         if isinstance(result, tuple) and len(result) == 2:
             # (body, content type), as the toolkit allows.
             result, reply_type = result
+        if streaming.is_stream(result):
+            first = self.next_chunk(result)
+            return Reply(
+                200, str(reply_type), first or b"", result if first is not None else iter(())
+            )
         return Reply(200, str(reply_type), _as_bytes(result))

@@ -11,6 +11,7 @@ from __future__ import annotations
 import selectors
 import socket
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 
@@ -40,10 +41,11 @@ def build_request(host: str, path: str, body: bytes, content_type: str, accept: 
 
 
 class _Conn:
-    __slots__ = ("buf", "close", "need", "sent_at", "sock", "status")
+    __slots__ = ("buf", "close", "need", "request", "sent_at", "sock", "status")
 
-    def __init__(self, sock: socket.socket) -> None:
+    def __init__(self, sock: socket.socket, request: bytes) -> None:
         self.sock = sock
+        self.request = request
         self.buf = bytearray()
         self.need = -1
         self.sent_at = 0
@@ -86,17 +88,21 @@ def percentile(sorted_values: list[int], q: float) -> float:
 def run(
     host: str,
     port: int,
-    request: bytes,
+    request: bytes | Sequence[bytes],
     *,
     concurrency: int,
     warmup_s: float,
     measure_s: float,
 ) -> LoadResult:
-    """Drive the server for warmup_s + measure_s seconds; measure the last measure_s."""
+    """Drive the server for warmup_s + measure_s seconds; measure the last measure_s.
+
+    With several requests, connection i always sends request i modulo their count (for
+    example one model each of a multi-model endpoint)."""
     selector = selectors.DefaultSelector()
+    variants = [request] if isinstance(request, bytes) else list(request)
     conns = []
-    for _ in range(concurrency):
-        conn = _Conn(_connect(host, port))
+    for index in range(concurrency):
+        conn = _Conn(_connect(host, port), variants[index % len(variants)])
         selector.register(conn.sock, selectors.EVENT_READ, conn)
         conns.append(conn)
     start = time.perf_counter_ns()
@@ -109,7 +115,7 @@ def run(
     cpu_started = False
     for conn in conns:
         conn.sent_at = time.perf_counter_ns()
-        conn.sock.sendall(request)
+        conn.sock.sendall(conn.request)
     outstanding = len(conns)
     while outstanding:
         for key, _ in selector.select(timeout=5.0):
@@ -141,7 +147,7 @@ def run(
                 outstanding -= 1
                 continue
             conn.sent_at = time.perf_counter_ns()
-            conn.sock.sendall(request)
+            conn.sock.sendall(conn.request)
     cpu = time.process_time() - cpu_start
     for conn in conns:
         selector.unregister(conn.sock)

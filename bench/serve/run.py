@@ -36,7 +36,7 @@ from typing import Any
 import psutil
 
 from bench.common import free_port, median
-from bench.serve import loadgen
+from bench.serve import loadgen, spread
 from bench.serve.stacks import HERE, STACKS, Stack
 
 HOST = "127.0.0.1"
@@ -82,6 +82,16 @@ def session_processes(sid: int) -> list[psutil.Process]:
             if os.getsid(proc.pid) == sid and proc.status() != psutil.STATUS_ZOMBIE:
                 found.append(proc)
     return found
+
+
+def cpu_s(sid: int) -> float:
+    """CPU seconds (user + system) used so far by the live processes of session `sid`."""
+    total = 0.0
+    for proc in session_processes(sid):
+        with contextlib.suppress(psutil.Error):
+            times = proc.cpu_times()
+            total += times.user + times.system
+    return total
 
 
 def pss_mib(procs: list[psutil.Process]) -> float:
@@ -220,6 +230,7 @@ def throughput(
                 )
                 shift = number % len(runs)
                 for run in runs[shift:] + runs[:shift]:
+                    cpu_before = cpu_s(run.sid)
                     load = loadgen.run(
                         HOST,
                         run.port,
@@ -228,7 +239,13 @@ def throughput(
                         warmup_s=args.warmup,
                         measure_s=args.measure,
                     )
+                    # The server's CPU per request: robust to how much of the shared cores
+                    # the scheduler gave each stack (its processes and threads compete with
+                    # everything else running). Spread evenly over warm-up and window.
+                    window = args.measure / (args.warmup + args.measure)
+                    cpu = (cpu_s(run.sid) - cpu_before) * window
                     result = {"stack": run.stack.name, "group": group, "round": number}
+                    result["server_cpu_ms_per_request"] = 1000 * cpu / max(1, load.requests)
                     result["rows"] = rows
                     result |= asdict(load) | {"rps": load.rps}
                     print(json.dumps(result), flush=True)
@@ -332,6 +349,11 @@ def main() -> None:
     parser.add_argument("--warmup", type=float, default=1.0)
     parser.add_argument("--measure", type=float, default=2.0)
     parser.add_argument("--settle", type=float, default=2.0, help="pause between cold starts")
+    parser.add_argument(
+        "--pairs",
+        default="ours-toolkit-hooks/mms-hooks,ours/mms-hooks",
+        help="A/B pairs whose per-round ratios are reported min-median-max",
+    )
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
     args.rows = [int(n) for n in args.rows.split(",")]
@@ -350,6 +372,9 @@ def main() -> None:
                 members = [STACKS[n] for n in names.split(",") if STACKS[n] in stacks]
                 load += throughput(group, members, args, model, tmp)
     text = report(stacks, args.rows, cold, load)
+    names = [stack.name for stack in stacks]
+    text += "\n\n" + spread.table(names, args.rows, load)
+    text += "\n\n" + spread.pairs(args.pairs, args.rows, load)
     # Other work on the machine moves every number; the load average says how much there was.
     text += f"\n\nload average at start {load_start}, at end {os.getloadavg()}"
     print(text)

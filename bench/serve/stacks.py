@@ -54,6 +54,16 @@ STACKS = {
     for s in (
         Stack("ours", "ours"),
         Stack("ours-toolkit-hooks", "ours", user_hooks=True),
+        # The same-hooks comparison: both servers import toolkit_hooks.py as code/inference.py.
+        Stack("mms-hooks", "mms", user_hooks=True),
+        # Dynamic batching on, with our default delay (serving/config.py).
+        Stack("ours-batch", "ours", extra_env=(("SAGEMAKER_TS_BATCH_SIZE", "8"),)),
+        Stack(
+            "ours-toolkit-hooks-batch",
+            "ours",
+            user_hooks=True,
+            extra_env=(("SAGEMAKER_TS_BATCH_SIZE", "8"),),
+        ),
         Stack("mms", "mms"),
         Stack("torchserve", "torchserve"),
         Stack("torchserve-omp1", "torchserve", extra_env=(("OMP_NUM_THREADS", "1"),)),

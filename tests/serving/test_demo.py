@@ -57,8 +57,12 @@ def test_demo_model_is_served(tmp_path: Path) -> None:
         # The demo's hooks reject rows of the wrong width; the worker survives it.
         workers = server.workers()
         answer = client.invoke(json.dumps([[1.0, 2.0]]).encode())
-        assert answer.status >= 400
+        assert answer.status == 400
+        assert answer.json()["error"] == "ClientError"
         assert "expected rows of 8 numbers" in answer.json()["message"]
+        assert client.invoke(b"{oops").status == 400
+        assert client.invoke(json.dumps(rows).encode(), content_type="text/csv").status == 415
+        assert client.invoke(json.dumps(rows).encode(), accept="text/csv").status == 406
         assert client.invoke(json.dumps(rows).encode()).status == 200
         assert server.workers() == workers
         client.close()
