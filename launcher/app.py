@@ -10,11 +10,11 @@ from __future__ import annotations
 
 import logging
 import queue
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 from launcher import procs as processes
 from launcher import report
@@ -56,6 +56,16 @@ class Result:
     headline: str
     outcome: Outcome
     failure_text: str
+    # Progress events this host's ranks reported (collectives, progress()); None when nothing
+    # counted them (hang detection off). Whole-job restarts read it (launcher/restarts).
+    progress: int | None = None
+
+
+class StopHook(Protocol):
+    """Called once when this host stops the job: its exit code, the root-cause line and, for
+    a stop signal, the signal's name (`Member.failed` in a multi-host job)."""
+
+    def __call__(self, exit_code: int, reason: str, signal: str = "") -> None: ...
 
 
 @contextmanager
@@ -89,7 +99,7 @@ def execute(
     scope: Containment,
     *,
     events: Events | None = None,
-    on_stop: Callable[[int, str], None] | None = None,
+    on_stop: StopHook | None = None,
 ) -> Result:
     """Start the plan's ranks, supervise them to the end, report. Never leaves a rank running.
 
@@ -99,6 +109,7 @@ def execute(
     line to the other hosts."""
     events = events if events is not None else queue.SimpleQueue()
     watch = _hang_watch(plan, options)
+    progress: int | None = None
     if watch is not None:
         ranks = tuple(
             replace(spec, env={**spec.env, **watch.rank_env(spec.rank, plan.full_env(spec))})
@@ -137,6 +148,7 @@ def execute(
             procs.close(options.grace_s)
     finally:
         if watch is not None:
+            progress = watch.progress_count()
             watch.close()
         procs.close(0.0)  # on an unexpected error: nothing may survive us
         procs.wait_output(OUTPUT_DRAIN_S)
@@ -149,7 +161,7 @@ def execute(
     head = report.headline(outcome, found)
     details = outcome.hang.details if outcome.hang is not None else ""
     text = report.failure_text(head, found, details=details)
-    result = Result(report.exit_code(outcome), head, outcome, text)
+    result = Result(report.exit_code(outcome), head, outcome, text, progress)
     if options.output_dir is not None:
         finish(options.output_dir, result.exit_code, text)
     return result
@@ -186,7 +198,7 @@ def _watch_hangs(
     supervisor: Supervisor,
     procs: ProcessSet,
     events: Events,
-    on_stop: Callable[[int, str], None] | None,
+    on_stop: StopHook | None,
 ) -> None:
     """Connect the hang detection to the supervisor: the monitor's verdict becomes a
     `HangDeclared` event; the supervisor has the stacks taken (`judge`, or `remote` for a
@@ -221,10 +233,14 @@ def finish(output_dir: Path, exit_code: int, failure_text: str) -> None:
 ROOT_OUTPUT_WAIT_S = 0.2
 
 
-def _stop_cause(procs: ProcessSet, host: str, rank: int | None, sig: int | None) -> tuple[int, str]:
-    """(exit code, root-cause line) the moment this host decides to stop the job."""
+def _stop_cause(
+    procs: ProcessSet, host: str, rank: int | None, sig: int | None
+) -> tuple[int, str, str]:
+    """(exit code, root-cause line, stop signal's name or "") the moment this host decides to
+    stop the job."""
     if sig is not None:
-        return signal_exit_code(sig), f"the job was stopped by {signal_name(sig)} on {host}"
+        name = signal_name(sig)
+        return signal_exit_code(sig), f"the job was stopped by {name} on {host}", name
     assert rank is not None
     proc = procs.ranks[rank]
     for done in proc.output_done:  # the traceback is usually a few ms behind the exit
@@ -233,4 +249,4 @@ def _stop_cause(procs: ProcessSet, host: str, rank: int | None, sig: int | None)
     tail = proc.stderr_tail.text()
     message, _ = report.rank_error(proc.spec.error_file, tail)
     failure = report.RankFailure(rank, proc.spec.host, returncode, message, "", tail, False)
-    return exit_code_for_rank(returncode), failure.headline()
+    return exit_code_for_rank(returncode), failure.headline(), ""

@@ -191,6 +191,9 @@ class Settings:
     host_name: str  # `launcher run`'s host name in prefixes; "": the node name
     # Seconds without progress before the job is hung; None: automatic; 0: off (docs/hangs.md).
     hang_timeout_s: float | None = None
+    # Whole-job restarts (launcher/restarts): attempts after the first; the checkpoint folder.
+    max_restarts: int = 0
+    checkpoint_dir: Path | None = None  # None: SageMaker's (checkpointconfig.json, /opt/ml/...)
     # The `mpi` backend's: read only when the backend is `mpi`, else these defaults.
     mpi_num_processes: int | None = None  # -np; None: every slot of every host
     mpi_options: str = ""
@@ -310,6 +313,17 @@ def hang_timeout(value: Any) -> float | None:
     return seconds(value)
 
 
+MAX_RESTARTS = 1000  # far beyond any sensible budget; a typo such as 1e9 is refused
+
+
+def max_restarts(value: Any) -> int:
+    """`--max-restarts`: a whole number from 0 to `MAX_RESTARTS`. Raises ValueError."""
+    result = whole(value)
+    if not 0 <= result <= MAX_RESTARTS:
+        raise ValueError(f"must be a whole number from 0 to {MAX_RESTARTS}")
+    return result
+
+
 def _mpi_processes(value: Any) -> int:
     return count(value, MAX_PROCESSES)
 
@@ -416,6 +430,16 @@ SETTINGS: tuple[Setting, ...] = (
         hang_timeout, None,
         "seconds without progress before the job is hung (exit 124); auto: learned, armed once"
         " the job reports progress; 0: off", "SECONDS|auto|0", shown="auto",
+    ),
+    Setting(
+        "max_restarts", "--max-restarts", "LAUNCHER_MAX_RESTARTS", "launcher_max_restarts",
+        max_restarts, 0, "restart the whole job this many times after a retryable failure",
+        "N",
+    ),
+    Setting(
+        "checkpoint_dir", "--checkpoint-dir", "LAUNCHER_CHECKPOINT_DIR", None, _log_dir, None,
+        "the checkpoint folder the ranks get (never cleaned)", "DIR",
+        shown="checkpointconfig.json LocalPath, else /opt/ml/checkpoints",
     ),
     Setting(
         "mpi_num_processes", None, "LAUNCHER_MPI_NUM_PROCESSES", "sagemaker_mpi_num_processes",

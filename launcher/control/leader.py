@@ -38,6 +38,7 @@ from launcher.control.messages import (
     Hello,
     Message,
     Plan,
+    Restart,
     Result,
     SshdReady,
     exhaustive,
@@ -257,7 +258,7 @@ class Leader(Member):
                     log.error("host %s failed: %s", host, reason)
                     # Hosts not yet joined are told too: they would wait out the peer timeout.
                     self._broadcast(Abort(code, reason, host, signal), pending_too=True)
-                    self.events.put(RemoteAbort(reason, code))
+                    self.events.put(RemoteAbort(reason, code, signal))
                 self.interrupt.nudge()
             case Done():
                 with self._changed:
@@ -267,7 +268,7 @@ class Leader(Member):
                 pass
             case SshdReady():  # a backend's: whoever drives the backend reads it
                 self.events.put(PeerMessage(host, message))
-            case Plan() | Abort() | Result():  # the leader's words
+            case Plan() | Abort() | Result() | Restart():  # the leader's words
                 raise wire.FrameError(f"host {host} sent {message.TYPE!r}", "unexpected")
             case _:
                 exhaustive(message)
@@ -366,11 +367,19 @@ class Leader(Member):
             for conn in silent:  # before the plan: missing again; after: lost
                 conn.close(f"no heartbeat for {self.heartbeat_timeout_s:g} s")
 
-    def failed(self, exit_code: int, reason: str) -> None:
-        """This host's ranks failed: abort every follower with this root cause (clipped to
-        `wire.MAX_TEXT` bytes on the wire; the local decision keeps it whole)."""
+    def failed(self, exit_code: int, reason: str, signal: str = "") -> None:
+        """This host's ranks failed, or it was stopped by `signal`: abort every follower with
+        this root cause (clipped to `wire.MAX_TEXT` bytes on the wire; the local decision
+        keeps it whole)."""
         if self.decision.decide(exit_code, reason):
-            self._broadcast(Abort(exit_code, reason))
+            host = self.host if signal else ""
+            self._broadcast(Abort(exit_code, reason, host, signal))
+
+    def restart(self, attempt: int) -> None:
+        """Whole-job restarts: tell every follower that the job restarts as `attempt` (they
+        meet again once their ranks are gone). The caller then closes this leader, with a
+        linger, and meets again on the same control port."""
+        self._broadcast(Restart(attempt))
 
     def stopped(self, signum: int) -> None:
         """Stopped while meeting: ABORT {128+N, reason, host, signal} to every connected host
