@@ -7,7 +7,10 @@ be none). In attempts below N (`--fail`, default 1) the ranks in `--ranks` (defa
 report `--progress` units of progress, write `OUT/exit-<attempt>-<rank>.json` with the time
 and exit with `--code` (default 1); the other ranks wait to be stopped, as a rank blocked in a
 collective would. From attempt N on, every rank exits 0. With `--checkpoint`, rank 0 writes a
-checkpoint-named file of step <attempt> in the checkpoint folder before failing.
+checkpoint-named file of step <attempt> in the checkpoint folder before failing. With
+`--hang`, a failing rank stalls after its progress instead of exiting (a hang to be declared).
+With `--together`, a failing rank first waits (10 s at most) until every rank of the attempt
+has recorded its start, so that ranks fail together rather than before their peers exist.
 """
 
 from __future__ import annotations
@@ -46,6 +49,8 @@ def main() -> int:
     p.add_argument("--ranks", default="")
     p.add_argument("--progress", type=int, default=0)
     p.add_argument("--checkpoint", action="store_true")
+    p.add_argument("--hang", action="store_true")
+    p.add_argument("--together", action="store_true")
     args = p.parse_args()
     now = time.time()
     attempt = int(os.environ.get(contract.RESTART_COUNT, "0"))
@@ -74,6 +79,12 @@ def main() -> int:
         ready(stage="waiting")
         while True:
             time.sleep(3600)
+    if args.together:
+        world = int(os.environ.get(contract.WORLD_SIZE, "1"))
+        names = [os.path.join(args.out, f"start-{attempt}-{r}.json") for r in range(world)]
+        deadline = time.monotonic() + 10
+        while not all(map(os.path.exists, names)) and time.monotonic() < deadline:
+            time.sleep(0.001)  # a rank program, not a test: its peers start on their own
     for _ in range(args.progress):
         contract.progress()
     if args.checkpoint and me == 0:
@@ -82,6 +93,10 @@ def main() -> int:
         name = contract.checkpoint_name(attempt)
         with open(os.path.join(folder, name), "w", encoding="utf-8") as f:
             f.write("x")
+    if args.hang:
+        ready(stage="hung")
+        while True:
+            time.sleep(3600)
     write_json(os.path.join(args.out, f"exit-{attempt}-{me}.json"), {"time": time.time()})
     return args.code
 
