@@ -9,8 +9,11 @@ and exit with `--code` (default 1); the other ranks wait to be stopped, as a ran
 collective would. From attempt N on, every rank exits 0. With `--checkpoint`, rank 0 writes a
 checkpoint-named file of step <attempt> in the checkpoint folder before failing. With
 `--hang`, a failing rank stalls after its progress instead of exiting (a hang to be declared).
-With `--together`, a failing rank first waits (10 s at most) until every rank of the attempt
+With `--together 1`, a failing rank first waits (10 s at most) until every rank of the attempt
 has recorded its start, so that ranks fail together rather than before their peers exist.
+With `--count-starts 1`, the attempt is the number of starts this rank recorded before, not
+TORCHELASTIC_RESTART_COUNT: torchrun counts restarts per node (pytorch#108158), so its other
+nodes restart their workers with a count of 0 (the benchmark records what each rank saw).
 """
 
 from __future__ import annotations
@@ -50,11 +53,14 @@ def main() -> int:
     p.add_argument("--progress", type=int, default=0)
     p.add_argument("--checkpoint", action="store_true")
     p.add_argument("--hang", action="store_true")
-    p.add_argument("--together", action="store_true")
+    p.add_argument("--together", type=int, default=0)
+    p.add_argument("--count-starts", type=int, default=0)
     args = p.parse_args()
     now = time.time()
     attempt = int(os.environ.get(contract.RESTART_COUNT, "0"))
     me = rank()
+    if args.count_starts:
+        attempt = len(glob.glob(os.path.join(args.out, f"start-*-{me}.json")))
     previous = []
     for path in glob.glob(os.path.join(args.out, f"start-{attempt - 1}-*.json")):
         with open(path, encoding="utf-8") as f:

@@ -171,7 +171,7 @@ def test_ranks_failing_together_in_attempt_after_attempt_never_overlap(
     job, out = run(
         launch,
         tmp_path,
-        *("--fail", str(attempts - 1), "--ranks", "0,1", "--progress", "1", "--together"),
+        *("--fail", str(attempts - 1), "--ranks", "0,1", "--progress", "1", "--together", "1"),
         opts=["--max-restarts", str(attempts - 1)],
     )
     assert job.wait(140) == 0, job.err

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from launcher import contract
+from launcher import contract, settings
 from launcher.errors import ConfigError
 from launcher.restarts import checkpoints, gpumem
 from launcher.restarts.policy import AttemptEnd, decide, history_text
@@ -184,3 +184,27 @@ def test_the_wait_is_bounded_and_says_which_gpu_holds_memory(
     assert not baseline.wait_released(probe, wait_s=5.0, clock=clock, sleep=clock.sleep)
     assert 5.0 <= clock.now <= 5.0 + gpumem.POLL_S * 2
     assert "GPU 1 1488 MiB over" in caplog.text
+
+
+# --- the setting --------------------------------------------------------------------------------
+
+
+def resolve(cli: dict[str, object], env: dict[str, str], hps: dict[str, object]) -> int:
+    sources = settings.Sources(cli, env, hps, "/opt/ml/input/config/hyperparameters.json")
+    return settings.resolve(sources, default_backend=settings.Backend.TORCH).max_restarts
+
+
+def test_max_restarts_comes_from_the_usual_sources_in_the_usual_order() -> None:
+    assert resolve({}, {}, {}) == 0
+    assert resolve({}, {}, {"launcher_max_restarts": 3}) == 3
+    assert resolve({}, {"LAUNCHER_MAX_RESTARTS": "4"}, {"launcher_max_restarts": 3}) == 4
+    assert resolve({"max_restarts": "5"}, {"LAUNCHER_MAX_RESTARTS": "4"}, {}) == 5
+
+
+@pytest.mark.parametrize("bad", ["-1", "1.5", "1001", "many", "inf"])
+def test_a_bad_max_restarts_names_its_source(bad: str) -> None:
+    with pytest.raises(ConfigError, match="environment: LAUNCHER_MAX_RESTARTS") as caught:
+        resolve({}, {"LAUNCHER_MAX_RESTARTS": bad}, {})
+    assert caught.value.exit_code == 2
+    with pytest.raises(ConfigError, match="launcher_max_restarts"):
+        resolve({}, {}, {"launcher_max_restarts": True})
