@@ -158,8 +158,8 @@ def main(argv: list[str] | None = None) -> int:
         f"## Restarts ({sys.version.split()[0]}, {os.cpu_count()} cores, median of {args.rounds})\n"
     )
     print(
-        "| set-up | failing rank's exit -> every rank of attempt 1 running | vs torchrun |"
-        " TORCHELASTIC_RESTART_COUNT in attempt 1 | fresh MASTER_PORT |"
+        "| set-up | failing rank's exit -> every rank of attempt 1 running (min-max) |"
+        " vs torchrun | TORCHELASTIC_RESTART_COUNT in attempt 1 | fresh MASTER_PORT |"
     )
     print("|---|---|---|---|---|")
     pairs = (
@@ -171,9 +171,11 @@ def main(argv: list[str] | None = None) -> int:
             ratio = medians[name] / medians[theirs] if medians[theirs] else float("nan")
             counts = sorted({c for r in runs[name] for c in r.counts})
             fresh = sum(r.fresh_port for r in runs[name])
+            low = min(r.gap_s for r in runs[name])
+            high = max(r.gap_s for r in runs[name])
             print(
-                f"| {name} | {medians[name]:.3f} s | {ratio:.2f}x | {', '.join(counts)} |"
-                f" {fresh} of {len(runs[name])} runs |"
+                f"| {name} | {medians[name]:.3f} s ({low:.3f}-{high:.3f}) | {ratio:.2f}x |"
+                f" {', '.join(counts)} | {fresh} of {len(runs[name])} runs |"
             )
     if args.json:
         data = {name: [vars_of(r) for r in found] for name, found in runs.items()}
