@@ -104,7 +104,7 @@ def main() -> int:
         while True:
             time.sleep(3600)
     write_json(os.path.join(args.out, f"exit-{attempt}-{me}.json"), {"time": time.time()})
-    return args.code
+    return int(args.code)
 
 
 if __name__ == "__main__":
