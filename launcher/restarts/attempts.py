@@ -138,7 +138,17 @@ def run(job: Job, meet: Meet, scope: Containment) -> int:
         end = AttemptEnd(attempt, ended.code, ended.headline, ended.stopped, progressed)
         ends.append(end)
         log.error("attempt %d failed (exit %d): %s", attempt, ended.code, ended.headline)
-        following = _next_from_leader(job, met, ended)
+        try:
+            # A stop while waiting for the leader's word ends this host now (and tells the
+            # leader), rather than after the wait: the supervisor's handlers are gone by now.
+            with raising_signals(job.host):
+                following = _next_from_leader(job, met, ended)
+        except StopRequested as e:
+            if met.member is not None:
+                met.member.stopped(e.signum)
+            if job.output_dir is not None:
+                finish(job.output_dir, e.exit_code, f"{e}\n\n{history_text(tuple(ends))}")
+            raise
         if following is not None:
             attempt = following
             continue
