@@ -9,6 +9,7 @@
         loss = collectives.all_reduce(loss, "mean")   # also progress, for hang detection
         if collectives.is_primary():
             print(loss.item())
+        collectives.save_checkpoint({"model": model.state_dict()}, step)  # resume: load_latest()
         collectives.save(torch.jit.script(model), "model.pt")   # rank 0 only, atomic
         collectives.shutdown()
 
@@ -19,6 +20,7 @@ mpirun, and outside any launcher as a world of one. The rank environment is read
 pauses hang timing (docs/hangs.md).
 """
 
+from collectives.checkpoint import Checkpoint, load_latest, save_checkpoint
 from collectives.engines import ReduceOp
 from collectives.errors import CollectiveError, CollectiveTimeout
 from collectives.files import (
@@ -48,6 +50,7 @@ from collectives.record import record
 
 __all__ = [
     "DEFAULT_TIMEOUT",
+    "Checkpoint",
     "CollectiveError",
     "CollectiveTimeout",
     "ReduceOp",
@@ -59,6 +62,7 @@ __all__ = [
     "checkpoint_dir",
     "init",
     "is_primary",
+    "load_latest",
     "local_rank",
     "local_world_size",
     "model_dir",
@@ -69,6 +73,7 @@ __all__ = [
     "rank",
     "record",
     "save",
+    "save_checkpoint",
     "save_file",
     "section",
     "shutdown",

@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import IO
 
 from collectives import env
-from launcher.contract import progress_section
+from launcher.contract import CHECKPOINT_DIR, progress_section
 
 # SageMaker training variables (sagemaker-contract.md §5). Not rank variables, so they are
 # not part of launcher.contract.
@@ -57,8 +57,11 @@ def output_data_dir(environ: Mapping[str, str] | None = None) -> Path:
 
 
 def checkpoint_dir(environ: Mapping[str, str] | None = None) -> Path:
-    """Local checkpoints (SageMaker's CheckpointConfig default): `<base>/checkpoints`."""
-    return base_dir(environ) / "checkpoints"
+    """Local checkpoints: the folder the launcher resolved (`LAUNCHER_CHECKPOINT_DIR`: its
+    `--checkpoint-dir`, else SageMaker's checkpointconfig.json LocalPath), else
+    `<base>/checkpoints` (SageMaker's CheckpointConfig default)."""
+    e = _environ(environ)
+    return Path(e.get(CHECKPOINT_DIR) or base_dir(e) / "checkpoints")
 
 
 def channel(name: str, environ: Mapping[str, str] | None = None) -> Path:

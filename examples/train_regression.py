@@ -11,6 +11,17 @@ Run it alone (a world of one), or under the launcher:
     python examples/train_regression.py --epochs 5
     launcher local --hosts 2 --nproc-per-host 2 examples/train_regression.py
 
+Restarts (docs/usage.md "Restarts"): with `--checkpoint-every K` the primary rank saves a
+checkpoint (model, optimiser, epoch) every K epochs and every rank resumes from the latest one
+at start; `--fail-once-at E` makes the last rank fail in epoch E of the job's first attempt
+(TORCHELASTIC_RESTART_COUNT 0), so that
+
+    launcher local --hosts 2 --nproc-per-host 2 --max-restarts 1 examples/train_regression.py \
+        --epochs 6 --checkpoint-every 1 --fail-once-at 4
+
+fails once mid-training, comes back by itself and finishes, the loss going on from the
+checkpoint where it stopped.
+
 Hyperparameters arrive as `--name value` (SageMaker's rendering); unknown ones are ignored.
 On CPU it uses gloo, with GPUs nccl (each rank on its local GPU); a few seconds of compute.
 """
@@ -18,6 +29,7 @@ On CPU it uses gloo, with GPUs nccl (each rank on its local GPU); a few seconds 
 from __future__ import annotations
 
 import argparse
+import os
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -68,6 +80,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--samples", type=int, default=4096)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--max-steps", type=int, default=0, help="steps per epoch cap (0: none)")
+    p.add_argument("--checkpoint-every", type=int, default=0, help="epochs (0: no checkpoints)")
+    p.add_argument("--fail-once-at", type=int, default=0, help="epoch to fail in once (0: none)")
     args, _unknown = p.parse_known_args(argv)
     return args
 
@@ -95,7 +109,22 @@ def train(args: argparse.Namespace) -> float:
     optimiser = torch.optim.Adam(ddp.parameters(), lr=args.lr)
     loss_fn = nn.MSELoss()
     mean_loss = float("nan")
-    for epoch in range(args.epochs):
+    first = 0
+    if args.checkpoint_every:
+        resumed = collectives.load_latest()  # every rank: the primary's latest, broadcast
+        if resumed is not None:
+            model.load_state_dict(resumed.data["model"])
+            optimiser.load_state_dict(resumed.data["optimiser"])
+            first = resumed.step + 1
+            if collectives.is_primary():
+                print(f"resumed from the checkpoint of epoch {first}", flush=True)
+    for epoch in range(first, args.epochs):
+        if (
+            epoch + 1 == args.fail_once_at
+            and os.environ.get("TORCHELASTIC_RESTART_COUNT", "0") == "0"
+            and collectives.rank() == collectives.world_size() - 1
+        ):
+            raise RuntimeError(f"injected failure in epoch {epoch + 1} (--fail-once-at)")
         sampler.set_epoch(epoch)
         started = time.perf_counter()
         totals = torch.zeros(2, dtype=torch.float64)  # (sum of losses, samples) on this rank
@@ -114,6 +143,9 @@ def train(args: argparse.Namespace) -> float:
             print(
                 f"epoch {epoch + 1}/{args.epochs} loss {mean_loss:.5f} ({took:.2f} s)", flush=True
             )
+        if args.checkpoint_every and (epoch + 1) % args.checkpoint_every == 0:
+            state = {"model": model.state_dict(), "optimiser": optimiser.state_dict()}
+            collectives.save_checkpoint(state, epoch, keep=2)
     if collectives.is_primary():
         model.eval()
         with torch.no_grad():

@@ -75,6 +75,16 @@ class Result:
     headline: str
     outcome: Outcome
     failure_text: str
+    # Progress events this host's ranks reported (collectives, progress()); None when nothing
+    # counted them (hang detection off). Whole-job restarts read it (launcher/restarts).
+    progress: int | None = None
+
+
+class StopHook(Protocol):
+    """Called once when this host stops the job: its exit code, the root-cause line and, for
+    a stop signal, the signal's name (`Member.failed` in a multi-host job)."""
+
+    def __call__(self, exit_code: int, reason: str, signal: str = "") -> None: ...
 
 
 @contextmanager
@@ -108,7 +118,7 @@ def execute(
     scope: Containment,
     *,
     events: Events | None = None,
-    on_stop: Callable[[int, str], None] | None = None,
+    on_stop: StopHook | None = None,
     peers: HangPeers | None = None,
 ) -> Result:
     """Start the plan's ranks, supervise them to the end, report. Never leaves a rank running.
@@ -120,6 +130,7 @@ def execute(
     leader answers `launcher stacks` for every host (`launcher.hangs.ondemand`)."""
     events = events if events is not None else queue.SimpleQueue()
     watch = _hang_watch(plan, options)
+    progress: int | None = None
     if watch is not None:
         ranks = tuple(
             replace(spec, env={**spec.env, **watch.rank_env(spec.rank, plan.full_env(spec))})
@@ -158,6 +169,7 @@ def execute(
             procs.close(options.grace_s)
     finally:
         if watch is not None:
+            progress = watch.progress_count()
             watch.close()
         if peers is not None:
             peers.local_stacks = None
@@ -172,7 +184,7 @@ def execute(
     head = report.headline(outcome, found)
     details = outcome.hang.details if outcome.hang is not None else ""
     text = report.failure_text(head, found, details=details)
-    result = Result(report.exit_code(outcome), head, outcome, text)
+    result = Result(report.exit_code(outcome), head, outcome, text, progress)
     if options.output_dir is not None:
         finish(options.output_dir, result.exit_code, text)
     return result
@@ -282,10 +294,14 @@ def finish(output_dir: Path, exit_code: int, failure_text: str) -> None:
 ROOT_OUTPUT_WAIT_S = 0.2
 
 
-def _stop_cause(procs: ProcessSet, host: str, rank: int | None, sig: int | None) -> tuple[int, str]:
-    """(exit code, root-cause line) the moment this host decides to stop the job."""
+def _stop_cause(
+    procs: ProcessSet, host: str, rank: int | None, sig: int | None
+) -> tuple[int, str, str]:
+    """(exit code, root-cause line, stop signal's name or "") the moment this host decides to
+    stop the job."""
     if sig is not None:
-        return signal_exit_code(sig), f"the job was stopped by {signal_name(sig)} on {host}"
+        name = signal_name(sig)
+        return signal_exit_code(sig), f"the job was stopped by {name} on {host}", name
     assert rank is not None
     proc = procs.ranks[rank]
     for done in proc.output_done:  # the traceback is usually a few ms behind the exit
@@ -294,4 +310,4 @@ def _stop_cause(procs: ProcessSet, host: str, rank: int | None, sig: int | None)
     tail = proc.stderr_tail.text()
     message, _ = report.rank_error(proc.spec.error_file, tail)
     failure = report.RankFailure(rank, proc.spec.host, returncode, message, "", tail, False)
-    return exit_code_for_rank(returncode), failure.headline()
+    return exit_code_for_rank(returncode), failure.headline(), ""

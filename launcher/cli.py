@@ -157,7 +157,9 @@ def _parser() -> argparse.ArgumentParser:
     loc.add_argument("--hosts", type=int, default=2, help="simulated hosts (default 2)")
     # The backend's default is torch here: it becomes the trees' distribution hyperparameter.
     _add_settings(
-        loc, ("backend", "procs_per_host", "grace_s", "hang_timeout_s"), {"backend": "torch"}
+        loc,
+        ("backend", "procs_per_host", "grace_s", "hang_timeout_s", "max_restarts"),
+        {"backend": "torch"},
     )
     loc.add_argument("--job-dir", default="launcher-jobs", help="where job folders go")
     loc.add_argument("program")

@@ -47,6 +47,7 @@ if TYPE_CHECKING:
     from launcher.horovod import RendezvousHost as HorovodServer
     from launcher.mpi.job import MpiRun, SshKeys
     from launcher.platforms.model import Platform
+    from launcher.restarts import attempts
     from launcher.sagemaker.entrypoint import EntryPoint
     from launcher.sagemaker.tree import JobConfig
 
@@ -224,13 +225,15 @@ def world_for(
     events: Events,
     plan_extra: Mapping[str, Any],
     dry_run: bool = False,
+    attempt: int = 0,
 ) -> tuple[World, Member | None]:
     """This host's world, and its `Member` of the meeting (None on one host).
 
     One host: a world of one, on the master port set or a free one (0 in a dry run). Several
     hosts in a dry run: every host like this one, no meeting. Several hosts: the meeting over
     the control channel, whose leader announces `plan_extra` in the PLAN; the caller closes
-    the member. Raises `PeersUnreachable` (3) when hosts are missing at the peer deadline and
+    the member; `attempt` is the whole-job attempt the leader's PLAN names. Raises
+    `PeersUnreachable` (3) when hosts are missing at the peer deadline and
     `MeetStopped` (128+N) for a stop signal while meeting.
     """
     chosen, cfg = prepared.chosen, prepared.cfg
@@ -253,6 +256,7 @@ def world_for(
         token=job_token(chosen, multi=True),  # --secret-file too; warns when there is none
         leader_addr=chosen.leader_addr,
         plan_extra=plan_extra,
+        attempt=attempt,
     )
     world, member = meet(request, events, free_port())
     return world, member
@@ -261,6 +265,8 @@ def world_for(
 def _train_job(prepared: Prepared, environ: dict[str, str], scope: Containment) -> int:
     """`train` once its code is in place: the backend's setup, the world, the plan, one
     backend. A stop signal before the ranks run reaches the other hosts at once."""
+    if _restarting(prepared.chosen, prepared.backend):
+        return _train_attempts(prepared, environ, scope)
     events: Events = queue.SimpleQueue()
     setup = backend_setup(
         prepared.backend, multi=prepared.multi, leads=prepared.leads, environ=environ
@@ -351,8 +357,12 @@ def run_preflight(
     port = int(extra.get(PREFLIGHT_PORT_KEY) or 0)
     if isinstance(member, Follower) and member.plan is not None:
         port = member.plan.preflight_port or 0
+    from launcher.restarts import checkpoints as ckpt  # noqa: PLC0415
+
     dirs = {"model": paths.model_dir, "output": paths.output_dir}
-    checkpoints = chosen.checkpoint_dir or paths.base / "checkpoints"
+    # The folder the ranks get (`restarts.checkpoints.folder`): checked when it was named
+    # or exists; a job that keeps no checkpoints needs none.
+    checkpoints = ckpt.folder(chosen.checkpoint_dir, paths.base)
     if chosen.checkpoint_dir is not None or checkpoints.is_dir():
         dirs["checkpoints"] = checkpoints
     job = step.job_for(launch, chosen, dirs, paths.output_dir, port=port)
@@ -616,6 +626,105 @@ def _print_plan(launch: LaunchPlan, as_json: bool) -> int:
     return 0
 
 
+# --- whole-job restarts (launcher/restarts) ----------------------------------------------------
+
+
+def _restarting(chosen: Settings, backend: Backend) -> bool:
+    """Whether the job runs through the attempt loop: restarts or a checkpoint folder asked
+    for, on a backend whose every attempt can be started afresh (torch, none)."""
+    if not chosen.max_restarts and chosen.checkpoint_dir is None:
+        return False
+    if backend in (Backend.MPI, Backend.HOROVOD):
+        log.warning("restarts are not supported with the %s backend: the job runs once", backend)
+        return False
+    return True
+
+
+def _attempt_job(
+    spec: JobSpec,
+    chosen: Settings,
+    options: RunOptions,
+    base: Path,
+    host: str,
+    *,
+    output_dir: Path | None,
+    environ: Mapping[str, str],
+) -> attempts.Job:
+    """The `restarts.attempts.Job` of `train` or `run`: what every attempt shares."""
+    from launcher.restarts import attempts, checkpoints  # noqa: PLC0415 - restarts only
+
+    # A follower hears the leader's word once the leader's ranks are gone (at most the grace
+    # period and the kill wait), or learns that the leader is lost (the heartbeat timeout).
+    timeout = chosen.grace_s + 15.0 + 2 * chosen.heartbeat_timeout_s
+    return attempts.Job(
+        spec=spec,
+        options=options,
+        max_restarts=chosen.max_restarts,
+        checkpoint_dir=checkpoints.folder(chosen.checkpoint_dir, base),
+        host=host,
+        verdict_timeout_s=timeout,
+        output_dir=output_dir,
+        environ=environ,
+    )
+
+
+def _train_attempts(prepared: Prepared, environ: dict[str, str], scope: Containment) -> int:
+    """`train` with restarts: every attempt meets the hosts again (`restarts.attempts`)."""
+    from launcher.restarts import attempts  # noqa: PLC0415 - restarts only
+
+    output_dir = prepared.cfg.paths.output_dir
+    options = _options(
+        prepared.chosen, prefix=prepared.backend is not Backend.NONE, keep_dir=output_dir
+    )
+    job = _attempt_job(
+        prepared.spec,
+        prepared.chosen,
+        options,
+        prepared.cfg.paths.base,
+        prepared.host,
+        output_dir=output_dir,
+        environ=environ,
+    )
+
+    def meet(attempt: int, events: Events) -> attempts.Met:
+        checked = attempt == 0 and prepared.chosen.preflight != "off"
+        extra = preflight_extra(prepared) if checked else {}
+        world, member = world_for(prepared, events=events, plan_extra=extra, attempt=attempt)
+        if checked:  # once, before the first attempt's user code; its failure is not retried
+            launch = plan.build(prepared.spec, world, environ, os.cpu_count() or 1)
+            run_preflight(launch, prepared, member, extra, events=events, scope=scope)
+        announced = getattr(member, "plan", None)  # a follower's PLAN: the leader's count
+        return attempts.Met(world, member, announced.attempt if announced else attempt)
+
+    return attempts.run(job, meet, scope)
+
+
+def _run_attempts(
+    spec: JobSpec,
+    world: World,
+    chosen: Settings,
+    environ: dict[str, str],
+    *,
+    scope: Containment,
+    out: Path | None,
+) -> int:
+    """`launcher run` with restarts: each attempt on a fresh free port (unless one is set)."""
+    from launcher.restarts import attempts  # noqa: PLC0415 - restarts only
+
+    base = Path(environ.get("SAGEMAKER_BASE_DIR") or "/opt/ml")
+    options = _options(chosen, keep_dir=out)
+    job = _attempt_job(
+        spec, chosen, options, base, world.host.name, output_dir=out, environ=environ
+    )
+    host, slots = world.host.name, world.host.slots
+
+    def meet(attempt: int, events: Events) -> attempts.Met:
+        fresh = world if not attempt else _single_host(host, slots, chosen.master_port, False)
+        return attempts.Met(fresh, None, attempt)
+
+    return attempts.run(job, meet, scope)
+
+
 # --- run, local, doctor --------------------------------------------------------------------------
 
 
@@ -672,6 +781,8 @@ def run(args: argparse.Namespace, environ: dict[str, str]) -> int:
                     launch, chosen, environ, scope=scope, events=events, output_dir=out
                 )
                 return _mpi(mpi_run, None, None)
+            if _restarting(chosen, chosen.backend):
+                return _run_attempts(spec, world, chosen, environ, scope=scope, out=out)
             options = _options(chosen, output_dir=out, keep_dir=out)
             return _finish(execute(launch, options, scope))
         finally:
@@ -746,6 +857,8 @@ def local(args: argparse.Namespace, environ: dict[str, str]) -> int:
         host_environ = dict(environ)
         if args.hang_timeout is not None:
             host_environ["LAUNCHER_HANG_TIMEOUT"] = str(args.hang_timeout)
+        if args.max_restarts is not None:
+            host_environ["LAUNCHER_MAX_RESTARTS"] = str(chosen.max_restarts)
         launch = LaunchPlan(spec, world, ranks, host_environ)
         options = RunOptions(grace_s=chosen.grace_s, prefix=False, fail_fast=False)
         result = execute(launch, options, scope)

@@ -48,6 +48,10 @@ OMP_NUM_THREADS = "OMP_NUM_THREADS"
 # --- ours: extra facts a rank may want, none of which torch needs ---
 HOST = "LAUNCHER_HOST"  # the SageMaker host name this rank runs on (algo-1, ...)
 BACKEND = "LAUNCHER_BACKEND"  # torch | horovod | mpi | none
+# Whole-job restarts (docs/usage.md "Restarts"): where checkpoints live, as the launcher
+# resolved it (SageMaker's checkpointconfig.json LocalPath, else /opt/ml/checkpoints, else
+# `--checkpoint-dir`); set for every rank of every attempt.
+CHECKPOINT_DIR = "LAUNCHER_CHECKPOINT_DIR"
 
 # --- horovodrun gloo contract (horovod/runner/gloo_run.py) ---
 HOROVOD_RANK = "HOROVOD_RANK"
@@ -560,3 +564,49 @@ def install_stack_dump(environ: Mapping[str, str] | None = None) -> int:
     if file is not None:
         file.announce_stack_signal(signum)
     return signum
+
+
+# --- checkpoints: the names both sides read (collectives writes, the launcher reads) ---------
+#
+# A checkpoint of step N is the file `step-<N, 12 digits>.ckpt` in the checkpoint folder,
+# written whole under a hidden temporary name and renamed into place (collectives.checkpoint),
+# so a file with this name is always complete. The latest is the highest step. The launcher
+# reads only the names, to tell whether an attempt advanced the checkpoint.
+
+CHECKPOINT_PREFIX = "step-"
+CHECKPOINT_SUFFIX = ".ckpt"
+CHECKPOINT_DIGITS = 12
+
+
+def checkpoint_name(step: int) -> str:
+    """The file name of step `step`'s checkpoint. Raises ValueError for a negative step or
+    one beyond `CHECKPOINT_DIGITS` digits (names must sort as numbers)."""
+    if not 0 <= step < 10**CHECKPOINT_DIGITS:
+        raise ValueError(f"a checkpoint step must be from 0 to {10**CHECKPOINT_DIGITS - 1}")
+    return f"{CHECKPOINT_PREFIX}{step:0{CHECKPOINT_DIGITS}d}{CHECKPOINT_SUFFIX}"
+
+
+def checkpoint_step(name: str) -> int | None:
+    """The step a checkpoint file name belongs to; None for any other name."""
+    digits = name.removeprefix(CHECKPOINT_PREFIX).removesuffix(CHECKPOINT_SUFFIX)
+    if (
+        not name.startswith(CHECKPOINT_PREFIX)
+        or not name.endswith(CHECKPOINT_SUFFIX)
+        or len(digits) != CHECKPOINT_DIGITS
+        or not digits.isdigit()
+        or not digits.isascii()
+    ):
+        return None
+    return int(digits)
+
+
+def latest_checkpoint_step(folder: str | os.PathLike[str]) -> int | None:
+    """The highest step with a checkpoint in `folder`; None when there is none, or the
+    folder cannot be read (missing: no checkpoint yet)."""
+    try:
+        with os.scandir(folder) as entries:
+            names = [entry.name for entry in entries]
+    except OSError:
+        return None
+    steps = [s for s in map(checkpoint_step, names) if s is not None]
+    return max(steps) if steps else None

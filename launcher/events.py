@@ -43,6 +43,7 @@ class RemoteAbort:
 
     reason: str
     exit_code: int
+    signal: str = ""  # the stop signal that ended the job on another host ("": none)
 
 
 @dataclass(frozen=True, slots=True)

@@ -82,6 +82,7 @@ class JobSpec:
     error_dir: str = ""  # where per-rank error files go ("" disables them)
     interface: str = ""  # NCCL/GLOO socket interface, when the job names one
     max_restarts: int = 0
+    restart_count: int = 0  # the attempt these ranks belong to (0: the first)
 
 
 @dataclass(frozen=True, slots=True)
@@ -161,6 +162,7 @@ def _rank_env(
         host=world.host.name,
         backend=job.backend.value,
         max_restarts=job.max_restarts,
+        restart_count=job.restart_count,
     )
     return rank_env.torch_env()
 

@@ -191,6 +191,9 @@ class Settings:
     host_name: str  # `launcher run`'s host name in prefixes; "": the node name
     # Seconds without progress before the job is hung; None: automatic; 0: off (docs/hangs.md).
     hang_timeout_s: float | None = None
+    # Whole-job restarts (launcher/restarts): attempts after the first; the checkpoint folder.
+    max_restarts: int = 0
+    checkpoint_dir: Path | None = None  # None: SageMaker's (checkpointconfig.json, /opt/ml/...)
     # The `mpi` backend's: read only when the backend is `mpi`, else these defaults.
     mpi_num_processes: int | None = None  # -np; None: every slot of every host
     mpi_options: str = ""
@@ -207,7 +210,6 @@ class Settings:
     preflight_min_free_gb: float = 1.0
     preflight_expect_gpus: int | None = None
     preflight_timeout_s: float = 120.0
-    checkpoint_dir: Path | None = None  # None: <base>/checkpoints when it exists
 
 
 def number(value: Any) -> float:
@@ -360,6 +362,17 @@ def _gpu_count(value: Any) -> int:
     return result
 
 
+MAX_RESTARTS = 1000  # far beyond any sensible budget; a typo such as 1e9 is refused
+
+
+def max_restarts(value: Any) -> int:
+    """`--max-restarts`: a whole number from 0 to `MAX_RESTARTS`. Raises ValueError."""
+    result = whole(value)
+    if not 0 <= result <= MAX_RESTARTS:
+        raise ValueError(f"must be a whole number from 0 to {MAX_RESTARTS}")
+    return result
+
+
 def _mpi_processes(value: Any) -> int:
     return count(value, MAX_PROCESSES)
 
@@ -484,6 +497,16 @@ SETTINGS: tuple[Setting, ...] = (
         " the job reports progress; 0: off", "SECONDS|auto|0", shown="auto",
     ),
     Setting(
+        "max_restarts", "--max-restarts", "LAUNCHER_MAX_RESTARTS", "launcher_max_restarts",
+        max_restarts, 0, "restart the whole job this many times after a retryable failure",
+        "N",
+    ),
+    Setting(
+        "checkpoint_dir", "--checkpoint-dir", "LAUNCHER_CHECKPOINT_DIR", None, _log_dir, None,
+        "the checkpoint folder the ranks get (never cleaned)", "DIR",
+        shown="checkpointconfig.json LocalPath, else /opt/ml/checkpoints",
+    ),
+    Setting(
         "mpi_num_processes", None, "LAUNCHER_MPI_NUM_PROCESSES", "sagemaker_mpi_num_processes",
         _mpi_processes, None, "mpi: the number of processes (-np)", shown="every slot",
         only=Backend.MPI,
@@ -544,10 +567,6 @@ SETTINGS: tuple[Setting, ...] = (
     Setting(
         "preflight_timeout_s", None, "LAUNCHER_PREFLIGHT_TIMEOUT", None, _preflight_timeout,
         120.0, "preflight: seconds before a host's measurements count as failed",
-    ),
-    Setting(
-        "checkpoint_dir", None, "LAUNCHER_CHECKPOINT_DIR", None, _log_dir, None,
-        "preflight: the checkpoint directory to check", shown="/opt/ml/checkpoints if it exists",
     ),
 )  # fmt: skip
 

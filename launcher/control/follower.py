@@ -58,6 +58,7 @@ from launcher.control.messages import (
     Plan,
     PreflightReport,
     PreflightVerdict,
+    Restart,
     Result,
     SshdReady,
     Stacks,
@@ -171,8 +172,9 @@ class Member:
     def heartbeat_every(self) -> float:
         return max(self.heartbeat_timeout_s / 4, 0.05)
 
-    def failed(self, exit_code: int, reason: str) -> None:
-        """This host stopped the job (a rank failed, or a stop signal): tell the others."""
+    def failed(self, exit_code: int, reason: str, signal: str = "") -> None:
+        """This host stopped the job (a rank failed, or a stop signal named by `signal`):
+        tell the others."""
         raise NotImplementedError
 
     def hang(self, reason: str) -> None:
@@ -226,6 +228,10 @@ class Follower(Member):
     _seen: float = field(default_factory=time.monotonic)
     _evidence: bool = False  # this host's stacks are taken: a HOLD is answered at once
     _released: threading.Event = field(default_factory=threading.Event)  # ABORT, RESULT, lost
+    # Whole-job restarts: the leader's word once this attempt ended (RESTART, RESULT, or the
+    # connection's end), and the attempt a RESTART named.
+    _verdict: threading.Event = field(default_factory=threading.Event)
+    _restart: int | None = None
 
     def join(self, deadline: float, slots: int) -> tuple[Plan, str]:
         """Connect (retrying until `deadline`), say HELLO, return (PLAN, leader address).
@@ -313,6 +319,7 @@ class Follower(Member):
             case Result(code=code):
                 self.decision.decide(code, "")
                 self._released.set()
+                self._verdict.set()
             case Hold(reason=reason):
                 if self._evidence:  # declared here, or held already: the stacks are taken
                     conn.send(Held())
@@ -325,17 +332,24 @@ class Follower(Member):
                     daemon=True,
                     name="control-stacks",
                 ).start()  # taking them takes a while: the heartbeats must go on meanwhile
+            case Restart(attempt=attempt):
+                self._restart = attempt
+                self._verdict.set()
             case Heartbeat():
                 pass
             case PreflightVerdict():  # the preflight (launcher.preflight.gather) reads it
                 self.events.put(PeerMessage(self.leader, message))
-            case Hello() | Failed() | Done() | SshdReady() | Held() | Stacks() | PreflightReport():
+            case (
+                Hello() | Failed() | Done() | SshdReady() | Held() | Stacks() | PreflightReport()
+            ):  # a follower's words
                 raise wire.FrameError(f"the leader sent {message.TYPE!r}", "unexpected")
             case _:
                 exhaustive(message)
 
     def _on_close(self, conn: Connection, why: str) -> None:
         with self._wake:
+            if conn is self._conn and self._plan is not None:
+                self._verdict.set()  # no RESTART can come any more: the attempt was the last
             if conn is not self._conn or self._stop.is_set():
                 return
             if self._plan is None:  # not a failure yet: join() reconnects
@@ -364,11 +378,20 @@ class Follower(Member):
         conn = self._conn
         return conn is not None and conn.send(message)
 
-    def failed(self, exit_code: int, reason: str) -> None:
-        """This host's ranks failed: tell the leader, which aborts everyone else. `reason` is
+    def failed(self, exit_code: int, reason: str, signal: str = "") -> None:
+        """This host's ranks failed, or it was stopped by `signal`: tell the leader, which
+        aborts everyone else (and, with restarts, does not restart a stopped job). `reason` is
         clipped to `wire.MAX_TEXT` bytes on the wire (the local decision keeps it whole)."""
         if self.decision.decide(exit_code, reason) and self._conn is not None:
-            self._conn.send(Failed(exit_code, reason))
+            host = self.host if signal else ""
+            self._conn.send(Failed(exit_code, reason, host=host, signal=signal))
+
+    def next_attempt(self, timeout: float) -> int | None:
+        """Whole-job restarts, after this host's part of a failed attempt ended: the attempt
+        the leader restarts the job as (its RESTART), or None when it does not (its RESULT,
+        the connection's end, or `timeout` seconds of nothing: the leader is gone)."""
+        self._verdict.wait(timeout)
+        return self._restart
 
     def hang(self, reason: str) -> None:
         """FAILED {124, reason} to the leader, which holds every other host while it takes its

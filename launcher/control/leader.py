@@ -48,6 +48,7 @@ from launcher.control.messages import (
     Plan,
     PreflightReport,
     PreflightVerdict,
+    Restart,
     Result,
     SshdReady,
     Stacks,
@@ -294,7 +295,7 @@ class Leader(Member):
                     log.error("host %s failed: %s", host, reason)
                     # Hosts not yet joined are told too: they would wait out the peer timeout.
                     self._broadcast(Abort(code, reason, host, signal), pending_too=True)
-                    self.events.put(RemoteAbort(reason, code))
+                    self.events.put(RemoteAbort(reason, code, signal))
                 self.interrupt.nudge()
             case Done():
                 with self._changed:
@@ -304,7 +305,15 @@ class Leader(Member):
                 pass
             case SshdReady() | PreflightReport():  # whoever drives that phase reads it
                 self.events.put(PeerMessage(host, message))
-            case Plan() | Abort() | Result() | Hold() | StacksWanted() | PreflightVerdict():
+            case (
+                Plan()
+                | Abort()
+                | Result()
+                | Hold()
+                | StacksWanted()
+                | PreflightVerdict()
+                | Restart()
+            ):  # the leader's words
                 raise wire.FrameError(f"host {host} sent {message.TYPE!r}", "unexpected")
             case _:
                 exhaustive(message)
@@ -409,11 +418,19 @@ class Leader(Member):
         """Send a phase's message (the preflight's verdict) to every joined host."""
         self._broadcast(message)
 
-    def failed(self, exit_code: int, reason: str) -> None:
-        """This host's ranks failed: abort every follower with this root cause (clipped to
-        `wire.MAX_TEXT` bytes on the wire; the local decision keeps it whole)."""
+    def failed(self, exit_code: int, reason: str, signal: str = "") -> None:
+        """This host's ranks failed, or it was stopped by `signal`: abort every follower with
+        this root cause (clipped to `wire.MAX_TEXT` bytes on the wire; the local decision
+        keeps it whole)."""
         if self.decision.decide(exit_code, reason):
-            self._broadcast(Abort(exit_code, reason))
+            host = self.host if signal else ""
+            self._broadcast(Abort(exit_code, reason, host, signal))
+
+    def restart(self, attempt: int) -> None:
+        """Whole-job restarts: tell every follower that the job restarts as `attempt` (they
+        meet again once their ranks are gone). The caller then closes this leader, with a
+        linger, and meets again on the same control port."""
+        self._broadcast(Restart(attempt))
 
     def hang(self, reason: str) -> None:
         """This host declared the hang: HOLD every follower, wait for their stacks, ABORT."""

@@ -72,6 +72,8 @@ class MeetRequest:
     # key under MPI_PUBKEY_KEY; horovod: the port of its rendezvous server under
     # HOROVOD_PORT_KEY, which becomes World.horovod_rendezvous). `messages.Plan` checks them.
     plan_extra: Mapping[str, Any] = field(default_factory=dict)
+    # Whole-job restarts: the attempt the leader's PLAN starts (followers take it from the PLAN).
+    attempt: int = 0
 
 
 HOROVOD_PORT_KEY = messages.HOROVOD_PORT_KEY
@@ -188,6 +190,7 @@ def _lead(
             horovod_port=horovod_port,
             mpi_pubkey=mpi_pubkey,
             preflight_port=preflight_port,
+            attempt=request.attempt,
         )
         leader.announce(plan)
         interrupt.check()  # a signal between the last wait and here still counts

@@ -7,12 +7,13 @@ every earlier version 2 launcher:
     hello     follower -> leader   host, slots                 first, within the HELLO timeout
     plan      leader -> followers  hosts [[host, slots]...], master_port, run_id,
                                    horovod_port?, mpi_pubkey?,
-                                   preflight_port?             once every host said hello
+                                   preflight_port?, attempt?   once every host said hello
     heartbeat both ways            (none)                      silence = the peer is lost
     failed    follower -> leader   code, reason, host?, signal?  ranks failed, or stopped
     abort     leader -> followers  code, reason, host?, signal?  the job's first failure
     done      follower -> leader   (none)                      this host's ranks succeeded
     result    leader -> followers  code                        the exit barrier opens
+    restart   leader -> followers  attempt                     the attempt failed: meet again
     sshd      follower -> leader   addr, port, hostkey         mpi: this host's sshd is ready
     hold      leader -> followers  reason                      a hang: take your ranks' stacks
                                                                now, stop nothing until ABORT
@@ -26,12 +27,13 @@ every earlier version 2 launcher:
 Bounds, checked whenever a message is built (here or by `decode`): a host name is 1 to
 `MAX_HOST_NAME` printable characters without whitespace (the rule `resourceconfig.json` follows,
 plus the DNS length); `slots` 1..`MAX_SLOTS`; an exit code 1..255 (`result`: 0..255); ports
-1..65535; `run_id` 1..`MAX_RUN_ID` of `[A-Za-z0-9._-]`, starting alphanumeric; `mpi_pubkey` and
-`hostkey` one `ssh-ed25519` public key; `addr` an IP address; the hosts of a plan distinct and at
-least one. Free text is clipped, never refused: `reason` to `wire.MAX_TEXT` bytes and `signal`
-to `MAX_SIGNAL` bytes with `wire.clip`'s marker, after a lone surrogate (JSON can carry one; no
-file or log can) is replaced. So only a plan's host list can outgrow `wire.MAX_FRAME` (some 4,000
-hosts of 253-character names, some 60,000 named like algo-N); `wire.FrameWriter` refuses it.
+1..65535; `attempt` 0..`MAX_ATTEMPT`; `run_id` 1..`MAX_RUN_ID` of `[A-Za-z0-9._-]`, starting
+alphanumeric; `mpi_pubkey` and `hostkey` one `ssh-ed25519` public key; `addr` an IP address; the
+hosts of a plan distinct and at least one. Free text is clipped, never refused: `reason` to
+`wire.MAX_TEXT` bytes and `signal` to `MAX_SIGNAL` bytes with `wire.clip`'s marker, after a lone
+surrogate (JSON can carry one; no file or log can) is replaced. So only a plan's host list can
+outgrow `wire.MAX_FRAME` (some 4,000 hosts of 253-character names, some 60,000 named like algo-N);
+`wire.FrameWriter` refuses it.
 
 Failure contract. Building a message with a bad value raises `ValueError` naming the field (a
 bug of the sender, raised where it builds the message: nothing is sent). `decode` takes an
@@ -69,6 +71,7 @@ MAX_REQUEST_ID = 2**31 - 1
 # A host's stacks as text: 8 ranks of deep stacks fit; JSON escaping (6x at most) stays
 # below `wire.MAX_FRAME`.
 MAX_STACKS_TEXT = 128 * 1024
+MAX_ATTEMPT = 1000  # whole-job restarts: settings.MAX_RESTARTS restarts after attempt 0
 HOROVOD_PORT_KEY = "horovod_port"  # the PLAN field with the leader's Horovod rendezvous port
 MPI_PUBKEY_KEY = "mpi_pubkey"  # the PLAN field with the leader's per-job ssh client key
 _RUN_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
@@ -158,6 +161,10 @@ def _ssh_key(value: object) -> str:
 
 def _optional_ssh_key(value: object) -> str | None:
     return None if value is None else _ssh_key(value)
+
+
+def _attempt(value: object) -> int:
+    return _integer(value, 0, MAX_ATTEMPT)
 
 
 def _ip(value: object) -> str:
@@ -263,6 +270,8 @@ class Plan(_Checked):
     mpi_pubkey: str | None = field(default=None, metadata=_checked(_optional_ssh_key))
     # preflight: the port of the preflight's cross-host all_reduce (on the leader's address)
     preflight_port: int | None = field(default=None, metadata=_checked(_optional_port))
+    # whole-job restarts: the attempt this plan starts (0: the first; the leader's count)
+    attempt: int = field(default=0, metadata=_checked(_attempt))
 
 
 @dataclass(frozen=True, slots=True)
@@ -309,6 +318,15 @@ class Result(_Checked):
 
     TYPE: ClassVar[str] = "result"
     code: int = field(metadata=_checked(_exit_code))
+
+
+@dataclass(frozen=True, slots=True)
+class Restart(_Checked):
+    """leader -> followers (whole-job restarts): the current attempt failed and the job restarts
+    as `attempt`: every host stops its ranks, leaves this meeting and meets again for it."""
+
+    TYPE: ClassVar[str] = "restart"
+    attempt: int = field(metadata=_checked(_attempt))
 
 
 @dataclass(frozen=True, slots=True)
@@ -387,7 +405,7 @@ class PreflightVerdict(_Checked):
 
 
 Message: TypeAlias = (
-    Hello | Plan | Heartbeat | Failed | Abort | Done | Result | SshdReady
+    Hello | Plan | Heartbeat | Failed | Abort | Done | Result | Restart | SshdReady
     | Hold | Held | StacksWanted | Stacks
     | PreflightReport | PreflightVerdict
 )  # fmt: skip
@@ -402,6 +420,7 @@ _TYPES: dict[str, type[Message]] = {
         Abort,
         Done,
         Result,
+        Restart,
         SshdReady,
         Hold,
         Held,

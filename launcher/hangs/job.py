@@ -208,6 +208,12 @@ class JobWatch:
         if server.start():
             self._server = server
 
+    def progress_count(self) -> int:
+        """Progress events this host's ranks reported so far, all ranks together (whole-job
+        restarts: did the attempt make progress?). Files that cannot be read count 0."""
+        with ProgressReader({r: f.progress for r, f in self.files.items()}) as reader:
+            return sum(sample.count for sample in reader.read())
+
     def close(self) -> None:
         """Stop the monitor and withdraw the job from `launcher stacks`. Idempotent."""
         if self._monitor is not None:

@@ -191,7 +191,7 @@ def _meet_and_run(
         if setup.horovod is not None:
             world = setup.horovod.attach(world)
         launch = plan.build(spec, world, base, os.cpu_count() or 1)
-        result = execute(launch, options, scope, events=events, on_stop=member.failed)
+        result = execute(launch, options, scope, events=events, on_stop=member.failed, peers=member)
         code, reason = member.barrier() if result.exit_code == 0 else (result.exit_code, "")
     except StopRequested as e:
         member.stopped(e.signum)

@@ -265,3 +265,24 @@ def test_torchrun_reads_our_error_file(tmp_path: Path) -> None:
     assert "rank      : 1" in report and "error_file: " + str(tmp_path) in report, report
     assert 'raise ValueError("boom from rank 1")' in report, report
     assert "To enable traceback" not in report
+
+
+def test_a_checkpoint_saved_on_the_primary_is_loaded_on_every_rank(tmp_path: Path) -> None:
+    """Each rank has its own checkpoint folder, as each SageMaker host has: only rank 0's holds
+    files (the two latest of three, atomically written), and every rank loads step 2 from it."""
+    program = str(Path(__file__).parents[1] / "bin" / "checkpoint_rank.py")
+    run = run_ranks(
+        [sys.executable, program],
+        2,
+        tmp_path / "work",
+        rank_env=lambda rank: {"LAUNCHER_CHECKPOINT_DIR": str(tmp_path / f"ckpt-{rank}")},
+    )
+    assert all(r.returncode == 0 for r in run.ranks), run.describe()
+    found = results(run)
+    for rank in (0, 1):
+        assert found[rank]["before"] is False
+        assert found[rank]["step"] == 2
+        assert found[rank]["w"] == [2.0, 2.0]
+    assert found[0]["files"] == ["step-000000000001.ckpt", "step-000000000002.ckpt"]
+    assert found[1]["files"] == []
+    run.check_no_survivors()

@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import os
 import re
+import subprocess
 import sys
 from pathlib import Path
 from types import ModuleType
@@ -79,3 +81,45 @@ def test_two_ranks_train_and_save_a_servable_model(tmp_path: Path) -> None:
     ):
         with pytest.raises(ValueError):
             hooks.input_fn(body, ctype)
+
+
+LAUNCHER = str(Path(sys.executable).with_name("launcher"))
+
+
+def losses(text: str) -> dict[int, float]:
+    """epoch -> the loss the primary printed for it (the last time, if printed twice)."""
+    found = {}
+    for line in text.splitlines():
+        match = re.search(r"\] epoch (\d)/3 loss ([\d.]+)", line)
+        if match and ":0] " in line:
+            found[int(match[1])] = float(match[2])
+    return found
+
+
+def test_the_demo_fails_once_resumes_from_its_checkpoint_and_the_loss_goes_on(
+    tmp_path: Path,
+) -> None:
+    """Issue 15's demo on 2 simulated hosts: the last rank fails in epoch 2 of the first
+    attempt; the job restarts by itself, resumes from epoch 1's checkpoint and finishes, with
+    epochs 2 and 3 giving the losses an uninterrupted run of the same job gives."""
+    args = ["--epochs", "3", "--max-steps", "15", "--samples", "2048", "--seed", "1"]
+    args += ["--checkpoint-every", "1"]
+    local = [LAUNCHER, "local", "--hosts", "2", "--nproc-per-host", "1", "--max-restarts", "1"]
+    local += ["--job-dir", str(tmp_path / "jobs"), str(EXAMPLE), *args, "--fail-once-at", "2"]
+    failed_once = subprocess.run(local, capture_output=True, text=True, timeout=80, check=False)
+    assert failed_once.returncode == 0, failed_once.stderr
+    text = failed_once.stdout + failed_once.stderr
+    assert "RuntimeError: injected failure in epoch 2 (--fail-once-at)" in text
+    assert "[launcher algo-1] warning: restarting the job as attempt 1" in text
+    assert "resumed from the checkpoint of epoch 1" in text
+    assert "job succeeded after 2 attempts" in text
+    plain = [LAUNCHER, "run", "--nproc-per-host", "2", str(EXAMPLE), *args]
+    env = {**os.environ, "LAUNCHER_CHECKPOINT_DIR": str(tmp_path / "ckpt")}
+    env["SM_MODEL_DIR"] = str(tmp_path / "model")  # not /opt/ml/model
+    uninterrupted = subprocess.run(
+        plain, capture_output=True, text=True, timeout=60, check=False, env=env, cwd=tmp_path
+    )
+    assert uninterrupted.returncode == 0, uninterrupted.stderr
+    resumed, reference = losses(text), losses(uninterrupted.stdout)
+    assert sorted(resumed) == sorted(reference) == [1, 2, 3], (text, uninterrupted.stdout)
+    assert resumed == pytest.approx(reference, rel=1e-4)

@@ -23,7 +23,10 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[2]
-SUBPACKAGES = ("sagemaker", "control", "mpi", "local", "doctor", "hangs", "platforms", "preflight")
+SUBPACKAGES = (
+    *("sagemaker", "control", "mpi", "local", "doctor", "hangs", "platforms", "preflight"),
+    "restarts",
+)
 SUPERVISION = ("procs", "supervise", "containment", "watchdog", "app")
 # What the benchmarks may import from tests/: libraries, not test modules or fixtures.
 BENCH_MAY_IMPORT = (

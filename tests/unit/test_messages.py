@@ -30,6 +30,7 @@ from launcher.control.messages import (
     Plan,
     PreflightReport,
     PreflightVerdict,
+    Restart,
     Result,
     SshdReady,
     Stacks,
@@ -93,6 +94,17 @@ EXAMPLES: list[tuple[Message, dict[str, Any]]] = [
     ),
     (Done(), {"type": "done"}),
     (Result(0), {"type": "result", "code": 0}),
+    (Restart(3), {"type": "restart", "attempt": 3}),
+    (
+        Plan((("algo-1", 1),), 29500, "r1", attempt=2),
+        {
+            "type": "plan",
+            "hosts": [["algo-1", 1]],
+            "master_port": 29500,
+            "run_id": "r1",
+            "attempt": 2,
+        },
+    ),
     (
         SshdReady("10.0.0.2", 2222, HOSTKEY),
         {"type": "sshd", "addr": "10.0.0.2", "port": 2222, "hostkey": HOSTKEY},
@@ -137,7 +149,7 @@ def test_every_message_type_has_an_example() -> None:
     assert {type(m) for m, _ in EXAMPLES} == set(messages._TYPES.values())
     assert {t.TYPE for t in messages._TYPES.values()} == {
         *("hello", "plan", "heartbeat", "failed", "abort", "done", "result", "sshd", "hold"),
-        *("held", "stacks?", "stacks", "preflight_report", "preflight_verdict"),
+        *("held", "stacks?", "stacks", "preflight_report", "preflight_verdict", "restart"),
     }
 
 
@@ -227,12 +239,14 @@ def valid(kind: str) -> dict[str, Any]:
             "horovod_port": 41000,
             "mpi_pubkey": HOSTKEY,
             "preflight_port": 41001,
+            "attempt": 1,
         },
         "heartbeat": {"type": "heartbeat"},
         "failed": {"type": "failed", "code": 7, "reason": "x", "host": "algo-2", "signal": "S"},
         "abort": {"type": "abort", "code": 7, "reason": "x", "host": "algo-2", "signal": "S"},
         "done": {"type": "done"},
         "result": {"type": "result", "code": 0},
+        "restart": {"type": "restart", "attempt": 1},
         "sshd": {"type": "sshd", "addr": "10.0.0.2", "port": 22, "hostkey": HOSTKEY},
         "hold": {"type": "hold", "reason": "hang: no progress"},
         "held": {"type": "held"},
@@ -500,4 +514,13 @@ def test_fuzz_one_changed_field_of_a_valid_message_is_kept_exactly_or_refused(
             if key not in ("reason", "signal"):
                 assert out[key] == sent
         else:
-            assert sent in ("", None)
+            assert sent in ("", None) or (key == "attempt" and sent == 0)
+
+
+@pytest.mark.parametrize("attempt", [-1, 1001, True, 1.0, "1"])
+def test_an_attempt_out_of_bounds_is_refused(attempt: object) -> None:
+    with pytest.raises(messages.MessageError, match="attempt"):
+        decode({"type": "restart", "attempt": attempt})
+    plan = {"type": "plan", "hosts": [["a", 1]], "master_port": 1, "run_id": "r"}
+    with pytest.raises(messages.MessageError, match="attempt"):
+        decode({**plan, "attempt": attempt})
