@@ -8,7 +8,7 @@ inference toolkit (`SAGEMAKER_*`); the few of our own are prefixed `SERVE_`.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -100,7 +100,15 @@ def _int(environ: Mapping[str, str], name: str, default: int, low: int, high: in
     return value
 
 
-def _positive_float(environ: Mapping[str, str], name: str, default: float) -> float:
+def _float(
+    environ: Mapping[str, str],
+    name: str,
+    default: float,
+    accept: Callable[[float], bool],
+    expected: str,
+) -> float:
+    """`name`'s value as a finite float that `accept`s, else `default` when unset or blank.
+    Raises ConfigError (naming the variable, the value and `expected`) for anything else."""
     raw = environ.get(name, "").strip()
     if not raw:
         return default
@@ -108,9 +116,13 @@ def _positive_float(environ: Mapping[str, str], name: str, default: float) -> fl
         value = float(raw)
     except ValueError:
         raise ConfigError(name, raw, "expected a number") from None
-    if not math.isfinite(value) or value <= 0:
-        raise ConfigError(name, raw, "expected a positive number")
+    if not math.isfinite(value) or not accept(value):
+        raise ConfigError(name, raw, expected)
     return value
+
+
+def _positive_float(environ: Mapping[str, str], name: str, default: float) -> float:
+    return _float(environ, name, default, lambda v: v > 0, "expected a positive number")
 
 
 def _flag(environ: Mapping[str, str], name: str, default: bool) -> bool:
@@ -152,16 +164,9 @@ def _batch_delay_s(environ: Mapping[str, str]) -> float:
 
 
 def _non_negative_float(environ: Mapping[str, str], name: str, default: float) -> float:
-    raw = environ.get(name, "").strip()
-    if not raw:
-        return default
-    try:
-        value = float(raw)
-    except ValueError:
-        raise ConfigError(name, raw, "expected a number") from None
-    if not math.isfinite(value) or not 0 <= value <= 60_000:
-        raise ConfigError(name, raw, "expected a number in [0, 60000]")
-    return value
+    return _float(
+        environ, name, default, lambda v: 0 <= v <= 60_000, "expected a number in [0, 60000]"
+    )
 
 
 def _log_level(environ: Mapping[str, str]) -> str:

@@ -21,16 +21,14 @@ import http.client
 import json
 import os
 import shutil
-import subprocess
 import tempfile
 import time
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from bench.common import free_port
 from bench.serve import loadgen, spread
-from bench.serve.run import HOST, Running, payload, save_mlp, status_of, stop
+from bench.serve.run import HOST, Running, launch, payload, save_mlp, status_of, stop
 from bench.serve.stacks import HERE, Stack
 
 MODELS = 8
@@ -52,22 +50,7 @@ def _tree(base: Path, model_file: Path) -> list[Path]:
 
 
 def _start(stack: Stack, work: Path, workers: int) -> Running:
-    state = work / "state"
-    state.mkdir(parents=True)
-    port = free_port(host="0.0.0.0", below=32000)  # MMS refuses ports above 32767
-    argv, env = stack.command(work, port, workers, state)
-    log = (work / "server.log").open("wb")
-    started = time.monotonic()
-    proc = subprocess.Popen(
-        argv,
-        env=env,
-        cwd=state,
-        stdin=subprocess.DEVNULL,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
-    )
-    return Running(stack, proc, port, work, started, log)
+    return launch(stack, work, work, workers)  # the stacks find the models under `work`
 
 
 def _request(port: int, method: str, path: str, body: bytes) -> int:

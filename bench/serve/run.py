@@ -125,8 +125,14 @@ def start(stack: Stack, model_file: Path, work: Path, workers: int) -> Running:
     if stack.user_hooks:
         (root / "model" / "code").mkdir()
         shutil.copy(HERE / "toolkit_hooks.py", root / "model" / "code" / "inference.py")
+    return launch(stack, root, work, workers)
+
+
+def launch(stack: Stack, root: Path, work: Path, workers: int) -> Running:
+    """Start `stack` serving the model tree `root` (its state and log under `work`) on a free
+    port below MMS's limit; it runs in a session of its own (`stop` ends it)."""
     state = work / "state"
-    state.mkdir()
+    state.mkdir(parents=True)
     port = free_port(host="0.0.0.0", below=32000)  # MMS refuses ports above 32767
     argv, env = stack.command(root, port, workers, state)
     log = (work / "server.log").open("wb")
