@@ -22,6 +22,7 @@ import queue
 from collections.abc import Mapping
 from dataclasses import replace
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from launcher import console, gpus, plan
 from launcher.app import RunOptions, execute, finish, guarded
@@ -33,6 +34,10 @@ from launcher.plan import HostSlots, JobSpec, LaunchPlan, World
 from launcher.platforms.model import Platform
 from launcher.platforms.smtree import job_config
 from launcher.settings import Backend, Settings, local_slots
+
+if TYPE_CHECKING:
+    from launcher.control.meet import MeetRequest
+    from launcher.restarts import attempts
 
 __all__ = ["MAX_SECRET_BYTES", "job_token", "run", "spec_for"]
 
@@ -138,6 +143,11 @@ def run(
                     launch = _one_host(platform, spec, slots, base, chosen.master_port)
                 options = replace(options, output_dir=out)
                 return commands._finish(execute(launch, options, scope))
+            if commands._restarting(chosen, chosen.backend):
+                return _meet_and_run_attempts(
+                    platform, spec, slots=slots, base=base, chosen=chosen, token=token, out=out,
+                    scope=scope,
+                )  # fmt: skip
             return _meet_and_run(
                 platform,
                 spec,
@@ -168,23 +178,13 @@ def _meet_and_run(
 ) -> int:
     """The hosts meet, this host runs its ranks, every host agrees on the result."""
     from launcher import commands  # noqa: PLC0415
-    from launcher.control.meet import MeetRequest, meet  # noqa: PLC0415 - several hosts only
+    from launcher.control.meet import meet  # noqa: PLC0415 - several hosts only
 
     events: Events = queue.SimpleQueue()
     leads = platform.node_rank == 0
     setup = commands.backend_setup(chosen.backend, multi=True, leads=leads, environ=base)
-    request = MeetRequest(
-        host=platform.current_host,
-        hosts=platform.hosts,
-        slots=slots,
-        control_port=chosen.control_port,
-        master_port=chosen.master_port or platform.master_port,
-        peer_timeout_s=chosen.peer_timeout_s,
-        heartbeat_timeout_s=chosen.heartbeat_timeout_s,
-        job_name=platform.job_name,
-        token=token,
-        leader_addr=chosen.leader_addr,
-        plan_extra=setup.plan_extra,
+    request = _request(
+        platform, slots=slots, chosen=chosen, token=token, plan_extra=setup.plan_extra
     )
     world, member = meet(request, events, free_port())
     try:
@@ -204,6 +204,70 @@ def _meet_and_run(
     if result.exit_code or not code:
         return commands._finish(result)
     return commands._finish(commands._failed(result, code, reason))
+
+
+def _request(
+    platform: Platform,
+    *,
+    slots: int,
+    chosen: Settings,
+    token: str | None,
+    plan_extra: Mapping[str, Any],
+    attempt: int = 0,
+) -> MeetRequest:
+    """This host's part of the meeting. Attempt 0 uses the platform's master port (unless
+    --master-port is set); a restart gets a fresh one from the leader, as `train`'s do, so no
+    attempt can join a previous attempt's rendezvous."""
+    from launcher.control.meet import MeetRequest  # noqa: PLC0415 - several hosts only
+
+    return MeetRequest(
+        host=platform.current_host,
+        hosts=platform.hosts,
+        slots=slots,
+        control_port=chosen.control_port,
+        master_port=chosen.master_port or (0 if attempt else platform.master_port),
+        peer_timeout_s=chosen.peer_timeout_s,
+        heartbeat_timeout_s=chosen.heartbeat_timeout_s,
+        job_name=platform.job_name,
+        token=token,
+        leader_addr=chosen.leader_addr,
+        plan_extra=plan_extra,
+        attempt=attempt,
+    )
+
+
+def _meet_and_run_attempts(
+    platform: Platform,
+    spec: JobSpec,
+    *,
+    slots: int,
+    base: dict[str, str],
+    chosen: Settings,
+    token: str | None,
+    out: Path | None,
+    scope: Containment,
+) -> int:
+    """`_meet_and_run` with whole-job restarts (`--max-restarts`): every attempt meets the
+    hosts again with the leader's attempt count, as `train` does (`restarts.attempts`)."""
+    from launcher import commands  # noqa: PLC0415
+    from launcher.control.meet import meet  # noqa: PLC0415 - several hosts only
+    from launcher.restarts import attempts  # noqa: PLC0415 - restarts only
+
+    options = commands._options(chosen, keep_dir=out)
+    tree = Path(base.get("SAGEMAKER_BASE_DIR") or "/opt/ml")  # where the checkpoints default to
+    job = commands._attempt_job(
+        spec, chosen, options, tree, platform.current_host, output_dir=out, environ=base
+    )
+
+    def meet_hosts(attempt: int, events: Events) -> attempts.Met:
+        request = _request(
+            platform, slots=slots, chosen=chosen, token=token, plan_extra={}, attempt=attempt
+        )
+        world, member = meet(request, events, free_port())
+        announced = getattr(member, "plan", None)  # a follower's PLAN: the leader's count
+        return attempts.Met(world, member, announced.attempt if announced else attempt)
+
+    return attempts.run(job, meet_hosts, scope)
 
 
 def _assumed(platform: Platform, slots: int) -> World:

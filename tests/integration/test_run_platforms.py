@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from launcher.net import free_port
 from tests.helpers.procwatch import LeakWatch
 from tests.helpers.trees import write_tree
 
@@ -145,3 +146,45 @@ def test_launcher_plan_of_a_broken_tree_names_the_file_and_key(
     assert done.returncode == 2
     assert f"{config}: current_host" in done.stderr
     assert "Traceback" not in done.stderr
+
+
+def test_a_slurm_job_of_two_launchers_restarts_as_one_with_a_fresh_port(
+    tmp_path: Path, no_leaks: LeakWatch
+) -> None:
+    """Two launchers as two Slurm nodes on loopback (`localhost` and `127.0.0.1`), one rank
+    each; node 1's rank fails in attempt 0. With --max-restarts 1 the leader restarts the
+    whole job: both nodes' ranks see restart 1, and a master port of the new attempt."""
+    out = tmp_path / "out"
+    out.mkdir()
+    control = free_port()
+    step = {
+        "SLURM_JOB_ID": "77",
+        "SLURM_STEP_ID": "0",
+        "SLURM_JOB_NUM_NODES": "2",
+        "SLURM_STEP_NUM_NODES": "2",
+        "SLURM_STEP_NODELIST": "localhost,127.0.0.1",
+        "SLURM_STEP_TASKS_PER_NODE": "1(x2)",
+        "SLURM_NTASKS": "2",
+        "SLURM_LOCALID": "0",
+        "LAUNCHER_CONTROL_PORT": str(control),
+        "LAUNCHER_JOB_TOKEN": "a shared secret",
+        "LAUNCHER_PEER_TIMEOUT": "30",
+    }
+    clean = {k: v for k, v in os.environ.items() if not k.startswith(("SLURM", "PET_"))}
+    argv = [sys.executable, "-m", "launcher", "run", "--max-restarts", "1"]
+    argv += ["--nproc-per-host", "1", str(REPO / "tests" / "bin" / "fail_once.py")]
+    argv += ["--out", str(out), "--ranks", "1"]
+    nodes = []
+    for node, name in enumerate(("localhost", "127.0.0.1")):
+        env = {**clean, **no_leaks.env(), **step, "SLURM_NODEID": str(node)}
+        env |= {"SLURM_PROCID": str(node), "SLURMD_NODENAME": name}
+        nodes.append(
+            subprocess.Popen(argv, env=env, cwd=tmp_path, stderr=subprocess.PIPE, text=True)
+        )
+    errors = [node.communicate(timeout=50)[1] for node in nodes]
+    assert [node.returncode for node in nodes] == [0, 0], errors
+    assert all("job succeeded after 2 attempts" in e for e in errors), errors
+    first = json.loads((out / "start-0-0.json").read_text())
+    again = [json.loads((out / f"start-1-{r}.json").read_text()) for r in (0, 1)]
+    assert {a["restart_count"] for a in again} == {"1"}, again
+    assert {a["master_port"] for a in again} != {first["master_port"]}, (first, again)
