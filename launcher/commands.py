@@ -331,7 +331,13 @@ def _execute(
 
 def preflight_extra(prepared: Prepared) -> dict[str, Any]:
     """What the leader's PLAN adds for a preflight across hosts: its all_reduce port."""
-    if prepared.chosen.preflight == "off" or not prepared.multi or not prepared.leads:
+    return preflight_port_extra(prepared.chosen, multi=prepared.multi, leads=prepared.leads)
+
+
+def preflight_port_extra(chosen: Settings, *, multi: bool, leads: bool) -> dict[str, Any]:
+    """The PLAN's preflight port, chosen by the leader of a multi-host job that checks its
+    hosts; {} otherwise (no preflight, one host, or a follower: it reads the leader's)."""
+    if chosen.preflight == "off" or not multi or not leads:
         return {}
     from launcher.control.messages import PREFLIGHT_PORT_KEY  # noqa: PLC0415
 
@@ -349,23 +355,51 @@ def run_preflight(
 ) -> None:
     """The preflight step: after the hosts met, before any user code. Raises
     `PreflightFailed` (exit 78, naming the bad hosts) on every host when a check failed."""
+    chosen, paths = prepared.chosen, prepared.cfg.paths
+    dirs = {"model": paths.model_dir, "output": paths.output_dir}
+    check_hosts(
+        launch,
+        chosen,
+        member,
+        extra,
+        dirs=dirs,
+        base=paths.base,
+        output_dir=paths.output_dir,
+        events=events,
+        scope=scope,
+    )
+
+
+def check_hosts(
+    launch: LaunchPlan,
+    chosen: Settings,
+    member: Member | None,
+    extra: Mapping[str, Any],
+    *,
+    dirs: Mapping[str, Path],
+    base: Path,
+    output_dir: Path | None,
+    events: Events,
+    scope: Containment,
+) -> None:
+    """The preflight of `train`, `launcher preflight` and `launcher run` on a platform: every
+    host of `launch` checks itself and the leader judges (`preflight.step.run`). `dirs` are
+    checked with the checkpoint folder the ranks get (`restarts.checkpoints.folder`, when it
+    was named or exists: a job that keeps no checkpoints needs none). Raises
+    `PreflightFailed` (78) on every host when a check failed, after closing the channel."""
     from launcher.control.follower import Follower  # noqa: PLC0415 - preflight only
     from launcher.control.messages import PREFLIGHT_PORT_KEY  # noqa: PLC0415
     from launcher.preflight import step  # noqa: PLC0415 - only a job with --preflight
+    from launcher.restarts import checkpoints as ckpt  # noqa: PLC0415
 
-    chosen, paths = prepared.chosen, prepared.cfg.paths
     port = int(extra.get(PREFLIGHT_PORT_KEY) or 0)
     if isinstance(member, Follower) and member.plan is not None:
         port = member.plan.preflight_port or 0
-    from launcher.restarts import checkpoints as ckpt  # noqa: PLC0415
-
-    dirs = {"model": paths.model_dir, "output": paths.output_dir}
-    # The folder the ranks get (`restarts.checkpoints.folder`): checked when it was named
-    # or exists; a job that keeps no checkpoints needs none.
-    checkpoints = ckpt.folder(chosen.checkpoint_dir, paths.base)
+    checked = dict(dirs)
+    checkpoints = ckpt.folder(chosen.checkpoint_dir, base)
     if chosen.checkpoint_dir is not None or checkpoints.is_dir():
-        dirs["checkpoints"] = checkpoints
-    job = step.job_for(launch, chosen, dirs, paths.output_dir, port=port)
+        checked["checkpoints"] = checkpoints
+    job = step.job_for(launch, chosen, checked, output_dir, port=port)
     try:
         step.run(job, member, events, scope)
     except LauncherError:

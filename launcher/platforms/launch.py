@@ -36,6 +36,7 @@ from launcher.platforms.smtree import job_config
 from launcher.settings import Backend, Settings, local_slots
 
 if TYPE_CHECKING:
+    from launcher.control.follower import Member
     from launcher.control.meet import MeetRequest
     from launcher.restarts import attempts
 
@@ -183,14 +184,14 @@ def _meet_and_run(
     events: Events = queue.SimpleQueue()
     leads = platform.node_rank == 0
     setup = commands.backend_setup(chosen.backend, multi=True, leads=leads, environ=base)
-    request = _request(
-        platform, slots=slots, chosen=chosen, token=token, plan_extra=setup.plan_extra
-    )
+    extra = {**setup.plan_extra, **commands.preflight_port_extra(chosen, multi=True, leads=leads)}
+    request = _request(platform, slots=slots, chosen=chosen, token=token, plan_extra=extra)
     world, member = meet(request, events, free_port())
     try:
         if setup.horovod is not None:
             world = setup.horovod.attach(world)
         launch = plan.build(spec, world, base, os.cpu_count() or 1)
+        _check_hosts(launch, chosen, member, extra, base=base, out=out, events=events, scope=scope)
         result = execute(launch, options, scope, events=events, on_stop=member.failed, peers=member)
         code, reason = member.barrier() if result.exit_code == 0 else (result.exit_code, "")
     except StopRequested as e:
@@ -260,14 +261,46 @@ def _meet_and_run_attempts(
     )
 
     def meet_hosts(attempt: int, events: Events) -> attempts.Met:
+        leads = platform.node_rank == 0
+        extra = commands.preflight_port_extra(chosen, multi=not attempt, leads=leads)
         request = _request(
-            platform, slots=slots, chosen=chosen, token=token, plan_extra={}, attempt=attempt
+            platform, slots=slots, chosen=chosen, token=token, plan_extra=extra, attempt=attempt
         )
         world, member = meet(request, events, free_port())
+        if not attempt:  # once, before the first attempt's user code; its failure is not retried
+            launch = plan.build(spec, world, base, os.cpu_count() or 1)
+            _check_hosts(
+                launch, chosen, member, extra, base=base, out=out, events=events, scope=scope
+            )
         announced = getattr(member, "plan", None)  # a follower's PLAN: the leader's count
         return attempts.Met(world, member, announced.attempt if announced else attempt)
 
     return attempts.run(job, meet_hosts, scope)
+
+
+def _check_hosts(
+    launch: LaunchPlan,
+    chosen: Settings,
+    member: Member,
+    extra: Mapping[str, Any],
+    *,
+    base: dict[str, str],
+    out: Path | None,
+    events: Events,
+    scope: Containment,
+) -> None:
+    """With --preflight: every host of the platform checks itself before any user code (the
+    output folder and the checkpoint folder the ranks get); 78 on every host on failure."""
+    if chosen.preflight == "off":
+        return
+    from launcher import commands  # noqa: PLC0415
+
+    tree = Path(base.get("SAGEMAKER_BASE_DIR") or "/opt/ml")
+    dirs = {"output": out} if out is not None else {}
+    commands.check_hosts(
+        launch, chosen, member, extra, dirs=dirs, base=tree, output_dir=out, events=events,
+        scope=scope,
+    )  # fmt: skip
 
 
 def _assumed(platform: Platform, slots: int) -> World:

@@ -148,15 +148,11 @@ def test_launcher_plan_of_a_broken_tree_names_the_file_and_key(
     assert "Traceback" not in done.stderr
 
 
-def test_a_slurm_job_of_two_launchers_restarts_as_one_with_a_fresh_port(
-    tmp_path: Path, no_leaks: LeakWatch
-) -> None:
+def two_slurm_nodes(
+    tmp_path: Path, watch: LeakWatch, options: list[str], program: list[str]
+) -> list[tuple[int, str]]:
     """Two launchers as two Slurm nodes on loopback (`localhost` and `127.0.0.1`), one rank
-    each; node 1's rank fails in attempt 0. With --max-restarts 1 the leader restarts the
-    whole job: both nodes' ranks see restart 1, and a master port of the new attempt."""
-    out = tmp_path / "out"
-    out.mkdir()
-    control = free_port()
+    each, each with its own output folder; their (exit code, stderr)."""
     step = {
         "SLURM_JOB_ID": "77",
         "SLURM_STEP_ID": "0",
@@ -166,25 +162,64 @@ def test_a_slurm_job_of_two_launchers_restarts_as_one_with_a_fresh_port(
         "SLURM_STEP_TASKS_PER_NODE": "1(x2)",
         "SLURM_NTASKS": "2",
         "SLURM_LOCALID": "0",
-        "LAUNCHER_CONTROL_PORT": str(control),
+        "LAUNCHER_CONTROL_PORT": str(free_port()),
         "LAUNCHER_JOB_TOKEN": "a shared secret",
         "LAUNCHER_PEER_TIMEOUT": "30",
     }
     clean = {k: v for k, v in os.environ.items() if not k.startswith(("SLURM", "PET_"))}
-    argv = [sys.executable, "-m", "launcher", "run", "--max-restarts", "1"]
-    argv += ["--nproc-per-host", "1", str(REPO / "tests" / "bin" / "fail_once.py")]
-    argv += ["--out", str(out), "--ranks", "1"]
     nodes = []
     for node, name in enumerate(("localhost", "127.0.0.1")):
-        env = {**clean, **no_leaks.env(), **step, "SLURM_NODEID": str(node)}
+        env = {**clean, **watch.env(), **step, "SLURM_NODEID": str(node)}
         env |= {"SLURM_PROCID": str(node), "SLURMD_NODENAME": name}
+        out = ["--output-dir", str(tmp_path / f"output-{node}")]
+        argv = [sys.executable, "-m", "launcher", "run", *options, *out, "--nproc-per-host", "1"]
         nodes.append(
-            subprocess.Popen(argv, env=env, cwd=tmp_path, stderr=subprocess.PIPE, text=True)
+            subprocess.Popen(
+                [*argv, *program], env=env, cwd=tmp_path, stderr=subprocess.PIPE, text=True
+            )
         )
-    errors = [node.communicate(timeout=50)[1] for node in nodes]
-    assert [node.returncode for node in nodes] == [0, 0], errors
-    assert all("job succeeded after 2 attempts" in e for e in errors), errors
+    return [(node.wait(timeout=90), node.communicate()[1]) for node in nodes]
+
+
+def test_a_slurm_job_of_two_launchers_restarts_as_one_with_a_fresh_port(
+    tmp_path: Path, no_leaks: LeakWatch
+) -> None:
+    """Node 1's rank fails in attempt 0. With --max-restarts 1 the leader restarts the whole
+    job: both nodes' ranks see restart 1, and a master port of the new attempt."""
+    out = tmp_path / "out"
+    out.mkdir()
+    program = [str(REPO / "tests" / "bin" / "fail_once.py"), "--out", str(out), "--ranks", "1"]
+    program += ["--together", "1"]  # rank 1 fails once rank 0 has started too
+    ended = two_slurm_nodes(tmp_path, no_leaks, ["--max-restarts", "1"], program)
+    assert [code for code, _ in ended] == [0, 0], ended
+    assert all("job succeeded after 2 attempts" in err for _, err in ended), ended
     first = json.loads((out / "start-0-0.json").read_text())
     again = [json.loads((out / f"start-1-{r}.json").read_text()) for r in (0, 1)]
     assert {a["restart_count"] for a in again} == {"1"}, again
     assert {a["master_port"] for a in again} != {first["master_port"]}, (first, again)
+
+
+@pytest.mark.timeout(150)
+@pytest.mark.parametrize("floor", ["", "1000000"], ids=["healthy", "link-under-the-floor"])
+def test_a_slurm_job_checks_every_node_before_any_user_code(
+    tmp_path: Path, no_leaks: LeakWatch, floor: str
+) -> None:
+    """--preflight on a platform launch: every node checks itself, the leader judges; a
+    cross-node bandwidth floor no link reaches fails both nodes with 78 before any rank."""
+    out = tmp_path / "out"
+    out.mkdir()
+    options = ["--preflight", "quick", *(["--preflight-min-gbps", floor] if floor else [])]
+    program = [str(REPO / "tests" / "bin" / "fail_once.py"), "--out", str(out), "--fail", "0"]
+    ended = two_slurm_nodes(tmp_path, no_leaks, options, program)
+    for node in (0, 1):
+        assert (tmp_path / f"output-{node}" / "preflight.json").is_file(), ended
+    started = sorted(p.name for p in out.glob("start-*"))
+    if not floor:
+        assert [code for code, _ in ended] == [0, 0], ended
+        assert started == ["start-0-0.json", "start-0-1.json"]
+        return
+    assert [code for code, _ in ended] == [78, 78], ended
+    assert started == []  # no user code ran anywhere
+    for node in (0, 1):
+        failure = (tmp_path / f"output-{node}" / "failure").read_text()
+        assert failure.startswith("preflight failed on "), failure
