@@ -31,15 +31,17 @@ def preload() -> None:
     _commands()
 
 
-def _commands() -> ModuleType:
-    """Import the pipeline with the cyclic GC paused: the imports create thousands of objects
-    (dataclasses, enums) and no garbage, and GC passes during them cost every launch ~10 ms,
-    which a 64-host local job pays 64 times on 2 cores."""
+def _commands(module: str = "launcher.commands") -> ModuleType:
+    """Import the pipeline (and `module`: a subpackage's command, e.g. `launcher.local.command`)
+    with the cyclic GC paused: the imports create thousands of objects (dataclasses, enums) and
+    no garbage, and GC passes during them cost every launch ~10 ms, which a 64-host local job
+    pays 64 times on 2 cores."""
+    import importlib  # noqa: PLC0415 - frozen into the interpreter: costs nothing
+
     gc.disable()
     try:
-        from launcher import commands  # noqa: PLC0415 - see above
-
-        return commands
+        importlib.import_module("launcher.commands")
+        return importlib.import_module(module)
     finally:
         gc.enable()
 
@@ -268,11 +270,11 @@ def _plan(args: argparse.Namespace, environ: dict[str, str]) -> NoReturn:
 
 
 def _local(args: argparse.Namespace, environ: dict[str, str]) -> NoReturn:
-    _guard(lambda: _commands().local(args, environ))
+    _guard(lambda: _commands("launcher.local.command").local(args, environ))
 
 
 def _stacks(args: argparse.Namespace, environ: dict[str, str]) -> NoReturn:
-    _guard(lambda: _commands().stacks(args, environ))
+    _guard(lambda: _commands("launcher.hangs.command").stacks(args, environ))
 
 
 def _preflight(args: argparse.Namespace, environ: dict[str, str]) -> NoReturn:
@@ -280,7 +282,8 @@ def _preflight(args: argparse.Namespace, environ: dict[str, str]) -> NoReturn:
 
     base = config.base_dir_from(environ)
     output = base / "output" if os.path.isdir(base) else None  # noqa: PTH112 - see train_main
-    _guard(lambda: _commands().preflight(args, environ, base), output)
+
+    _guard(lambda: _commands("launcher.preflight.command").preflight(args, environ, base), output)
 
 
 def _doctor(args: argparse.Namespace, environ: dict[str, str]) -> NoReturn:

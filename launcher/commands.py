@@ -13,11 +13,11 @@ are raised as `LauncherError` and turned into lines, failure files and exit code
     preflight    with --preflight: every host checked before any user code (exit 78)
     backend      `_mpi` (mpirun / sshd) or `_execute` (the ranks, then the exit barrier)
 
-`launcher plan` is `show_plan`; `launcher preflight` is `train` stopped after the preflight;
-`launcher stacks` prints the running ranks' stacks;
-`launcher doctor` decides the backend and the ranks with the
+`launcher plan` is `show_plan`; `launcher doctor` decides the backend and the ranks with the
 same steps (`settings_for`, `choose_backend`, `host_slots`). `run` is `train` without a tree,
-like torchrun.
+like torchrun. A subpackage's own command lives in its `command.py` (`local`, `hangs`:
+`launcher stacks`, `preflight`: `launcher preflight` and the preflight step, `restarts`: the
+attempts of `train` and `run`), imported only by the command that needs it.
 """
 
 from __future__ import annotations
@@ -36,7 +36,7 @@ from typing import TYPE_CHECKING, Any
 from launcher import console, gpus, plan, settings
 from launcher.app import Result, RunOptions, execute, finish, guarded
 from launcher.containment import Containment
-from launcher.errors import JobAborted, LauncherError, StopRequested
+from launcher.errors import LauncherError, StopRequested
 from launcher.events import Events
 from launcher.net import free_port
 from launcher.plan import HostSlots, JobSpec, LaunchPlan, World
@@ -47,7 +47,6 @@ if TYPE_CHECKING:
     from launcher.horovod import RendezvousHost as HorovodServer
     from launcher.mpi.job import MpiRun, SshKeys
     from launcher.platforms.model import Platform
-    from launcher.restarts import attempts
     from launcher.sagemaker.entrypoint import EntryPoint
     from launcher.sagemaker.tree import JobConfig
 
@@ -266,7 +265,9 @@ def _train_job(prepared: Prepared, environ: dict[str, str], scope: Containment) 
     """`train` once its code is in place: the backend's setup, the world, the plan, one
     backend. A stop signal before the ranks run reaches the other hosts at once."""
     if _restarting(prepared.chosen, prepared.backend):
-        return _train_attempts(prepared, environ, scope)
+        from launcher.restarts import command as restarts  # noqa: PLC0415 - restarts only
+
+        return restarts.train_attempts(prepared, environ, scope)
     events: Events = queue.SimpleQueue()
     setup = backend_setup(
         prepared.backend, multi=prepared.multi, leads=prepared.leads, environ=environ
@@ -278,7 +279,9 @@ def _train_job(prepared: Prepared, environ: dict[str, str], scope: Containment) 
             world = setup.horovod.attach(world)
         launch = plan.build(prepared.spec, world, environ, os.cpu_count() or 1)
         if prepared.chosen.preflight != "off":
-            run_preflight(launch, prepared, member, extra, events=events, scope=scope)
+            from launcher.preflight import command as preflight  # noqa: PLC0415 - --preflight
+
+            preflight.run_preflight(launch, prepared, member, extra, events=events, scope=scope)
         if prepared.backend is Backend.MPI:
             run = _mpi_run(
                 launch,
@@ -342,117 +345,6 @@ def preflight_port_extra(chosen: Settings, *, multi: bool, leads: bool) -> dict[
     from launcher.control.messages import PREFLIGHT_PORT_KEY  # noqa: PLC0415
 
     return {PREFLIGHT_PORT_KEY: free_port()}
-
-
-def run_preflight(
-    launch: LaunchPlan,
-    prepared: Prepared,
-    member: Member | None,
-    extra: Mapping[str, Any],
-    *,
-    events: Events,
-    scope: Containment,
-) -> None:
-    """The preflight step: after the hosts met, before any user code. Raises
-    `PreflightFailed` (exit 78, naming the bad hosts) on every host when a check failed."""
-    chosen, paths = prepared.chosen, prepared.cfg.paths
-    dirs = {"model": paths.model_dir, "output": paths.output_dir}
-    check_hosts(
-        launch,
-        chosen,
-        member,
-        extra,
-        dirs=dirs,
-        base=paths.base,
-        output_dir=paths.output_dir,
-        events=events,
-        scope=scope,
-    )
-
-
-def check_hosts(
-    launch: LaunchPlan,
-    chosen: Settings,
-    member: Member | None,
-    extra: Mapping[str, Any],
-    *,
-    dirs: Mapping[str, Path],
-    base: Path,
-    output_dir: Path | None,
-    events: Events,
-    scope: Containment,
-) -> None:
-    """The preflight of `train`, `launcher preflight` and `launcher run` on a platform: every
-    host of `launch` checks itself and the leader judges (`preflight.step.run`). `dirs` are
-    checked with the checkpoint folder the ranks get (`restarts.checkpoints.folder`, when it
-    was named or exists: a job that keeps no checkpoints needs none). Raises
-    `PreflightFailed` (78) on every host when a check failed, after closing the channel."""
-    from launcher.control.follower import Follower  # noqa: PLC0415 - preflight only
-    from launcher.control.messages import PREFLIGHT_PORT_KEY  # noqa: PLC0415
-    from launcher.preflight import step  # noqa: PLC0415 - only a job with --preflight
-    from launcher.restarts import checkpoints as ckpt  # noqa: PLC0415
-
-    port = int(extra.get(PREFLIGHT_PORT_KEY) or 0)
-    if isinstance(member, Follower) and member.plan is not None:
-        port = member.plan.preflight_port or 0
-    checked = dict(dirs)
-    checkpoints = ckpt.folder(chosen.checkpoint_dir, base)
-    if chosen.checkpoint_dir is not None or checkpoints.is_dir():
-        checked["checkpoints"] = checkpoints
-    job = step.job_for(launch, chosen, checked, output_dir, port=port)
-    try:
-        step.run(job, member, events, scope)
-    except LauncherError:
-        if member is not None:
-            _leave(member)  # the verdict is out (or the job aborted): nothing more to say
-        raise
-
-
-def _leave(member: Member) -> None:
-    """Close the channel; the leader first lets every host read what it was sent."""
-    from launcher.control.follower import STOP_LINGER_S  # noqa: PLC0415 - multi-host only
-    from launcher.control.leader import Leader  # noqa: PLC0415
-
-    if isinstance(member, Leader):
-        member.close(linger=STOP_LINGER_S)
-    else:
-        member.close()
-
-
-def preflight(args: argparse.Namespace, environ: dict[str, str], base: Path) -> int:
-    """`launcher preflight`: the preflight alone, as a job of its own: the tree, the meeting
-    of every host (backend torch unless one is set), the checks; 0 when every host passed.
-    Starts no user code. Raises `PreflightFailed` (78) on every host when a check failed,
-    and what `train` raises before its ranks start."""
-    if args.backend is None and not environ.get("LAUNCHER_BACKEND"):
-        args.backend = Backend.TORCH.value  # every host takes part, as a distributed job
-    prepared = prepare(args, environ, base, dry_run=True)
-    if prepared.chosen.preflight == "off":  # the command is the preflight: quick unless full
-        prepared = replace(prepared, chosen=replace(prepared.chosen, preflight="quick"))
-    with guarded(
-        dry_run=False, environ=environ, host=prepared.host, grace_s=prepared.chosen.grace_s
-    ) as scope:
-        events: Events = queue.SimpleQueue()
-        extra = preflight_extra(prepared)
-        world, member = world_for(prepared, events=events, plan_extra=extra)
-        try:
-            launch = plan.build(prepared.spec, world, environ, os.cpu_count() or 1)
-            run_preflight(launch, prepared, member, extra, events=events, scope=scope)
-        except StopRequested as e:
-            if member is not None:
-                member.stopped(e.signum)
-            raise
-        if member is None:
-            return 0
-        # Every host passed: leave together (the exit barrier), so that no host's leaving
-        # reads as a lost host to one still reading the verdict.
-        try:
-            code, reason = member.barrier()
-        finally:
-            _leave(member)
-    if code:
-        raise JobAborted(reason, exit_code=code)
-    return 0
 
 
 # --- the mpi and horovod backends (launcher/mpi/job.py, launcher/horovod.py) -------------------
@@ -674,91 +566,6 @@ def _restarting(chosen: Settings, backend: Backend) -> bool:
     return True
 
 
-def _attempt_job(
-    spec: JobSpec,
-    chosen: Settings,
-    options: RunOptions,
-    base: Path,
-    host: str,
-    *,
-    output_dir: Path | None,
-    environ: Mapping[str, str],
-) -> attempts.Job:
-    """The `restarts.attempts.Job` of `train` or `run`: what every attempt shares."""
-    from launcher.restarts import attempts, checkpoints  # noqa: PLC0415 - restarts only
-
-    # A follower hears the leader's word once the leader's ranks are gone (at most the grace
-    # period and the kill wait), or learns that the leader is lost (the heartbeat timeout).
-    timeout = chosen.grace_s + 15.0 + 2 * chosen.heartbeat_timeout_s
-    return attempts.Job(
-        spec=spec,
-        options=options,
-        max_restarts=chosen.max_restarts,
-        checkpoint_dir=checkpoints.folder(chosen.checkpoint_dir, base),
-        host=host,
-        verdict_timeout_s=timeout,
-        output_dir=output_dir,
-        environ=environ,
-    )
-
-
-def _train_attempts(prepared: Prepared, environ: dict[str, str], scope: Containment) -> int:
-    """`train` with restarts: every attempt meets the hosts again (`restarts.attempts`)."""
-    from launcher.restarts import attempts  # noqa: PLC0415 - restarts only
-
-    output_dir = prepared.cfg.paths.output_dir
-    options = _options(
-        prepared.chosen, prefix=prepared.backend is not Backend.NONE, keep_dir=output_dir
-    )
-    job = _attempt_job(
-        prepared.spec,
-        prepared.chosen,
-        options,
-        prepared.cfg.paths.base,
-        prepared.host,
-        output_dir=output_dir,
-        environ=environ,
-    )
-
-    def meet(attempt: int, events: Events) -> attempts.Met:
-        checked = attempt == 0 and prepared.chosen.preflight != "off"
-        extra = preflight_extra(prepared) if checked else {}
-        world, member = world_for(prepared, events=events, plan_extra=extra, attempt=attempt)
-        if checked:  # once, before the first attempt's user code; its failure is not retried
-            launch = plan.build(prepared.spec, world, environ, os.cpu_count() or 1)
-            run_preflight(launch, prepared, member, extra, events=events, scope=scope)
-        announced = getattr(member, "plan", None)  # a follower's PLAN: the leader's count
-        return attempts.Met(world, member, announced.attempt if announced else attempt)
-
-    return attempts.run(job, meet, scope)
-
-
-def _run_attempts(
-    spec: JobSpec,
-    world: World,
-    chosen: Settings,
-    environ: dict[str, str],
-    *,
-    scope: Containment,
-    out: Path | None,
-) -> int:
-    """`launcher run` with restarts: each attempt on a fresh free port (unless one is set)."""
-    from launcher.restarts import attempts  # noqa: PLC0415 - restarts only
-
-    base = Path(environ.get("SAGEMAKER_BASE_DIR") or "/opt/ml")
-    options = _options(chosen, keep_dir=out)
-    job = _attempt_job(
-        spec, chosen, options, base, world.host.name, output_dir=out, environ=environ
-    )
-    host, slots = world.host.name, world.host.slots
-
-    def meet(attempt: int, events: Events) -> attempts.Met:
-        fresh = world if not attempt else _single_host(host, slots, chosen.master_port, False)
-        return attempts.Met(fresh, None, attempt)
-
-    return attempts.run(job, meet, scope)
-
-
 # --- run, local, doctor --------------------------------------------------------------------------
 
 
@@ -816,7 +623,9 @@ def run(args: argparse.Namespace, environ: dict[str, str]) -> int:
                 )
                 return _mpi(mpi_run, None, None)
             if _restarting(chosen, chosen.backend):
-                return _run_attempts(spec, world, chosen, environ, scope=scope, out=out)
+                from launcher.restarts import command as restarts  # noqa: PLC0415
+
+                return restarts.run_attempts(spec, world, chosen, environ, scope=scope, out=out)
             options = _options(chosen, output_dir=out, keep_dir=out)
             return _finish(execute(launch, options, scope))
         finally:
@@ -861,90 +670,6 @@ def _read_text(path: str) -> str | None:
         return None
     except OSError as e:
         raise LauncherError(f"cannot read {path}: {e.strerror}") from None
-
-
-def local(args: argparse.Namespace, environ: dict[str, str]) -> int:
-    """`launcher local`: N simulated hosts on this machine, each a `train` with its own tree;
-    the leader's exit code. Raises `UsageError` for a bad host count or script."""
-    from launcher.local import cluster as local  # noqa: PLC0415 - keeps `train` start-up light
-
-    sources = settings.Sources(vars(args), environ, {})
-    chosen = settings.resolve(sources, default_backend=Backend.TORCH)
-    with guarded(dry_run=False, environ=environ, grace_s=chosen.grace_s) as scope:
-        job = local.create(
-            Path(args.job_dir).resolve(),
-            n_hosts=args.hosts,
-            procs_per_host=chosen.procs_per_host,
-            script=Path(args.program).resolve(),
-            args=list(args.args),
-            backend=chosen.backend,
-        )
-        log.info("local job of %d hosts in %s", len(job.hosts), job.folder)
-        port, token = free_port(), os.urandom(16).hex()
-        hosts_file = local.write_host_envs(job, port, token)
-        argv = tuple(local.zygote_argv(hosts_file))
-        ranks = (plan.RankSpec(0, 0, job.hosts[0], argv, str(Path.cwd()), {}, ""),)
-        spec = JobSpec(argv, str(Path.cwd()), Backend.NONE)
-        world = World((HostSlots(job.hosts[0], 1),), 0, "127.0.0.1", port)
-        # The hosts' `train` read the hang timeout from their environment (the zygote's, so this
-        # one's): the command line's value wins over an inherited variable, as everywhere.
-        host_environ = dict(environ)
-        if args.hang_timeout is not None:
-            host_environ["LAUNCHER_HANG_TIMEOUT"] = str(args.hang_timeout)
-        if args.max_restarts is not None:
-            host_environ["LAUNCHER_MAX_RESTARTS"] = str(chosen.max_restarts)
-        launch = LaunchPlan(spec, world, ranks, host_environ)
-        options = RunOptions(grace_s=chosen.grace_s, prefix=False, fail_fast=False)
-        result = execute(launch, options, scope)
-    leader = result.outcome.exits.get(0)
-    code = leader.returncode if leader is not None and leader.returncode > 0 else result.exit_code
-    print(f"model: {job.model_dir}\nlogs:  {job.log_dir}\njob:   {job.folder}")
-    if code:
-        log.error("local job failed (exit %d); see %s/*/output/failure", code, job.folder)
-    return code
-
-
-def stacks(args: argparse.Namespace, environ: dict[str, str]) -> int:
-    """`launcher stacks`: print the current stack of every rank of every job running on this
-    host (or of the launcher `--pid`), found through the folder where running launchers
-    announce their jobs (`launcher.hangs.job.registry_dir`). Stops nothing: py-spy where
-    ptrace is allowed, else the ranks' stack signal. Returns 0, or 1 when no job runs here.
-
-    The leader of a multi-host job answers for every host (`launcher.hangs.ondemand`: each
-    follower takes its own ranks' stacks when asked over the control channel); a follower's
-    launcher found beside its leader (`launcher local`) is then not printed twice. `--local`:
-    this host's ranks only."""
-    from launcher.hangs import job as hangjob  # noqa: PLC0415 - only this command reads them
-    from launcher.hangs import ondemand  # noqa: PLC0415
-
-    jobs = [(pid, f) for pid, f in hangjob.running_jobs(environ) if args.pid in (None, pid)]
-    if not jobs:
-        where = f" with launcher pid {args.pid}" if args.pid is not None else ""
-        log.error(
-            "no running job%s on this host (looked in %s)", where, hangjob.registry_dir(environ)
-        )
-        return 1
-    infos = {pid: hangjob.job_info(folder) for pid, folder in jobs}
-    led = {info.get("run_id") for info in infos.values() if info.get("leader")}
-    for pid, folder in jobs:
-        info = infos[pid]
-        everyone = None
-        if not args.local and info.get("leader"):
-            path = ondemand.socket_path(hangjob.registry_dir(environ), pid)
-            everyone = ondemand.ask(path, ondemand.ASK_TIMEOUT_S)
-        elif not args.local and info.get("run_id") in led and info.get("run_id"):
-            continue  # its leader, running here too, prints this host's ranks
-        if everyone is not None:
-            print(f"# job of launcher {pid} (every host, through the leader)")
-            print(everyone.rstrip())
-        else:
-            text = hangjob.stacks_text(folder)
-            ranks = sum(line.startswith("# rank ") for line in text.splitlines())
-            print(f"# job of launcher {pid}: {ranks} rank(s)")
-            if text:
-                print(text)
-        sys.stdout.flush()
-    return 0
 
 
 def doctor(args: argparse.Namespace, environ: dict[str, str]) -> int:

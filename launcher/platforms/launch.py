@@ -256,7 +256,9 @@ def _meet_and_run_attempts(
 
     options = commands._options(chosen, keep_dir=out)
     tree = Path(base.get("SAGEMAKER_BASE_DIR") or "/opt/ml")  # where the checkpoints default to
-    job = commands._attempt_job(
+    from launcher.restarts import command as restarts  # noqa: PLC0415
+
+    job = restarts.attempt_job(
         spec, chosen, options, tree, platform.current_host, output_dir=out, environ=base
     )
 
@@ -293,11 +295,11 @@ def _check_hosts(
     output folder and the checkpoint folder the ranks get); 78 on every host on failure."""
     if chosen.preflight == "off":
         return
-    from launcher import commands  # noqa: PLC0415
+    from launcher.preflight import command as preflight  # noqa: PLC0415 - --preflight only
 
     tree = Path(base.get("SAGEMAKER_BASE_DIR") or "/opt/ml")
     dirs = {"output": out} if out is not None else {}
-    commands.check_hosts(
+    preflight.check_hosts(
         launch, chosen, member, extra, dirs=dirs, base=tree, output_dir=out, events=events,
         scope=scope,
     )  # fmt: skip
