@@ -14,6 +14,10 @@ Per contender: the median start-to-exit wall time and, for the two `train` runs,
 from the start to the rank's first line of Python (the rank writes `time.time()`; one kernel,
 one clock). The container's added cost is container - host, and the ratio container / host.
 
+The inference image the same way: start to the first 200 on `/ping` of `ENGINE run -p
+PORT:8080 -v MODEL:/opt/ml/model SERVE_IMAGE serve` against `.venv/bin/serve` on the host, on
+the same TorchScript model (a linear layer, with examples/inference.py as its hooks).
+
 Sizes: each image's size as the engine reports it (uncompressed), against the size baselines
 that AWS's Deep Learning Containers CI holds its SageMaker PyTorch CPU images to
 (`image_size_baseline`, MB, in aws/deep-learning-containers: pytorch/training/buildspec-2-8-sm.yml
@@ -26,12 +30,16 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
+import signal
 import subprocess
 import tempfile
 import time
+import urllib.error
+import urllib.request
 from pathlib import Path
 
-from bench.common import VENV_BIN, byte_compile, median, rotate
+from bench.common import ROOT, VENV_BIN, byte_compile, free_port, median, rotate
 from tests.helpers.trees import write_tree
 
 NOOP = """\
@@ -58,6 +66,63 @@ def one_run(argv: list[str], env: dict[str, str], tree: Path | None) -> tuple[fl
         return wall, float("nan")
     started = float((tree / "output" / "data" / "started").read_text())
     return wall, started - start
+
+
+def write_model(model_dir: Path) -> None:
+    """A TorchScript linear model of 8 features with examples/inference.py as its hooks."""
+    import torch
+
+    model_dir.mkdir(parents=True)
+    scripted = torch.jit.script(torch.nn.Linear(8, 1))
+    scripted.save(str(model_dir / "model.pt"))  # type: ignore[no-untyped-call]
+    (model_dir / "code").mkdir()
+    shutil.copy(ROOT / "examples" / "inference.py", model_dir / "code" / "inference.py")
+
+
+def pinged(port: int) -> bool:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/ping", timeout=1) as answer:
+            return bool(answer.status == 200)
+    except (urllib.error.URLError, ConnectionError, TimeoutError):
+        return False
+
+
+def serve_start(who: str, engine: str, image: str, model_dir: Path, env: dict[str, str]) -> float:
+    """Seconds from starting `serve` (in a container or on the host) to its first 200 on /ping;
+    the server is stopped (SIGTERM) before this returns."""
+    port = free_port()
+    start = time.time()
+    if who == "container":
+        name = f"bench-images-serve-{os.getpid()}-{port}"
+        argv = [engine, "run", "-d", "--rm", "--name", name, "-p", f"127.0.0.1:{port}:8080",
+                "-v", f"{model_dir}:/opt/ml/model:ro", image, "serve"]  # fmt: skip
+        subprocess.run(argv, check=True, capture_output=True, timeout=120)
+    else:
+        host_env = {
+            **env,
+            "SAGEMAKER_BASE_DIR": str(model_dir.parent),
+            "SERVE_BIND_HOST": "127.0.0.1",
+            "SAGEMAKER_BIND_TO_PORT": str(port),
+        }
+        proc = subprocess.Popen(
+            [str(VENV_BIN / "serve")],
+            env=host_env,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+    try:
+        while not pinged(port):
+            if time.time() - start > 120:
+                raise SystemExit(f"serve ({who}) did not answer /ping within 120 s")
+            time.sleep(0.02)  # a poll interval, not a synchronisation
+        return time.time() - start
+    finally:
+        if who == "container":
+            subprocess.run([engine, "stop", "-t", "10", name], capture_output=True, check=False)
+        else:
+            proc.send_signal(signal.SIGTERM)
+            proc.wait(timeout=30)
 
 
 def image_size_mb(engine: str, image: str) -> float:
@@ -105,6 +170,14 @@ def main() -> None:
                     walls[who].append(wall)
                     if who in ranks:
                         ranks[who].append(rank)
+        model_dir = Path(scratch) / "serve" / "model"
+        write_model(model_dir)
+        pings: dict[str, list[float]] = {"container": [], "host": []}
+        for round_ in range(args.rounds + 1):
+            for who in rotate(list(pings), round_):
+                took = serve_start(who, args.engine, args.serve_image, model_dir, env)
+                if round_ > 0:
+                    pings[who].append(took)
     wall_med = {who: median(v) for who, v in walls.items()}
     rank_med = {who: median(v) for who, v in ranks.items()}
     report = {
@@ -115,6 +188,8 @@ def main() -> None:
         "container_added_s": wall_med["container"] - wall_med["host"],
         "container_over_host": wall_med["container"] / wall_med["host"],
         "engine_floor_share": wall_med["engine"] / wall_med["container"],
+        "serve_to_first_ping_s": {who: median(v) for who, v in pings.items()},
+        "serve_container_over_host": median(pings["container"]) / median(pings["host"]),
         "sizes_mb": {
             args.image: image_size_mb(args.engine, args.image),
             args.serve_image: image_size_mb(args.engine, args.serve_image),

@@ -37,6 +37,7 @@ work=${ML_IMAGES_WORK:-/var/tmp/ml-launcher-images}
 tag=${ML_IMAGES_TAG:-localhost/ml-launcher}
 python_base=docker.io/library/python:3.11-slim-bookworm
 standin_label=org.ml-launcher.standin
+inputs_label=org.ml-launcher.inputs
 
 die() {
     printf 'build-images: error: %s\n' "$*" >&2
@@ -161,13 +162,41 @@ prepare_pip_config() {
     } >"$dir/pip.conf"
 }
 
+# A digest of everything an image is built from: the base image, the Dockerfile and every file
+# under the paths its COPY instructions take from the build context. The image carries it as a
+# label; when it matches, the build is skipped (a fully cached podman build still spends ~30 s
+# hashing the 1 GB venv that the final stage copies).
+inputs_digest() {
+    local dockerfile=$1 paths
+    mapfile -t paths < <(awk 'toupper($1) == "COPY" && $2 !~ /^--from/ {
+        for (i = 2; i < NF; i++) print $i }' "$repo/$dockerfile")
+    {
+        podman image inspect --format '{{.Id}}' "$python_base"
+        (cd "$repo" && find "$dockerfile" "${paths[@]}" -type f ! -path '*/__pycache__/*' \
+            ! -name '*.pyc' ! -path '*.egg-info/*' -print0 | sort -z | xargs -0 sha256sum)
+    } | sha256sum | cut -d' ' -f1
+}
+
 build_image() {
-    local name=$1 dockerfile=$2
+    local name=$1 dockerfile=$2 digest old
+    digest=$(inputs_digest "$dockerfile")
+    old=$(podman image inspect --format '{{.Id}}' "$tag:$name" 2>/dev/null || true)
+    if [[ -n $old && $(podman image inspect --format "{{index .Labels \"$inputs_label\"}}" \
+        "$tag:$name") == "$digest" ]]; then
+        log "image $tag:$name is up to date"
+        return 0
+    fi
     log "image $tag:$name ($dockerfile)"
     # download.pytorch.org (the Dockerfiles' CPU index) does not resolve here: fail it fast.
-    logged "build-$name" podman build --pull=never --layers \
+    logged "build-$name" podman build --pull=never --layers --label "$inputs_label=$digest" \
         -v "$work/pipcfg:/etc/xdg/pip:ro" --add-host download.pytorch.org:127.0.0.1 \
         -f "$repo/$dockerfile" -t "$tag:$name" "$repo"
+    # The image this build replaced, now untagged: remove it (its layers that other images or
+    # the build cache still use stay). Disk is shared.
+    if [[ -n $old && $old != "$(podman image inspect --format '{{.Id}}' "$tag:$name")" ]] &&
+        [[ -z $(podman image inspect --format '{{join .RepoTags ","}}' "$old") ]]; then
+        podman rmi "$old" >/dev/null 2>&1 || true
+    fi
 }
 
 mkdir -p "$work"
