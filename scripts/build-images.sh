@@ -4,9 +4,8 @@
 # Usage: scripts/build-images.sh            (run as root, from anywhere)
 #
 # Builds, from the repository this script lives in:
-#   localhost/ml-launcher:cpu     docker/Dockerfile            `train` (torch, horovod*, mpi backends)
+#   localhost/ml-launcher:cpu     docker/Dockerfile            `train` (torch, horovod, mpi backends)
 #   localhost/ml-launcher:serve   docker/Dockerfile.inference  `serve`
-# (*Horovod is not in the CPU image; see docker/README.md.)
 #
 # A fresh Debian 12 machine of our kind has no container engine and reaches no registry, only the
 # Debian mirror and PyPI (through a TLS-intercepting proxy), plus the CPU torch wheel on disk. So:
@@ -17,8 +16,10 @@
 #      Dockerfiles' FROM resolves locally; a real image of that name is kept when present;
 #   4. pip during the build: one read-only mount at /etc/xdg/pip (pip's site config directory)
 #      gives the host's CA bundle, the host's find-links wheels (the CPU torch wheel) and its
-#      local file:// indexes (hard links, not copies) next to PyPI; nothing of it stays in an
-#      image (buildah commits the mount point as an empty directory, in the build stages only);
+#      local file:// indexes (hard links, not copies) next to PyPI, and the Horovod wheels that
+#      scripts/install-horovod.sh cached on this host (the CPU image installs a fitting one
+#      instead of compiling Horovod); nothing of it stays in an image (buildah commits the mount
+#      point as an empty directory, in the build stages only);
 #   5. the two images. Both share their build stage up to the project's own pip install, so
 #      torch is installed once; every step is cached, so a second run rebuilds only the layers
 #      whose inputs changed.
@@ -154,6 +155,11 @@ prepare_pip_config() {
             n=$((n + 1))
         fi
     done
+    # scripts/install-horovod.sh's wheel cache: one folder per (Horovod, torch, Python, ops).
+    mkdir -p "$dir/horovod"
+    for entry in "${ML_LAUNCHER_WHEEL_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/ml-launcher/wheels}"/horovod-*/; do
+        [[ -d $entry ]] && cp -r "$entry" "$dir/horovod/"
+    done
     cp /etc/ssl/certs/ca-certificates.crt "$dir/host-ca.crt"
     {
         printf '[global]\nfind-links = /etc/xdg/pip/wheels\n'
@@ -178,7 +184,7 @@ inputs_digest() {
 }
 
 build_image() {
-    local name=$1 dockerfile=$2 digest old
+    local name=$1 dockerfile=$2 digest old extra=("${@:3}")
     digest=$(inputs_digest "$dockerfile")
     old=$(podman image inspect --format '{{.Id}}' "$tag:$name" 2>/dev/null || true)
     if [[ -n $old && $(podman image inspect --format "{{index .Labels \"$inputs_label\"}}" \
@@ -188,7 +194,7 @@ build_image() {
     fi
     log "image $tag:$name ($dockerfile)"
     # download.pytorch.org (the Dockerfiles' CPU index) does not resolve here: fail it fast.
-    logged "build-$name" podman build --pull=never --layers --label "$inputs_label=$digest" \
+    logged "build-$name" podman build --pull=never --layers --label "$inputs_label=$digest" "${extra[@]}" \
         -v "$work/pipcfg:/etc/xdg/pip:ro" --add-host download.pytorch.org:127.0.0.1 \
         -f "$repo/$dockerfile" -t "$tag:$name" "$repo"
     # The image this build replaced, now untagged: remove it (its layers that other images or
@@ -205,7 +211,7 @@ ensure_engine_config
 ensure_debian_base
 ensure_python_base
 prepare_pip_config
-build_image cpu docker/Dockerfile
+build_image cpu docker/Dockerfile --build-arg HOROVOD_WHEELS=/etc/xdg/pip/horovod
 build_image serve docker/Dockerfile.inference
 rm -rf "$work/pipcfg"
 podman image ls --filter "reference=$tag" --format '{{.Repository}}:{{.Tag}} {{.Size}}' >&2

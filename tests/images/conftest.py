@@ -8,7 +8,7 @@ engine can run or the images are not built (`make images`).
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -50,8 +50,11 @@ def scope(engine: Engine, no_leaks: LeakWatch) -> Iterator[Scope]:
     s.close()
 
 
-def job_trees(root: Path, hps: dict[str, object]) -> dict[str, Path]:
-    """One /opt/ml tree per host of the 2-host job, each with the example training job."""
+def job_trees(
+    root: Path, hps: dict[str, object], program: Path = ROOT / "examples" / "train_regression.py"
+) -> dict[str, Path]:
+    """One /opt/ml tree per host of the 2-host job, each with `program` (by default the
+    example training job) and the example's serving hooks."""
     trees = {}
     for host in HOSTS:
         tree = write_tree(
@@ -59,8 +62,8 @@ def job_trees(root: Path, hps: dict[str, object]) -> dict[str, Path]:
             host,
             HOSTS,
             encode_hps(hps),
-            ROOT / "examples" / "train_regression.py",
-            entry="train_regression.py",
+            program,
+            entry=program.name,
             resources=cluster_resources(HOSTS),
         )
         (tree / "code" / "inference.py").write_bytes(
@@ -80,9 +83,13 @@ class JobRun:
     wall_s: float
 
 
-def run_two_hosts(scope: Scope, trees: dict[str, Path], timeout: float = 240) -> JobRun:
-    """Start one CPU-image container per host on one new network, `train` in each, and wait."""
+def run_two_hosts(
+    scope: Scope, trees: dict[str, Path], env: Mapping[str, str] | None = None, timeout: float = 240
+) -> JobRun:
+    """Start one CPU-image container per host on one new network, `train` in each (with `env`
+    added to the image's environment), and wait for both."""
     network = scope.network()
+    env_options = [f"--env={key}={value}" for key, value in (env or {}).items()]
     names = {}
     start = time.monotonic()
     for host, tree in trees.items():
@@ -94,6 +101,7 @@ def run_two_hosts(scope: Scope, trees: dict[str, Path], timeout: float = 240) ->
             f"--network-alias={host}",
             "--shm-size=256m",
             f"--volume={tree}:/opt/ml",
+            *env_options,
             name=scope.name(host),
         )
     scope.engine.run("wait", *names.values(), timeout=timeout)
