@@ -19,9 +19,9 @@
 #      local file:// indexes (hard links, not copies) next to PyPI, and the Horovod wheels that
 #      scripts/install-horovod.sh cached on this host (the CPU image installs a fitting one
 #      instead of compiling Horovod); nothing of it stays in an image (buildah commits the mount
-#      point as an empty directory, in the build stages only);
-#   5. the two images. Both share their build stage up to the project's own pip install, so
-#      torch is installed once; every step is cached, so a second run rebuilds only the layers
+#      point as an empty directory);
+#   5. the two images. They share their first instructions up to the torch install, so torch
+#      is installed once; every step is cached, so a second run rebuilds only the layers
 #      whose inputs changed.
 #
 # Environment:
@@ -170,8 +170,8 @@ prepare_pip_config() {
 
 # A digest of everything an image is built from: the base image, the Dockerfile and every file
 # under the paths its COPY instructions take from the build context. The image carries it as a
-# label; when it matches, the build is skipped (a fully cached podman build still spends ~30 s
-# hashing the 1 GB venv that the final stage copies).
+# label; when it matches, the build is skipped (podman would otherwise still walk and hash the
+# build context and check every cached step).
 inputs_digest() {
     local dockerfile=$1 paths
     mapfile -t paths < <(awk 'toupper($1) == "COPY" && $2 !~ /^--from/ {
