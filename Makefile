@@ -5,7 +5,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 PIP    := $(PY) -m pip install -q --disable-pip-version-check -c requirements/constraints.txt
 
-.PHONY: venv test test-fast demo lint format clean
+.PHONY: venv test test-fast demo lint format clean images
 
 $(STAMP): setup.cfg pyproject.toml requirements/constraints.txt
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -23,6 +23,10 @@ test: venv
 test-fast: venv
 	$(PY) -m pytest tests/unit
 
+# The CPU training and inference images (podman, no registry needed): see docker/README.md.
+images:
+	scripts/build-images.sh
+
 demo: venv
 	$(VENV)/bin/launcher local --hosts 2 --nproc-per-host 2 examples/train_regression.py
 
@@ -33,8 +37,9 @@ lint: venv
 	# The rank programs run as scripts with tests/bin as their first import path.
 	MYPYPATH=tests/bin $(VENV)/bin/mypy --explicit-package-bases $(wildcard tests/bin/*.py)
 	$(VENV)/bin/shellcheck .ci/run scripts/install-horovod.sh scripts/gpu-tier.sh \
-		examples/slurm/train.sbatch
-	$(VENV)/bin/hadolint docker/Dockerfile docker/Dockerfile.gpu docker/Dockerfile.inference
+		scripts/build-images.sh examples/slurm/train.sbatch
+	$(VENV)/bin/hadolint docker/Dockerfile docker/Dockerfile.gpu docker/Dockerfile.inference \
+		docker/python-base.Containerfile
 
 format: venv
 	$(VENV)/bin/ruff format .

@@ -19,6 +19,9 @@
 #                            (needs CUDA, NCCL headers and a CUDA build of torch).
 #   HOROVOD_MAKEFLAGS        make parallelism (default -j2; setup.py would otherwise use -j8).
 #   ML_LAUNCHER_WHEEL_CACHE  wheel cache (default ${XDG_CACHE_HOME:-$HOME/.cache}/ml-launcher/wheels).
+#   HOROVOD_CACHED_ONLY      non-empty: install only from the cache; exit 3 (nothing changed)
+#                            when it holds no wheel, instead of building one (docker/Dockerfile
+#                            installs the build tools only then).
 #
 # Idempotent: exits 0 at once when VENV already imports a matching horovod.torch.
 # Fails (non-zero, with a message on stderr) when VENV has no python or no torch, when the patch
@@ -91,6 +94,10 @@ shopt -s nullglob
 wheels=("$cache_dir"/horovod-*.whl)
 shopt -u nullglob
 
+if [[ ${#wheels[@]} -eq 0 && -n ${HOROVOD_CACHED_ONLY:-} ]]; then
+    log "no cached wheel in $cache_dir (HOROVOD_CACHED_ONLY: not building)"
+    exit 3
+fi
 if [[ ${#wheels[@]} -eq 0 ]]; then
     log "building horovod $hvd_version ($variant) against torch $torch_version ($py_tag)"
     work=$(mktemp -d)

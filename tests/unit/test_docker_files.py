@@ -1,9 +1,8 @@
 """The Docker files lint clean and install the project exactly as the README says.
 
-No Docker engine runs in CI, so the images are not built here; these checks catch what can be
-caught without one: hadolint on every Dockerfile, the SageMaker `docker run IMAGE train`
-contract, the compose cluster's shape, and drift between the images' install commands and the
-README's.
+These checks need no container engine: hadolint on every Dockerfile, the SageMaker
+`docker run IMAGE train` contract, the compose cluster's shape, and drift between the images'
+install commands and the README's. The built images run in tests/images (`make images` first).
 
 The README agreement: under a level-2 heading `## Install`, fenced code blocks hold the install
 commands, one per line; every line starting with `pip install` (after an optional `$ ` prompt,
