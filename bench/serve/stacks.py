@@ -58,6 +58,8 @@ STACKS = {
         Stack("mms-hooks", "mms", user_hooks=True),
         # Dynamic batching on, with our default delay (serving/config.py).
         Stack("ours-batch", "ours", extra_env=(("SAGEMAKER_TS_BATCH_SIZE", "8"),)),
+        # Batches as large as the requests one worker sees at 32 connections over 2 workers.
+        Stack("ours-batch16", "ours", extra_env=(("SAGEMAKER_TS_BATCH_SIZE", "16"),)),
         Stack(
             "ours-toolkit-hooks-batch",
             "ours",
