@@ -274,8 +274,7 @@ def _meet_and_run_attempts(
             _check_hosts(
                 launch, chosen, member, extra, base=base, out=out, events=events, scope=scope
             )
-        announced = getattr(member, "plan", None)  # a follower's PLAN: the leader's count
-        return attempts.Met(world, member, announced.attempt if announced else attempt)
+        return attempts.Met.of(world, member, attempt)
 
     return attempts.run(job, meet_hosts, scope)
 

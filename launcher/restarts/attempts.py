@@ -61,6 +61,13 @@ class Met:
     member: Member | None
     attempt: int
 
+    @classmethod
+    def of(cls, world: World, member: Member | None, asked: int) -> Met:
+        """The meeting just held for attempt `asked`: a follower takes the attempt from the
+        leader's PLAN (the leader's count is the job's), the leader and one host keep `asked`."""
+        announced = getattr(member, "plan", None)
+        return cls(world, member, announced.attempt if announced is not None else asked)
+
 
 # attempt -> the meeting of that attempt; the events queue is the attempt's supervisor's.
 Meet = Callable[[int, Events], Met]

@@ -79,8 +79,7 @@ def train_attempts(prepared: Prepared, environ: dict[str, str], scope: Containme
             from launcher.preflight import command as preflight  # noqa: PLC0415 - --preflight
 
             preflight.run_preflight(launch, prepared, member, extra, events=events, scope=scope)
-        announced = getattr(member, "plan", None)  # a follower's PLAN: the leader's count
-        return attempts.Met(world, member, announced.attempt if announced else attempt)
+        return attempts.Met.of(world, member, attempt)
 
     return attempts.run(job, meet, scope)
 
