@@ -52,8 +52,12 @@ def test_a_failed_rank_restarts_the_whole_job_with_fresh_ports_and_kept_logs(
     launch: Launch, tmp_path: Path
 ) -> None:
     logs = tmp_path / "logs"
+    # --together: rank 1 fails once rank 0 has started too, or attempt 0 may have no rank 0.
     job, out = run(
-        launch, tmp_path, "--ranks", "1", opts=["--max-restarts", "2", "--log-dir", str(logs)]
+        launch,
+        tmp_path,
+        *("--ranks", "1", "--together", "1"),
+        opts=["--max-restarts", "2", "--log-dir", str(logs)],
     )
     assert job.wait() == 0, job.err
     first, second = starts(out, 0), starts(out, 1)
@@ -192,7 +196,7 @@ def test_a_rank_failing_on_one_of_3_local_hosts_restarts_every_host(tmp_path: Pa
     out.mkdir()
     argv = [LAUNCHER, "local", "--hosts", "3", "--nproc-per-host", "1", "--max-restarts", "1"]
     argv += ["--job-dir", str(tmp_path / "jobs"), prog("fail_once.py"), "--out", str(out)]
-    argv += ["--ranks", "2"]
+    argv += ["--ranks", "2", "--together", "1"]  # rank 2 fails once every host's rank started
     done = subprocess.run(argv, capture_output=True, text=True, timeout=80, check=False)
     assert done.returncode == 0, done.stderr
     first, second = starts(out, 0), starts(out, 1)
