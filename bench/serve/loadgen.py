@@ -85,6 +85,14 @@ def percentile(sorted_values: list[int], q: float) -> float:
     return sorted_values[index] / 1e6
 
 
+def prewarm(
+    host: str, port: int, request: bytes | Sequence[bytes], *, concurrency: int, seconds: float
+) -> None:
+    """Drive the server for `seconds` and keep nothing: what every server gets before the
+    first measured round (its workers warm, its caches full)."""
+    run(host, port, request, concurrency=concurrency, warmup_s=seconds, measure_s=0.001)
+
+
 def run(
     host: str,
     port: int,

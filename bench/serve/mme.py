@@ -124,13 +124,8 @@ def main() -> None:
                 for i in range(MODELS)
             ]
             for run, _ in runs:
-                loadgen.run(
-                    HOST,
-                    run.port,
-                    requests,
-                    concurrency=args.concurrency,
-                    warmup_s=args.prewarm,
-                    measure_s=0.001,
+                loadgen.prewarm(
+                    HOST, run.port, requests, concurrency=args.concurrency, seconds=args.prewarm
                 )
             for number in range(args.rounds):
                 order = runs if number % 2 == 0 else runs[::-1]

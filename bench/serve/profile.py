@@ -78,9 +78,7 @@ def main() -> None:
             request = loadgen.build_request(
                 HOST, "/invocations", payload(args.rows), "application/json", "application/json"
             )
-            loadgen.run(
-                HOST, run.port, request, concurrency=args.concurrency, warmup_s=3, measure_s=0.001
-            )
+            loadgen.prewarm(HOST, run.port, request, concurrency=args.concurrency, seconds=3)
             out = tmp / "profile.txt"
             sampling = ["--format", "raw", "--rate", str(args.rate), "--nonblocking"]
             window = ["--duration", str(int(args.seconds)), "--output", str(out)]

@@ -220,13 +220,8 @@ def throughput(
             request = loadgen.build_request(
                 HOST, "/invocations", payload(1), "application/json", "application/json"
             )
-            loadgen.run(
-                HOST,
-                run.port,
-                request,
-                concurrency=args.concurrency,
-                warmup_s=args.prewarm,
-                measure_s=0.001,
+            loadgen.prewarm(
+                HOST, run.port, request, concurrency=args.concurrency, seconds=args.prewarm
             )
         for number in range(args.rounds):
             for rows in args.rows:
