@@ -657,6 +657,7 @@ def _maybe_platform(environ: Mapping[str, str]) -> bool:
     """Whether `auto` could find a platform other than this host alone."""
     if any(environ.get(name) for name in PLATFORM_MARKERS):
         return True
+    # Not `sagemaker.config.base_dir_from`: a plain `launcher run` imports no SageMaker module.
     base = environ.get("SAGEMAKER_BASE_DIR") or "/opt/ml"
     return os.path.exists(f"{base}/input/config/resourceconfig.json")  # noqa: PTH110
 

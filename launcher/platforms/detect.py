@@ -12,10 +12,10 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable, Mapping
-from pathlib import Path
 
 from launcher.platforms import kubernetes, slurm
 from launcher.platforms.model import Kind, Platform, PlatformError, Source
+from launcher.sagemaker import config
 
 __all__ = ["RESOURCE_CONFIG", "detect", "parse_kind"]
 
@@ -34,8 +34,7 @@ def parse_kind(value: str) -> Kind:
 def detect(kind: Kind, environ: Mapping[str, str], read: Reader, node_name: str) -> Platform:
     """The platform `kind` (or the first that matches, for `auto`). Raises `PlatformError`
     naming the platform and the variable or file that is missing or wrong."""
-    base = environ.get("SAGEMAKER_BASE_DIR") or "/opt/ml"
-    config_path = str(Path(base) / RESOURCE_CONFIG)
+    config_path = str(config.base_dir_from(environ) / RESOURCE_CONFIG)
     if kind is Kind.AUTO:
         kind = _auto(environ, read, config_path)
     match kind:

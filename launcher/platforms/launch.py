@@ -33,6 +33,7 @@ from launcher.net import free_port
 from launcher.plan import HostSlots, JobSpec, LaunchPlan, World
 from launcher.platforms.model import Platform
 from launcher.platforms.smtree import job_config
+from launcher.sagemaker import config
 from launcher.settings import Backend, Settings, local_slots
 
 if TYPE_CHECKING:
@@ -95,7 +96,7 @@ def spec_for(
 def _channels(environ: Mapping[str, str]) -> tuple[str, ...]:
     """The input channels: the folders under `$SAGEMAKER_BASE_DIR/input/data` (none if it
     does not exist), with names SageMaker allows."""
-    data = Path(environ.get("SAGEMAKER_BASE_DIR") or "/opt/ml") / "input" / "data"
+    data = config.base_dir_from(environ) / "input" / "data"
     try:
         names = [p.name for p in data.iterdir() if p.is_dir()]
     except OSError:
@@ -255,8 +256,9 @@ def _meet_and_run_attempts(
     from launcher.restarts import attempts  # noqa: PLC0415 - restarts only
 
     options = commands._options(chosen, keep_dir=out)
-    tree = Path(base.get("SAGEMAKER_BASE_DIR") or "/opt/ml")  # where the checkpoints default to
     from launcher.restarts import command as restarts  # noqa: PLC0415
+
+    tree = config.base_dir_from(base)  # where the checkpoints default to
 
     job = restarts.attempt_job(
         spec, chosen, options, tree, platform.current_host, output_dir=out, environ=base
@@ -296,7 +298,7 @@ def _check_hosts(
         return
     from launcher.preflight import command as preflight  # noqa: PLC0415 - --preflight only
 
-    tree = Path(base.get("SAGEMAKER_BASE_DIR") or "/opt/ml")
+    tree = config.base_dir_from(base)
     dirs = {"output": out} if out is not None else {}
     preflight.check_hosts(
         launch, chosen, member, extra, dirs=dirs, base=tree, output_dir=out, events=events,

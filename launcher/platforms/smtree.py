@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from launcher.platforms.model import Platform
+from launcher.sagemaker import config
 from launcher.sagemaker.tree import Hyperparameters, InstanceGroup, JobConfig, Paths, ResourceConfig
 
 __all__ = ["GROUP", "INSTANCE_TYPE", "job_config"]
@@ -52,7 +53,7 @@ def job_config(
     resources = ResourceConfig(
         platform.current_host, hosts, GROUP, INSTANCE_TYPE, interface, (group,), (), raw
     )
-    base = Path(environ.get("SAGEMAKER_BASE_DIR") or "/opt/ml")
+    base = config.base_dir_from(environ)
     job = platform.job_name
     return JobConfig(
         paths=Paths(base),

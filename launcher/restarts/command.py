@@ -23,6 +23,7 @@ from launcher.containment import Containment
 from launcher.events import Events
 from launcher.plan import JobSpec, World
 from launcher.restarts import attempts
+from launcher.sagemaker import config
 from launcher.settings import Backend, Settings
 
 
@@ -94,7 +95,7 @@ def run_attempts(
     out: Path | None,
 ) -> int:
     """`launcher run` with restarts: each attempt on a fresh free port (unless one is set)."""
-    base = Path(environ.get("SAGEMAKER_BASE_DIR") or "/opt/ml")
+    base = config.base_dir_from(environ)
     options = _options(chosen, keep_dir=out)
     job = attempt_job(spec, chosen, options, base, world.host.name, output_dir=out, environ=environ)
     host, slots = world.host.name, world.host.slots
