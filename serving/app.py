@@ -25,7 +25,7 @@ from typing import Any
 import orjson
 
 from serving import codecs, records, stopping, streaming
-from serving.batching import Batcher
+from serving.batching import Batcher, Waiting
 from serving.errors import (
     EXIT_SUCCESS,
     BadRequest,
@@ -82,10 +82,14 @@ class App:
                 "MaxPayloadInMB": max(1, config.max_payload_bytes // _MB),
             }
         )
-        self.mme = MultiModelRoutes(config) if config.multi_model else None
+        # Shared by every batcher of the worker; the server tells it how to count connections.
+        self.waiting = Waiting()
+        self.mme = MultiModelRoutes(config, self.waiting) if config.multi_model else None
         self.batcher: Batcher | None = None
         if config.batch_size > 1 and not config.multi_model:
-            self.batcher = Batcher(runtime, config.batch_size, config.max_batch_delay_s)
+            self.batcher = Batcher(
+                runtime, config.batch_size, config.max_batch_delay_s, self.waiting
+            )
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         kind = scope["type"]

@@ -8,6 +8,7 @@ prediction. torch is imported inside each function so that importing this module
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
@@ -20,12 +21,21 @@ from serving.errors import ModelLoadError, NotAcceptable
 MODEL_FILES = ("model.pt", "model.pth")
 
 
-def _device() -> Any:
-    # torch is imported lazily everywhere here: the master only pays for it if it loads.
-    import torch  # noqa: PLC0415
+# (pid, device): this process's device, asked of torch once per process. Keyed by pid because
+# the master may ask before it forks workers that pin a GPU of their own.
+_DEVICE: tuple[int, Any] | None = None
 
-    # A worker on a GPU host has exactly one visible device (it pinned itself to it).
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+def _device() -> Any:
+    global _DEVICE  # noqa: PLW0603 (a per-process cache, see above)
+    pid = os.getpid()
+    if _DEVICE is None or _DEVICE[0] != pid:
+        # torch is imported lazily everywhere here: the master only pays for it if it loads.
+        import torch  # noqa: PLC0415
+
+        # A worker on a GPU host has exactly one visible device (it pinned itself to it).
+        _DEVICE = (pid, torch.device("cuda" if torch.cuda.is_available() else "cpu"))
+    return _DEVICE[1]
 
 
 def find_model_file(model_dir: Path) -> Path:
@@ -90,9 +100,14 @@ def model_fn(model_dir: str) -> Any:
 
 def input_fn(body: bytes | str, content_type: str) -> Any:
     """Decode the body into a tensor on this worker's device (float32 for text payloads)."""
+    return as_tensor(codecs.decode(body, codecs.media_type(content_type)))
+
+
+def as_tensor(array: np.ndarray) -> Any:
+    """`array` as a tensor on this worker's device (what `input_fn` returns for a body that
+    decoded to `array`; `serving.batching` joins decoded arrays first and converts once)."""
     import torch  # noqa: PLC0415
 
-    array = codecs.decode(body, codecs.media_type(content_type))
     if not array.flags.writeable:
         array = array.copy()
     tensor = torch.from_numpy(array)

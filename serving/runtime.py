@@ -18,6 +18,7 @@ import logging
 import os
 import signal
 import sys
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -63,6 +64,7 @@ class Prepared:
 
     data: bytes | str
     content_type: str
+    kind: str  # the bare media type of content_type
     accept: str
 
 
@@ -81,17 +83,69 @@ class _Alarm:
     """The process's request timer: armed around user code, disarmed before anything else.
 
     One per process, shared by every Runtime, because SIGALRM has one handler per process.
+
+    Arming and disarming make no system call: `arm` records a deadline and sets the kernel
+    timer only when none is pending; `disarm` just clears the flag. A pending timer that fires
+    early (it was set for an earlier deadline) or while nothing is armed is re-set for what is
+    left, or dropped. So a worker answering thousands of requests a second touches the timer
+    about once per timeout, where two `setitimer` calls per hook call cost ~8 % of a batched
+    worker's time (py-spy, docs/benchmarks-serving.md). A deadline is missed by at most the
+    time Python takes to run the handler after the signal (between two bytecodes).
     """
 
-    armed = False
+    def __init__(self) -> None:
+        self.armed = False
+        self.deadline = 0.0
+        # When the kernel timer set last will fire; 0.0 when none is pending.
+        self._fires_at = 0.0
 
     def install(self) -> None:
         signal.signal(signal.SIGALRM, self._on_alarm)
 
+    def arm(self, seconds: float) -> float | None:
+        """Raise `_Expired` in the main thread once `seconds` have passed (or at the deadline
+        already armed, if sooner), unless disarmed. Returns what `disarm` restores: the
+        deadline armed before, or None."""
+        previous = self.deadline if self.armed else None
+        now = time.monotonic()
+        deadline = now + seconds
+        if previous is not None and previous < deadline:
+            deadline = previous
+        self.deadline = deadline
+        if not self._fires_at or self._fires_at > deadline:
+            self._set(deadline - now, now)
+        self.armed = True
+        return previous
+
+    def disarm(self, previous: float | None = None) -> None:
+        """Undo the matching `arm`: nothing armed, or the deadline `previous` again (work
+        under a timeout inside other work under one, such as a streamed item in a batch)."""
+        if previous is None:
+            self.armed = False
+            return
+        # Armed again even if the inner work's expiry disarmed it: the outer deadline holds,
+        # and one already past fires at once.
+        self.deadline = previous
+        self.armed = True
+        if not self._fires_at or self._fires_at > previous:
+            now = time.monotonic()
+            self._set(previous - now, now)
+
+    def _set(self, seconds: float, now: float) -> None:
+        # setitimer(0) would cancel the timer: a deadline already reached fires at once.
+        seconds = max(seconds, 1e-6)
+        self._fires_at = now + seconds
+        signal.setitimer(signal.ITIMER_REAL, seconds)
+
     def _on_alarm(self, signum: int, frame: FrameType | None) -> None:
-        if self.armed:
+        self._fires_at = 0.0
+        if not self.armed:
+            return
+        now = time.monotonic()
+        if now >= self.deadline:
             self.armed = False
             raise _Expired
+        self._set(self.deadline - now, now)
 
 
 ALARM = _Alarm()
@@ -169,44 +223,49 @@ class Runtime:
 
     def guarded(self, work: Callable[..., T], *args: Any) -> T | Reply:
         """`work(*args)` under the request timeout, every exception turned into its Reply
-        (504 past the timeout)."""
+        (504 past the timeout; `failure` for the others)."""
         try:
+            previous = ALARM.arm(self.config.timeout_s)
             try:
-                ALARM.armed = True
-                signal.setitimer(signal.ITIMER_REAL, self.config.timeout_s)
                 return work(*args)
             finally:
-                # Disarm first: an alarm landing after this line is ignored by the handler.
-                ALARM.armed = False
-                signal.setitimer(signal.ITIMER_REAL, 0)
+                # An alarm landing after this line is ignored by the handler.
+                ALARM.disarm(previous)
         except _Expired:
-            error: HttpError = RequestTimeout(
+            error = RequestTimeout(
                 f"request exceeded SAGEMAKER_MODEL_SERVER_TIMEOUT ({self.config.timeout_s:g} s)"
             )
             log.error("%s", error.message)
             return error_reply(error.status, type(error).__name__, error.message)
-        except HttpError as error:
-            if error.status >= 500:
-                log.exception("request failed")
-            return error_reply(error.status, type(error).__name__, error.message)
         except BaseException as exc:
-            # KeyboardInterrupt, GeneratorExit, CancelledError from a hook would unwind the
-            # event loop: a dead worker or an unanswered connection. (No stop signal raises
-            # here.) The traceback stays in the log; the client gets type and message only.
-            log.exception("user code raised %s", type(exc).__name__)
-            return error_reply(status_of(exc) or 500, type(exc).__name__, client_message(exc))
+            return self.failure(exc)
+
+    def failure(self, exc: BaseException) -> Reply:
+        """The reply for `exc`, raised by a request check or user code: an HttpError keeps
+        its status, an exception with an integer `status_code` keeps that one, anything else
+        is a 500. The timeout's own exception is raised again, so that work run under one
+        `guarded` call (a batch) ends as a whole when its time is up."""
+        if isinstance(exc, _Expired):
+            raise exc
+        if isinstance(exc, HttpError):
+            if exc.status >= 500:
+                log.error("request failed", exc_info=exc)
+            return error_reply(exc.status, type(exc).__name__, exc.message)
+        # KeyboardInterrupt, GeneratorExit, CancelledError from a hook would unwind the
+        # event loop: a dead worker or an unanswered connection. (No stop signal raises
+        # here.) The traceback stays in the log; the client gets type and message only.
+        log.error("user code raised %s", type(exc).__name__, exc_info=exc)
+        return error_reply(status_of(exc) or 500, type(exc).__name__, client_message(exc))
 
     def next_chunk(self, chunks: Iterator[Any]) -> bytes | None:
         """The next item of a streamed answer as bytes (None at its end), under the request
         timeout. Raises what the iterator raises, and RequestTimeout past the timeout."""
         try:
+            previous = ALARM.arm(self.config.timeout_s)
             try:
-                ALARM.armed = True
-                signal.setitimer(signal.ITIMER_REAL, self.config.timeout_s)
                 item = next(chunks, streaming.END)
             finally:
-                ALARM.armed = False
-                signal.setitimer(signal.ITIMER_REAL, 0)
+                ALARM.disarm(previous)
         except _Expired:
             raise RequestTimeout(
                 f"a streamed item took longer than SAGEMAKER_MODEL_SERVER_TIMEOUT "
@@ -234,16 +293,16 @@ class Runtime:
             return self.finish((output_fn(item, accept) for item in prediction), accept)
         return self.finish(output_fn(prediction, accept), accept)
 
-    def prepare(self, body: bytes, content_type: str | None, accept: str | None) -> Prepared:
-        """Check the request's types and decode a text body for user hooks. Raises
-        UnsupportedContentType, NotAcceptable or BadRequest."""
-        handler = self.handler
+    def types(self, content_type: str | None, accept: str | None) -> tuple[str, str, str]:
+        """(Content-Type, its bare media type, the type to answer in) of a request. Raises
+        UnsupportedContentType or NotAcceptable. Depends on the two headers only, so a batch
+        asks once per distinct pair."""
         if not content_type:
             raise UnsupportedContentType("the request has no Content-Type header")
         kind = codecs.media_type(content_type)
         if not accept or accept.strip() == "*/*":
             accept = self.config.default_accept
-        if handler.default_output:
+        if self.handler.default_output:
             # Refuse an unproducible Accept before spending the model's time on it.
             chosen = codecs.negotiate(accept, codecs.SUPPORTED, self.config.default_accept)
             if chosen is None:
@@ -251,14 +310,27 @@ class Runtime:
                     f"cannot produce {accept!r}; use one of {', '.join(codecs.SUPPORTED)}"
                 )
             accept = chosen
+        return content_type, kind, accept
+
+    def prepare(
+        self,
+        body: bytes,
+        content_type: str | None,
+        accept: str | None,
+        types: tuple[str, str, str] | None = None,
+    ) -> Prepared:
+        """Check the request's types (or take `types`, what `types` returned for its
+        headers) and decode a text body for user hooks. Raises UnsupportedContentType,
+        NotAcceptable or BadRequest."""
+        content_type, kind, accept = types or self.types(content_type, accept)
         data: bytes | str = body
-        if not handler.default_input and kind in codecs.UTF8_TYPES:
+        if not self.handler.default_input and kind in codecs.UTF8_TYPES:
             # The toolkit hands JSON and CSV bodies to user hooks as str.
             try:
                 data = body.decode("utf-8")
             except UnicodeDecodeError as exc:
                 raise BadRequest(f"body is not UTF-8: {exc}") from None
-        return Prepared(data, content_type, accept)
+        return Prepared(data, content_type, kind, accept)
 
     def finish(self, result: Any, accept: str) -> Reply:
         """The 200 reply for what output_fn (or transform_fn) returned: bytes or str, a

@@ -16,10 +16,12 @@ import logging
 import math
 import os
 import signal
+from collections.abc import Callable
 from typing import Any
 
 from gunicorn.app.base import BaseApplication  # type: ignore[import-untyped]
 from gunicorn.glogging import Logger  # type: ignore[import-untyped]
+from gunicorn.workers.gasgi import ASGIWorker  # type: ignore[import-untyped]
 
 from serving import console
 from serving.app import App
@@ -40,7 +42,7 @@ def options(config: ServeConfig) -> dict[str, Any]:
     return {
         "bind": [f"{config.host}:{config.port}"],
         "workers": config.workers,
-        "worker_class": "asgi",
+        "worker_class": ServeWorker,
         "asgi_lifespan": "on",
         "backlog": 2048,
         "timeout": math.ceil(config.timeout_s) + HEARTBEAT_GRACE_S,
@@ -72,6 +74,30 @@ class ServeLogger(Logger):  # type: ignore[misc]
                 handler, logging.FileHandler
             ):
                 handler.setFormatter(console.FORMATTER)
+
+
+class ServeWorker(ASGIWorker):  # type: ignore[misc]
+    """gunicorn's asgi worker, telling the batchers when one of its connections closed.
+
+    The batchers run a batch early once every open connection of the worker has a request
+    waiting in it (`serving.batching.Waiting`); a connection that closes can make that true
+    without any request arriving. gunicorn's protocol counts the worker's connections in
+    `nr_conns` (one added when made, one taken when lost, on the event loop's thread): as a
+    property here, a decrease reaches `on_close`.
+    """
+
+    on_close: Callable[[], None] | None = None
+
+    @property
+    def nr_conns(self) -> int:
+        return self._open_connections
+
+    @nr_conns.setter
+    def nr_conns(self, value: int) -> None:
+        closed = value < getattr(self, "_open_connections", 0)
+        self._open_connections = value
+        if closed and self.on_close is not None:
+            self.on_close()
 
 
 class _Gunicorn(BaseApplication):  # type: ignore[misc]
@@ -127,6 +153,10 @@ def run(config: ServeConfig, app: App) -> int:
     def post_fork(server: Any, worker: Any) -> None:
         # In the new worker: the book was copied by fork, so its own entry is there.
         app.slot = book.slot_of(worker.age)
+        # The batchers' count of open connections (see ServeWorker).
+        if isinstance(worker, ServeWorker):
+            app.waiting.open_connections = lambda: worker.nr_conns
+            worker.on_close = app.waiting.connection_closed
         if app.slot is not None:
             console.set_worker(app.slot)
 

@@ -21,7 +21,7 @@ import time
 from pathlib import Path
 
 from bench.serve import loadgen
-from bench.serve.run import HOST, payload, save_mlp, start, stop, wait_ready
+from bench.serve.run import HOST, MODELS, payload, start, stop, wait_ready
 from bench.serve.stacks import STACKS
 
 PY_SPY = str(Path(sys.executable).with_name("py-spy"))
@@ -62,6 +62,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
     parser.add_argument("--stack", default="ours-toolkit-hooks")
     parser.add_argument("--rows", type=int, default=32)
+    parser.add_argument("--model", choices=sorted(MODELS), default="mlp")
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--concurrency", type=int, default=8)
     parser.add_argument("--seconds", type=float, default=15.0)
@@ -71,12 +72,17 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="serve-profile-") as tmp_name:
         tmp = Path(tmp_name)
         model = tmp / "model.pt"
-        save_mlp(model)
-        run = start(STACKS[args.stack], model, tmp / "server", args.workers)
+        served = MODELS[args.model]
+        served.save(model)
+        run = start(STACKS[args.stack], model, tmp / "server", args.workers, served)
         try:
             wait_ready(run)
             request = loadgen.build_request(
-                HOST, "/invocations", payload(args.rows), "application/json", "application/json"
+                HOST,
+                "/invocations",
+                payload(args.rows, served.features),
+                "application/json",
+                "application/json",
             )
             loadgen.prewarm(HOST, run.port, request, concurrency=args.concurrency, seconds=3)
             out = tmp / "profile.txt"

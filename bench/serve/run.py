@@ -1,7 +1,10 @@
 """Benchmark `serve` against sagemaker-inference + MMS and TorchServe, side by side, same run.
 
-Every stack serves the same TorchScript MLP 64->256->256->10 from its own /opt/ml-shaped tree
-with 2 workers, JSON in and JSON out, and is driven by the same closed-loop load generator.
+Every stack serves the same TorchScript model from its own /opt/ml-shaped tree with 2 workers,
+JSON in and JSON out, and is driven by the same closed-loop load generator. `--model mlp` (the
+default) is an MLP 64->256->256->10; `--model demo` is the demo's own regressor
+(`examples/train_regression.py`, 8->32->32->1), whose stacks with user hooks import the demo's
+own `examples/inference.py` (what `make demo` writes beside its model).
 The machine is shared, so load from elsewhere drifts during a run; the bench therefore
 interleaves the stacks finely and compares them within each round:
 
@@ -21,6 +24,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import http.client
+import importlib.util
 import json
 import os
 import random
@@ -29,6 +33,7 @@ import signal
 import subprocess
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -40,6 +45,9 @@ from bench.serve import loadgen, spread
 from bench.serve.stacks import HERE, STACKS, Stack
 
 HOST = "127.0.0.1"
+EXAMPLES = HERE.parents[1] / "examples"
+# `--server-cpus`: the CPUs every stack runs on (empty: all); see main.
+SERVER_CPUS = ""
 
 
 def save_mlp(path: Path) -> None:
@@ -56,9 +64,43 @@ def save_mlp(path: Path) -> None:
     torch.jit.script(net).save(str(path))  # type: ignore[no-untyped-call]
 
 
-def payload(rows: int) -> bytes:
+def save_demo(path: Path) -> None:
+    """The demo job's model (untrained: serving cost does not depend on the weights)."""
+    import torch
+
+    spec = importlib.util.spec_from_file_location(
+        "train_regression", EXAMPLES / "train_regression.py"
+    )
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    torch.manual_seed(0)
+    torch.jit.script(module.Regressor(32)).save(str(path))
+
+
+@dataclass(frozen=True, slots=True)
+class BenchModel:
+    """A model the stacks serve: how to save it, its row width, and the user hooks that
+    stacks with `user_hooks` import as `code/inference.py`."""
+
+    name: str
+    features: int
+    hooks: Path
+    save: Callable[[Path], None]
+
+
+MODELS = {
+    m.name: m
+    for m in (
+        BenchModel("mlp", 64, HERE / "toolkit_hooks.py", save_mlp),
+        BenchModel("demo", 8, EXAMPLES / "inference.py", save_demo),
+    )
+}
+
+
+def payload(rows: int, features: int = 64) -> bytes:
     rng = random.Random(rows)
-    return json.dumps([[rng.random() for _ in range(64)] for _ in range(rows)]).encode()
+    return json.dumps([[rng.random() for _ in range(features)] for _ in range(rows)]).encode()
 
 
 def status_of(port: int, method: str, path: str, body: bytes | None = None) -> int | None:
@@ -112,29 +154,38 @@ class Running:
     work: Path
     started: float
     log: Any
+    # A one-row request this stack's model answers (readiness checks, pre-warming).
+    probe: bytes
 
     @property
     def sid(self) -> int:
         return self.proc.pid
 
 
-def start(stack: Stack, model_file: Path, work: Path, workers: int) -> Running:
+def start(
+    stack: Stack, model_file: Path, work: Path, workers: int, model: BenchModel = MODELS["mlp"]
+) -> Running:
     root = work / "ml"
     (root / "model").mkdir(parents=True)
     shutil.copy(model_file, root / "model" / "model.pt")
     if stack.user_hooks:
         (root / "model" / "code").mkdir()
-        shutil.copy(HERE / "toolkit_hooks.py", root / "model" / "code" / "inference.py")
-    return launch(stack, root, work, workers)
+        shutil.copy(model.hooks, root / "model" / "code" / "inference.py")
+    return launch(stack, root, work, workers, payload(1, model.features))
 
 
-def launch(stack: Stack, root: Path, work: Path, workers: int) -> Running:
+def launch(
+    stack: Stack, root: Path, work: Path, workers: int, probe: bytes | None = None
+) -> Running:
     """Start `stack` serving the model tree `root` (its state and log under `work`) on a free
     port below MMS's limit; it runs in a session of its own (`stop` ends it)."""
     state = work / "state"
     state.mkdir(parents=True)
     port = free_port(host="0.0.0.0", below=32000)  # MMS refuses ports above 32767
     argv, env = stack.command(root, port, workers, state)
+    if SERVER_CPUS:
+        # Every process of the stack (forked workers, the JVM's threads) inherits it.
+        argv = ["taskset", "--cpu-list", SERVER_CPUS, *argv]
     log = (work / "server.log").open("wb")
     started = time.monotonic()
     proc = subprocess.Popen(
@@ -146,14 +197,14 @@ def launch(stack: Stack, root: Path, work: Path, workers: int) -> Running:
         stderr=subprocess.STDOUT,
         start_new_session=True,
     )
-    return Running(stack, proc, port, work, started, log)
+    return Running(stack, proc, port, work, started, log, probe or payload(1))
 
 
 def wait_ready(run: Running, deadline_s: float = 180) -> tuple[float, float]:
     """Seconds from process start to the first 200 on /ping, then on /invocations."""
     deadline = run.started + deadline_s
     times = []
-    for method, path, body in (("GET", "/ping", None), ("POST", "/invocations", payload(1))):
+    for method, path, body in (("GET", "/ping", None), ("POST", "/invocations", run.probe)):
         while status_of(run.port, method, path, body) != 200:
             if run.proc.poll() is not None or time.monotonic() > deadline:
                 raise RuntimeError(f"{run.stack.name}: no 200 on {path}; see {run.work}")
@@ -194,7 +245,8 @@ def cold_starts(
     for number in range(args.cold_rounds):
         # The order rotates every round, so that no stack always follows the same neighbour.
         for stack in stacks[number % len(stacks) :] + stacks[: number % len(stacks)]:
-            run = start(stack, model, tmp / f"cold-{stack.name}-{number}", args.workers)
+            work = tmp / f"cold-{stack.name}-{number}"
+            run = start(stack, model, work, args.workers, MODELS[args.model])
             try:
                 ping_s, first_s = wait_ready(run)
                 pss = pss_mib(session_processes(run.sid))
@@ -211,21 +263,22 @@ def cold_starts(
 def throughput(
     group: int, stacks: list[Stack], args: argparse.Namespace, model: Path, tmp: Path
 ) -> list[dict[str, Any]]:
-    runs = [start(s, model, tmp / f"load{group}-{s.name}", args.workers) for s in stacks]
+    served = MODELS[args.model]
+    runs = [start(s, model, tmp / f"load{group}-{s.name}", args.workers, served) for s in stacks]
     results = []
     try:
         for run in runs:
             wait_ready(run)
         for run in runs:
             request = loadgen.build_request(
-                HOST, "/invocations", payload(1), "application/json", "application/json"
+                HOST, "/invocations", run.probe, "application/json", "application/json"
             )
             loadgen.prewarm(
                 HOST, run.port, request, concurrency=args.concurrency, seconds=args.prewarm
             )
         for number in range(args.rounds):
             for rows in args.rows:
-                body = payload(rows)
+                body = payload(rows, served.features)
                 request = loadgen.build_request(
                     HOST, "/invocations", body, "application/json", "application/json"
                 )
@@ -329,12 +382,22 @@ def report(
     return "\n".join(out)
 
 
+def _cpu_list(text: str) -> set[int]:
+    """The CPUs of a taskset-style list ("0", "0,2", "0-3")."""
+    cpus: set[int] = set()
+    for part in text.split(","):
+        first, _, last = part.partition("-")
+        cpus.update(range(int(first), int(last or first) + 1))
+    return cpus
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
     parser.add_argument(
         "--stacks", default="ours,ours-toolkit-hooks,mms,torchserve,torchserve-omp1"
     )
     parser.add_argument("--rows", default="1,32")
+    parser.add_argument("--model", choices=sorted(MODELS), default="mlp")
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--concurrency", type=int, default=8)
     parser.add_argument("--cold-rounds", type=int, default=3)
@@ -355,15 +418,29 @@ def main() -> None:
         default="ours-toolkit-hooks/mms-hooks,ours/mms-hooks",
         help="A/B pairs whose per-round ratios are reported min-median-max",
     )
+    parser.add_argument(
+        "--server-cpus",
+        default="",
+        help="run every stack on these CPUs (taskset list, e.g. 0) and the load generator on "
+        "the others, so that the client takes nothing from the server measured",
+    )
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
+    if args.server_cpus:
+        global SERVER_CPUS  # noqa: PLW0603 (set once, before any stack starts)
+        SERVER_CPUS = args.server_cpus
+        server = _cpu_list(args.server_cpus)
+        client = os.sched_getaffinity(0) - server
+        if not client:
+            parser.error(f"--server-cpus {args.server_cpus} leaves no CPU for the client")
+        os.sched_setaffinity(0, client)
     args.rows = [int(n) for n in args.rows.split(",")]
     stacks = [STACKS[name] for name in args.stacks.split(",")]
     load_start = os.getloadavg()
     with tempfile.TemporaryDirectory(prefix="serve-bench-") as tmp_name:
         tmp = Path(tmp_name)
         model = tmp / "model.pt"
-        save_mlp(model)
+        MODELS[args.model].save(model)
         cold = cold_starts(stacks, args, model, tmp) if args.cold_rounds else []
         load = []
         if args.rounds:

@@ -31,7 +31,7 @@ from pathlib import Path
 from types import ModuleType
 
 from serving import usercode
-from serving.batching import Batcher
+from serving.batching import Batcher, Waiting
 from serving.config import ServeConfig
 from serving.errors import HttpError, InternalError, ModelLoadError, NotFound
 from serving.multimodel.policy import LruOrder
@@ -97,8 +97,11 @@ class ModelSet:
         config: ServeConfig,
         registry: Registry,
         free_memory: Callable[[], int] = available_memory,
+        waiting: Waiting | None = None,
     ) -> None:
         self.config = config
+        # Every model's batcher shares it (serving.batching.Waiting).
+        self._waiting = waiting or Waiting()
         self.registry = registry
         self._free_memory = free_memory
         self._loaded: dict[str, Loaded] = {}
@@ -164,7 +167,9 @@ class ModelSet:
         runtime = await loop.run_in_executor(self._pool, self._load_blocking, entry)
         batcher = None
         if self.config.batch_size > 1:
-            batcher = Batcher(runtime, self.config.batch_size, self.config.max_batch_delay_s)
+            batcher = Batcher(
+                runtime, self.config.batch_size, self.config.max_batch_delay_s, self._waiting
+            )
         loaded = Loaded(entry, runtime, batcher)
         self._loaded[entry.name] = loaded
         self._order.touch(entry.name)

@@ -27,6 +27,7 @@ from urllib.parse import parse_qs
 import orjson
 
 from serving import codecs
+from serving.batching import Waiting
 from serving.config import ServeConfig
 from serving.errors import BadRequest, HttpError, MethodNotAllowed, NotFound
 from serving.multimodel.models import ModelSet
@@ -61,9 +62,11 @@ def _describe(entry: ModelEntry) -> dict[str, str]:
 class MultiModelRoutes:
     """The routes above; built in the master, used by each worker after fork."""
 
-    def __init__(self, config: ServeConfig, registry: Registry | None = None) -> None:
+    def __init__(
+        self, config: ServeConfig, waiting: Waiting | None = None, registry: Registry | None = None
+    ) -> None:
         self.registry = registry or Registry()
-        self.models = ModelSet(config, self.registry)
+        self.models = ModelSet(config, self.registry, waiting=waiting)
 
     async def invoke(
         self,

@@ -231,3 +231,65 @@ def test_execution_parameters_report_the_strategy(server: ServeProcess) -> None:
         "BatchStrategy": "MULTI_RECORD",
         "MaxPayloadInMB": 20,
     }
+
+
+def test_batches_never_wait_for_requests_that_cannot_come(
+    tmp_path: Path, mlp_file: Path, predict: Predict
+) -> None:
+    """Stress of the early run (serving.batching.Waiting): with a 60 s delay, a batch that is
+    not full runs only because every open connection has a request in it, or because a
+    connection closed and every one left has. 24 clients on their own keep-alive connections
+    send 10 to 33 requests each, so they finish (and close) at different times, 500 requests
+    in all: each must be answered, correctly, long before the delay."""
+    make_tree(tmp_path / "ml", mlp_file, inference="batch_hooks.py")
+    with running(
+        tmp_path / "ml",
+        tmp_path / "serve.log",
+        SAGEMAKER_MODEL_SERVER_WORKERS="1",
+        SAGEMAKER_TS_BATCH_SIZE="64",
+        SAGEMAKER_TS_MAX_BATCH_DELAY="60000",
+        BATCH_LOG=str(tmp_path / "batches.log"),
+    ) as server:
+        clients = 24
+        counts = [10 + index for index in range(clients)]
+        slowest: list[float] = [0.0] * clients
+        wrong: list[str] = []
+
+        def client(index: int) -> None:
+            try:
+                requests(index)
+            except OSError as error:  # a timed-out request included
+                wrong.append(f"client {index}: {error!r}")
+
+        def requests(index: int) -> None:
+            conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=40)
+            for number in range(counts[index]):
+                rows = np.random.default_rng(index * 1000 + number).random((1, 64), np.float32)
+                started = time.monotonic()
+                conn.request(
+                    "POST",
+                    "/invocations",
+                    json.dumps(rows.tolist()).encode(),
+                    {"Content-Type": "application/json"},
+                )
+                response = conn.getresponse()
+                body = response.read()
+                slowest[index] = max(slowest[index], time.monotonic() - started)
+                if response.status != 200:
+                    wrong.append(f"client {index} request {number}: {response.status} {body!r}")
+                    break
+                if not np.allclose(json.loads(body), predict(rows), rtol=1e-4, atol=1e-6):
+                    wrong.append(f"client {index} request {number}: someone else's answer")
+            conn.close()
+
+        threads = [threading.Thread(target=client, args=(i,)) for i in range(clients)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(80)
+        assert not any(thread.is_alive() for thread in threads)
+        assert wrong == []
+        # A batch held for its delay would show as a wait of 60 s.
+        assert max(slowest) < 30, slowest
+        calls = [int(line) for line in (tmp_path / "batches.log").read_text().split()]
+        assert sum(calls) == sum(counts) and max(calls) > 1, calls
