@@ -557,10 +557,11 @@ def _print_plan(launch: LaunchPlan, as_json: bool) -> int:
 
 def _restarting(chosen: Settings, backend: Backend) -> bool:
     """Whether the job runs through the attempt loop: restarts or a checkpoint folder asked
-    for, on a backend whose every attempt can be started afresh (torch, none)."""
+    for, on a backend whose every attempt can be started afresh (torch, none, horovod: the
+    launchers start every rank; not mpi, whose ranks mpirun starts from the leader)."""
     if not chosen.max_restarts and chosen.checkpoint_dir is None:
         return False
-    if backend in (Backend.MPI, Backend.HOROVOD):
+    if backend is Backend.MPI:
         log.warning("restarts are not supported with the %s backend: the job runs once", backend)
         return False
     return True
@@ -625,7 +626,9 @@ def run(args: argparse.Namespace, environ: dict[str, str]) -> int:
             if _restarting(chosen, chosen.backend):
                 from launcher.restarts import command as restarts  # noqa: PLC0415
 
-                return restarts.run_attempts(spec, world, chosen, environ, scope=scope, out=out)
+                return restarts.run_attempts(
+                    spec, world, chosen, environ, scope=scope, out=out, first=setup.horovod
+                )
             options = _options(chosen, output_dir=out, keep_dir=out)
             return _finish(execute(launch, options, scope))
         finally:

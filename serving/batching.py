@@ -1,9 +1,11 @@
 """Dynamic batching: concurrent requests of one worker grouped into one `predict_fn` call.
 
 Off by default (batch size 1). With `SAGEMAKER_TS_BATCH_SIZE` (or `SERVE_BATCH_SIZE`) above 1,
-a worker's requests wait on its event loop until the batch is full or the oldest has waited
-`SAGEMAKER_TS_MAX_BATCH_DELAY` ms (or `SERVE_MAX_BATCH_DELAY_MS`; 5 by default), then run
-together (`run_batch`), inline on the loop like a single request.
+a worker's requests wait on its event loop until the batch is full, every open connection of
+the worker has a request waiting (`Waiting`: none can come before one is answered), or the
+oldest has waited `SAGEMAKER_TS_MAX_BATCH_DELAY` ms (or `SERVE_MAX_BATCH_DELAY_MS`; 5 by
+default), then run together (`run_batch`), inline on the loop like a single request, under
+one request timeout.
 
 How a batch runs, and why a bad request fails alone:
 
@@ -22,8 +24,8 @@ How a batch runs, and why a bad request fails alone:
    dicts, different widths), a prediction that cannot be cut back (a scalar, an iterator to
    stream), and every request of a batch whose joined `predict_fn` raised (split and retry each
    alone: a request that breaks the model fails with its own error and the others succeed). A
-   batch that runs past SAGEMAKER_MODEL_SERVER_TIMEOUT is answered 504 for all of its requests,
-   not retried.
+   batch that runs past SAGEMAKER_MODEL_SERVER_TIMEOUT (one timeout for the whole batch, as
+   its requests wait for each other) is answered 504 for all of its requests, not retried.
 
 This assumes what TorchServe's batching assumes: `predict_fn` treats rows independently.
 `transform_fn` handlers are never joined (their input is opaque); their requests run alone.

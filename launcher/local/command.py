@@ -46,6 +46,10 @@ def local(args: argparse.Namespace, environ: dict[str, str]) -> int:
             host_environ["LAUNCHER_HANG_TIMEOUT"] = str(args.hang_timeout)
         if args.max_restarts is not None:
             host_environ["LAUNCHER_MAX_RESTARTS"] = str(chosen.max_restarts)
+        if args.backend is not None:
+            # The trees say torch or mpi (SageMaker's distribution hyperparameters); horovod
+            # over gloo has no hyperparameter of its own, so `train` is told by its variable.
+            host_environ["LAUNCHER_BACKEND"] = chosen.backend.value
         launch = LaunchPlan(spec, world, ranks, host_environ)
         options = RunOptions(grace_s=chosen.grace_s, prefix=False, fail_fast=False)
         result = execute(launch, options, scope)

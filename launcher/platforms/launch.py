@@ -264,13 +264,19 @@ def _meet_and_run_attempts(
         spec, chosen, options, tree, platform.current_host, output_dir=out, environ=base
     )
 
+    leads = platform.node_rank == 0
+    rendezvous = restarts.AttemptRendezvous(chosen.backend, multi=True, leads=leads, environ=base)
+
     def meet_hosts(attempt: int, events: Events) -> attempts.Met:
-        leads = platform.node_rank == 0
-        extra = commands.preflight_port_extra(chosen, multi=not attempt, leads=leads)
+        extra = {
+            **rendezvous.begin(attempt),
+            **commands.preflight_port_extra(chosen, multi=not attempt, leads=leads),
+        }
         request = _request(
             platform, slots=slots, chosen=chosen, token=token, plan_extra=extra, attempt=attempt
         )
         world, member = meet(request, events, free_port())
+        world = rendezvous.attach(world)
         if not attempt:  # once, before the first attempt's user code; its failure is not retried
             launch = plan.build(spec, world, base, os.cpu_count() or 1)
             _check_hosts(
@@ -278,7 +284,10 @@ def _meet_and_run_attempts(
             )
         return attempts.Met.of(world, member, attempt)
 
-    return attempts.run(job, meet_hosts, scope)
+    try:
+        return attempts.run(job, meet_hosts, scope)
+    finally:
+        rendezvous.close()
 
 
 def _check_hosts(

@@ -5,7 +5,10 @@ Every rank trains the same linear model on its own shard for `--steps` SGD steps
 the end the final weights of every rank are allgathered: they must be identical. Rank 0 writes
 a JSON object to `--out`: Horovod's size, each rank's (rank, local rank/size, cross rank/size,
 host name), whether the weights agree, and the loss before and after training.
-`--fail-rank R` makes rank R die with exit code 3 after the first step (the failure path).
+`--fail-rank R` makes rank R die with exit code 3 after the first step (the failure path);
+with `--fail-attempts N` only in the job's attempts below N (TORCHELASTIC_RESTART_COUNT), so
+that a restarted job trains to the end. Every rank records its attempt and the rendezvous
+port it was given in `--out`.start-<attempt>-<rank>.json.
 """
 
 import argparse
@@ -23,8 +26,14 @@ def main() -> None:
     parser.add_argument("--out", required=True)
     parser.add_argument("--steps", type=int, default=5)
     parser.add_argument("--fail-rank", type=int, default=-1)
+    parser.add_argument("--fail-attempts", type=int, default=0, help="0: every attempt")
     args = parser.parse_args()
+    attempt = int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0"))
+    fails = args.fail_attempts == 0 or attempt < args.fail_attempts
     hvd.init()
+    start = {"attempt": attempt, "port": os.environ.get("HOROVOD_GLOO_RENDEZVOUS_PORT")}
+    with open(f"{args.out}.start-{attempt}-{hvd.rank()}.json", "w", encoding="utf-8") as f:
+        json.dump(start, f)
     torch.manual_seed(1234 + hvd.rank())  # different starting points: broadcast must fix them
     model = torch.nn.Linear(4, 1)
     opt = torch.optim.SGD(model.parameters(), lr=0.05)
@@ -41,7 +50,7 @@ def main() -> None:
         loss.backward()  # type: ignore[no-untyped-call]  # torch leaves Tensor.backward untyped
         opt.step()
         losses.append(float(hvd.allreduce(loss.detach(), name="loss")))
-        if step == 0 and hvd.rank() == args.fail_rank:
+        if step == 0 and hvd.rank() == args.fail_rank and fails:
             # Die at once, as a crash would: a raise would run Horovod's shutdown at exit,
             # and the peers' "Horovod has been shut down" errors could end them first.
             print(f"RuntimeError: rank {hvd.rank()} fails on purpose", file=sys.stderr, flush=True)

@@ -9,6 +9,7 @@ process it started survives it (`no_leaks`).
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import signal
 import subprocess
@@ -210,3 +211,55 @@ def test_a_rank_failing_on_one_of_3_local_hosts_restarts_every_host(tmp_path: Pa
     for host in ("algo-1", "algo-2", "algo-3"):
         assert f"[launcher {host}] job succeeded after 2 attempts" in done.stderr
     assert "[launcher algo-1] warning: restarting the job as attempt 1" in done.stderr
+
+
+# --- the horovod backend: a fresh Horovod rendezvous server for every attempt -----------------
+
+needs_horovod = pytest.mark.skipif(
+    importlib.util.find_spec("horovod") is None, reason="needs Horovod (scripts/install-horovod.sh)"
+)
+
+
+def _horovod_attempts(out: Path) -> dict[int, list[dict[str, Any]]]:
+    """attempt -> what each rank of it recorded at its start (hvd_train.py)."""
+    found: dict[int, list[dict[str, Any]]] = {}
+    for path in sorted(out.parent.glob(f"{out.name}.start-*.json")):
+        info = json.loads(path.read_text())
+        found.setdefault(info["attempt"], []).append(info)
+    return found
+
+
+@needs_horovod
+def test_the_horovod_backend_restarts_on_a_fresh_rendezvous_server(
+    launch: Launch, tmp_path: Path
+) -> None:
+    out = tmp_path / "result.json"
+    argv = ["run", "--backend", "horovod", "--nproc-per-host", "2", "--max-restarts", "1"]
+    argv += [prog("hvd_train.py"), "--out", str(out), "--fail-rank", "1", "--fail-attempts", "1"]
+    job = launch(argv)
+    assert job.wait(80) == 0, job.err
+    tries = _horovod_attempts(out)
+    assert sorted(tries) == [0, 1] and len(tries[1]) == 2, tries
+    ports = {attempt: {info["port"] for info in infos} for attempt, infos in tries.items()}
+    assert len(ports[0]) == len(ports[1]) == 1 and ports[0] != ports[1], ports
+    result = json.loads(out.read_text())
+    assert result["size"] == 2 and result["weights_agree"], result
+    assert "job succeeded after 2 attempts" in job.err
+
+
+@needs_horovod
+def test_horovod_on_2_local_hosts_restarts_every_host(tmp_path: Path) -> None:
+    out = tmp_path / "result.json"
+    argv = [LAUNCHER, "local", "--hosts", "2", "--nproc-per-host", "1", "--max-restarts", "1"]
+    argv += ["--backend", "horovod", "--job-dir", str(tmp_path / "jobs"), prog("hvd_train.py")]
+    argv += ["--out", str(out), "--fail-rank", "1", "--fail-attempts", "1"]
+    done = subprocess.run(argv, capture_output=True, text=True, timeout=80, check=False)
+    assert done.returncode == 0, done.stderr
+    tries = _horovod_attempts(out)
+    assert sorted(tries) == [0, 1] and len(tries[1]) == 2, (tries, done.stderr)
+    assert len({info["port"] for info in tries[1]}) == 1
+    assert {info["port"] for info in tries[0]} != {info["port"] for info in tries[1]}
+    result = json.loads(out.read_text())
+    assert result["size"] == 2 and result["weights_agree"], result
+    for host in ("algo-1", "algo-2"):
+        assert f"[launcher {host}] job succeeded after 2 attempts" in done.stderr

@@ -4,6 +4,7 @@ one-line refusals, and a Slurm one-task-per-GPU shim running its rank. Real proc
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import subprocess
@@ -197,6 +198,28 @@ def test_a_slurm_job_of_two_launchers_restarts_as_one_with_a_fresh_port(
     again = [json.loads((out / f"start-1-{r}.json").read_text()) for r in (0, 1)]
     assert {a["restart_count"] for a in again} == {"1"}, again
     assert {a["master_port"] for a in again} != {first["master_port"]}, (first, again)
+
+
+@pytest.mark.skipif(importlib.util.find_spec("horovod") is None, reason="needs Horovod")
+def test_a_slurm_horovod_job_restarts_on_a_fresh_rendezvous_server(
+    tmp_path: Path, no_leaks: LeakWatch
+) -> None:
+    """The horovod backend on two Slurm nodes: node 1's rank dies in attempt 0; the leader
+    starts a new Horovod rendezvous server for attempt 1, and both nodes train to the end."""
+    out = tmp_path / "result.json"
+    program = [str(REPO / "tests" / "bin" / "hvd_train.py"), "--out", str(out)]
+    program += ["--fail-rank", "1", "--fail-attempts", "1"]
+    options = ["--backend", "horovod", "--max-restarts", "1"]
+    ended = two_slurm_nodes(tmp_path, no_leaks, options, program)
+    assert [code for code, _ in ended] == [0, 0], ended
+    assert all("job succeeded after 2 attempts" in err for _, err in ended), ended
+    ports = {}
+    for attempt in (0, 1):
+        starts = [tmp_path / f"result.json.start-{attempt}-{rank}.json" for rank in (0, 1)]
+        ports[attempt] = {json.loads(path.read_text())["port"] for path in starts}
+    assert len(ports[1]) == 1 and ports[0] != ports[1], ports
+    result = json.loads(out.read_text())
+    assert result["size"] == 2 and result["weights_agree"], result
 
 
 @pytest.mark.timeout(150)
