@@ -234,8 +234,13 @@ class Waiting:
         has a request waiting, run the batches now, on the loop's next turn (not inside the
         protocol's teardown)."""
         connections = self.open_connections()
-        if self._holding and connections is not None and self.count >= connections:
-            asyncio.get_running_loop().call_soon(self.flush_all)
+        if not self._holding or connections is None or self.count < connections:
+            return
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:  # called outside the loop (a worker shutting down): nothing runs
+            return
+        loop.call_soon(self.flush_all)
 
     def flush_all(self) -> None:
         """Run the batch of every batcher holding requests, oldest holder first."""
