@@ -90,7 +90,9 @@ class _Alarm:
     left, or dropped. So a worker answering thousands of requests a second touches the timer
     about once per timeout, where two `setitimer` calls per hook call cost ~8 % of a batched
     worker's time (py-spy, docs/benchmarks-serving.md). A deadline is missed by at most the
-    time Python takes to run the handler after the signal (between two bytecodes).
+    time Python takes to run the handler after the signal (between two bytecodes). Arming is
+    not nested: `Runtime.guarded` and `Runtime.next_chunk` run work that is already under a
+    deadline (a batch's, a request's first streamed item) under that deadline.
     """
 
     def __init__(self) -> None:
@@ -102,37 +104,25 @@ class _Alarm:
     def install(self) -> None:
         signal.signal(signal.SIGALRM, self._on_alarm)
 
-    def arm(self, seconds: float) -> float | None:
-        """Raise `_Expired` in the main thread once `seconds` have passed (or at the deadline
-        already armed, if sooner), unless disarmed. Returns what `disarm` restores: the
-        deadline armed before, or None."""
-        previous = self.deadline if self.armed else None
+    def arm(self, seconds: float) -> None:
+        """Raise `_Expired` in the main thread once `seconds` have passed, unless disarmed.
+        Not nested: work already under a deadline runs under that one (see `Runtime`)."""
         now = time.monotonic()
-        deadline = now + seconds
-        if previous is not None and previous < deadline:
-            deadline = previous
-        self.deadline = deadline
-        if not self._fires_at or self._fires_at > deadline:
-            self._set(deadline - now, now)
+        self.deadline = now + seconds
+        # Armed before the timer is set: a timer that fires at once then raises here, rather
+        # than finding nothing armed and leaving no timer for the deadline.
         self.armed = True
-        return previous
+        if not self._fires_at or self._fires_at > self.deadline:
+            self._set(seconds, now)
 
-    def disarm(self, previous: float | None = None) -> None:
-        """Undo the matching `arm`: nothing armed, or the deadline `previous` again (work
-        under a timeout inside other work under one, such as a streamed item in a batch)."""
-        if previous is None:
-            self.armed = False
-            return
-        # Armed again even if the inner work's expiry disarmed it: the outer deadline holds,
-        # and one already past fires at once.
-        self.deadline = previous
-        self.armed = True
-        if not self._fires_at or self._fires_at > previous:
-            now = time.monotonic()
-            self._set(previous - now, now)
+    def disarm(self) -> None:
+        self.armed = False
 
     def _set(self, seconds: float, now: float) -> None:
-        # setitimer(0) would cancel the timer: a deadline already reached fires at once.
+        # setitimer(0) would cancel the timer: a deadline already reached fires at once. The
+        # expiry is recorded before the timer is set: a timer firing in between clears it, and
+        # a cleared expiry only costs the next `arm` a `setitimer` (a stale one would leave a
+        # deadline without a timer).
         seconds = max(seconds, 1e-6)
         self._fires_at = now + seconds
         signal.setitimer(signal.ITIMER_REAL, seconds)
@@ -224,13 +214,19 @@ class Runtime:
     def guarded(self, work: Callable[..., T], *args: Any) -> T | Reply:
         """`work(*args)` under the request timeout, every exception turned into its Reply
         (504 past the timeout; `failure` for the others)."""
+        if ALARM.armed:
+            # Inside work under a deadline already: that one holds, and its expiry ends it.
+            try:
+                return work(*args)
+            except BaseException as exc:
+                return self.failure(exc)  # re-raises the expiry
         try:
-            previous = ALARM.arm(self.config.timeout_s)
+            ALARM.arm(self.config.timeout_s)
             try:
                 return work(*args)
             finally:
                 # An alarm landing after this line is ignored by the handler.
-                ALARM.disarm(previous)
+                ALARM.disarm()
         except _Expired:
             error = RequestTimeout(
                 f"request exceeded SAGEMAKER_MODEL_SERVER_TIMEOUT ({self.config.timeout_s:g} s)"
@@ -260,12 +256,17 @@ class Runtime:
     def next_chunk(self, chunks: Iterator[Any]) -> bytes | None:
         """The next item of a streamed answer as bytes (None at its end), under the request
         timeout. Raises what the iterator raises, and RequestTimeout past the timeout."""
+        if ALARM.armed:
+            # The first item, taken while the request (or its batch) is under its deadline:
+            # that deadline holds, and its expiry ends the request (or the batch) as a whole.
+            item = next(chunks, streaming.END)
+            return None if item is streaming.END else _as_bytes(item)
         try:
-            previous = ALARM.arm(self.config.timeout_s)
+            ALARM.arm(self.config.timeout_s)
             try:
                 item = next(chunks, streaming.END)
             finally:
-                ALARM.disarm(previous)
+                ALARM.disarm()
         except _Expired:
             raise RequestTimeout(
                 f"a streamed item took longer than SAGEMAKER_MODEL_SERVER_TIMEOUT "

@@ -53,54 +53,33 @@ def test_the_timer_fires_only_inside_armed_work_over_many_rounds() -> None:
     expiry escapes outside armed work and every overrun is caught."""
     expired = 0
     for round_ in range(400):
-        previous = ALARM.arm(0.002)
+        ALARM.arm(0.002)
         try:
             _spin(0.0002 * (round_ % 5))  # quick work: disarmed before its deadline
         finally:
-            ALARM.disarm(previous)
+            ALARM.disarm()
         _spin(0.001 * (round_ % 3))  # a pending timer may fire here: never raises
         if round_ % 10 == 0:
-            previous = ALARM.arm(0.002)
+            ALARM.arm(0.002)
             try:
                 _spin(1.0)  # an overrun: must end long before the spin does
             except _Expired:
                 expired += 1
             finally:
-                ALARM.disarm(previous)
+                ALARM.disarm()
     assert expired == 40
     assert not ALARM.armed
 
 
-def test_a_nested_deadline_never_outlives_the_outer_one() -> None:
+def test_a_deadline_already_reached_fires_at_once() -> None:
     started = time.monotonic()
-    outer = ALARM.arm(0.05)
     with pytest.raises(_Expired):
         try:
-            inner = ALARM.arm(30.0)  # a streamed item inside a batch: the batch's deadline holds
-            try:
-                _spin(5.0)
-            finally:
-                ALARM.disarm(inner)
-        finally:
-            ALARM.disarm(outer)
-    assert time.monotonic() - started < 2.0
-
-
-def test_the_outer_deadline_holds_again_after_an_inner_one_expired() -> None:
-    outer = ALARM.arm(0.3)
-    try:
-        inner = ALARM.arm(0.01)
-        with pytest.raises(_Expired):
-            try:
-                _spin(5.0)
-            finally:
-                ALARM.disarm(inner)
-        assert ALARM.armed  # the outer work is still under its own deadline
-        with pytest.raises(_Expired):
+            ALARM.arm(0.0)
             _spin(5.0)
-    finally:
-        ALARM.disarm(outer)
-    assert not ALARM.armed
+        finally:
+            ALARM.disarm()
+    assert time.monotonic() - started < 2.0
 
 
 # -- a batch under one timeout ------------------------------------------------------------
@@ -138,6 +117,37 @@ def test_a_batch_past_the_timeout_is_504_for_every_request_and_the_timer_is_rele
     assert not ALARM.armed
     quick = [(b"[[1, 2]]", "application/json", None), (b"[[3, 4]]", "application/json", None)]
     assert [reply.body for reply in run_batch(runtime, quick)] == [b"[[1.0, 2.0]]", b"[[3.0, 4.0]]"]
+
+
+def _slow_stream(prediction: Any, accept: str) -> Any:
+    """An output_fn whose stream's first item takes 10 s for a row starting below zero."""
+
+    def items() -> Any:
+        if float(prediction.reshape(-1)[0]) < 0:
+            _spin(10.0)
+        yield json.dumps(prediction.tolist())
+
+    return items()
+
+
+def test_a_streamed_first_item_in_a_batch_runs_under_the_batch_deadline() -> None:
+    """The batch's one deadline holds for the first item of a streamed answer taken inside
+    it: past it, the whole batch is 504, and nothing stays armed."""
+    runtime = _runtime(
+        timeout_s=0.2,
+        input_fn=lambda body, content_type: np.array(json.loads(body), dtype=np.float32),
+        predict_fn=lambda data, model: data,
+        output_fn=_slow_stream,
+    )
+    batch = [(b"[[1, 2]]", "application/json", None), (b"[[-1, 2]]", "application/json", None)]
+    started = time.monotonic()
+    assert [reply.status for reply in run_batch(runtime, batch)] == [504, 504]
+    assert time.monotonic() - started < 3.0 and not ALARM.armed
+    alone = runtime.invoke(b"[[-1, 2]]", "application/json", None)
+    assert alone.status == 504 and not ALARM.armed
+    quick = run_batch(runtime, [batch[0], batch[0]])
+    assert [reply.status for reply in quick] == [200, 200]
+    assert quick[0].stream is not None  # the rest of a stream is sent (and timed) later
 
 
 # -- the default hooks, joined once per batch ----------------------------------------------
